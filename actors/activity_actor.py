@@ -1,0 +1,213 @@
+"""ActivityActor: runs activity attempts pulled from work subjects, and reports their outcome.
+
+One durable consumer per activity name (``work-<name>``), shared by every runtime hosting
+that activity, so runtimes compete for work. At most ``concurrency`` attempts of one
+activity run at once in a runtime (the consumer's credit). A running attempt keeps its
+message with ``in_progress()``; if the runtime dies, the message is redelivered after
+``ack_wait``. The outcome goes to the execution's inbox with a ``Nats-Msg-Id`` naming the
+attempt, so publishing it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from perdure.runtime import codec
+from perdure.runtime.errors import InvalidPayload, PerdureError, info_from_exception
+from perdure.runtime.messages import ActivityResult, ActivityTask, ApiReply
+from perdure.runtime.nats_admin import ensure_consumer
+from perdure.runtime.nats_consumer import ConsumerGone, Delivery, PullConsumer
+from perdure.runtime.tokens import TokenData
+
+from .context import ActivityContext, ActivityGone, AsyncCompletion, HeartbeatStatus
+from .definitions import ActivityDefinition
+
+if TYPE_CHECKING:
+    from .worker import WorkerServices
+
+log = structlog.get_logger("perdure.activity")
+
+ACK_WAIT = 30.0
+
+
+class ActivityActor:
+    def __init__(self, services: WorkerServices, definition: ActivityDefinition[Any, Any]) -> None:
+        self._services = services
+        self._definition = definition
+        self._consumer: PullConsumer | None = None
+
+    async def run(self) -> None:
+        services, name = self._services, self._definition.name
+        await ensure_consumer(
+            services.conn,
+            stream=services.names.work_stream,
+            name=services.names.work_consumer(name),
+            filter_subject=services.names.work(name),
+            ack_wait=ACK_WAIT,
+            max_ack_pending=max(1000, services.settings.activity_concurrency * 4),
+        )
+        consumer = PullConsumer(
+            services.conn,
+            services.names.work_stream,
+            services.names.work_consumer(name),
+            credit=services.settings.activity_concurrency,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            while True:
+                for delivery in await consumer.next_batch():
+                    services.supervisor.spawn(self._attempt(delivery), name=f"activity:{name}")
+        except ConsumerGone:
+            log.warning("activity.consumer_gone", activity=name)
+        finally:
+            await consumer.stop()
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            await self._run_attempt(delivery)
+        finally:
+            if self._consumer is not None:
+                self._consumer.release(1)
+
+    async def _run_attempt(self, delivery: Delivery) -> None:
+        try:
+            task = codec.decode(codec.activity_task, delivery.data, what=f"work item on {delivery.subject}")
+        except InvalidPayload as exc:
+            log.error("activity.bad_work_item", error=str(exc))
+            await delivery.term()
+            return
+        if delivery.num_delivered > 1 and (task.options.timeout or task.options.heartbeat):
+            # Redelivered after a worker died: the workflow's timeout/heartbeat timers own
+            # the retry (with the right attempt number), so this copy is not run again.
+            log.info("activity.redelivery_skipped", execution_id=task.execution_id, seq=task.seq)
+            await delivery.ack()
+            return
+        with structlog.contextvars.bound_contextvars(
+            execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
+        ):
+            keepalive = self._services.supervisor.spawn(
+                _keep_in_progress(delivery), name=f"keepalive:{task.execution_id}:{task.seq}"
+            )
+            try:
+                outcome = await self._execute(task)
+            finally:
+                keepalive.cancel()
+            if outcome is not None:
+                await self._services.conn.publish(
+                    self._services.names.inbox(task.execution_id),
+                    codec.encode(outcome),
+                    msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
+                )
+            await delivery.ack()
+
+    async def _execute(self, task: ActivityTask) -> ActivityResult | None:
+        definition = self._definition
+        base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
+        try:
+            args = self._arguments(task)
+            if definition.is_async:
+                async with asyncio.timeout(task.options.timeout):
+                    value = await definition.fn(*args)
+            else:
+                value = await asyncio.to_thread(definition.fn, *args)
+        except ActivityGone as exc:
+            log.info("activity.abandoned", reason=str(exc))
+            return None
+        except TimeoutError as exc:
+            if task.options.timeout is None:
+                return ActivityResult(ok=False, error=info_from_exception(exc), **base)
+            return None  # the workflow's timeout timer reports it (and decides on a retry)
+        except Exception as exc:
+            log.info("activity.failed", error=repr(exc))
+            return ActivityResult(ok=False, error=info_from_exception(exc), **base)
+        if isinstance(value, AsyncCompletion):
+            log.debug("activity.async_completion")
+            return None
+        try:
+            raw = definition.result_codec.encode(value, what=f"result of activity {definition.name!r}")
+        except PerdureError as exc:
+            return ActivityResult(
+                ok=False, error=msgspec.structs.replace(exc.to_info(), retryable=False), **base
+            )
+        return ActivityResult(ok=True, result=raw, **base)
+
+    def _arguments(self, task: ActivityTask) -> tuple[Any, ...]:
+        definition = self._definition
+        args: list[Any] = []
+        if definition.takes_input:
+            args.append(
+                definition.input_codec.decode(task.input, what=f"input of activity {definition.name!r}")
+            )
+        if definition.takes_ctx:
+            args.append(self._context(task))
+        return tuple(args)
+
+    def _context(self, task: ActivityTask) -> ActivityContext:
+        checkpoint = msgspec.json.decode(task.checkpoint)
+        beat = _Heartbeater(self._services, task)
+        return ActivityContext(
+            execution_id=task.execution_id,
+            workflow=task.workflow,
+            activity=task.name,
+            activity_id=task.seq,
+            attempt=task.attempt,
+            token=task.token,
+            checkpoint=checkpoint,
+            _heartbeat=beat.beat,
+        )
+
+
+class _Heartbeater:
+    """Throttles heartbeats: at most one to the server per 0.8 x heartbeat timeout.
+
+    The latest details are always kept: a heartbeat that is not sent at once is sent at
+    the end of the interval (trailing edge), so the last checkpoint is never lost.
+    """
+
+    def __init__(self, services: WorkerServices, task: ActivityTask) -> None:
+        self._services = services
+        self._token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
+        heartbeat = task.options.heartbeat
+        self._interval = 0.8 * heartbeat if heartbeat else 1.0
+        self._last_sent = 0.0
+        self._pending: Any = None
+        self._has_pending = False
+        self._trailing: asyncio.Task[None] | None = None
+        self._status = HeartbeatStatus()
+
+    async def beat(self, details: Any) -> HeartbeatStatus:
+        self._pending, self._has_pending = details, True
+        wait = self._last_sent + self._interval - time.monotonic()
+        if wait <= 0:
+            await self._send()
+        elif self._trailing is None or self._trailing.done():
+            self._trailing = self._services.supervisor.spawn(
+                self._send_later(wait), name=f"heartbeat:{self._token.execution_id}:{self._token.seq}"
+            )
+        return self._status
+
+    async def _send_later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        with contextlib.suppress(PerdureError):
+            await self._send()
+
+    async def _send(self) -> None:
+        if not self._has_pending:
+            return
+        details = msgspec.Raw(codec.encode(self._pending)) if self._pending is not None else None
+        self._has_pending = False
+        self._last_sent = time.monotonic()
+        reply: ApiReply = await self._services.heartbeats.beat(self._token, details)
+        self._status = HeartbeatStatus(cancel_requested=reply.cancel_requested, closed=reply.closed)
+
+
+async def _keep_in_progress(delivery: Delivery) -> None:
+    while True:
+        await asyncio.sleep(ACK_WAIT / 3)
+        await delivery.in_progress()

@@ -1,0 +1,182 @@
+"""Token completion and heartbeats, for activities finished outside their worker.
+
+Served on request/reply subjects by every runtime (one queue group), with JSON bodies so
+any language can use them with a plain NATS request:
+
+    <ns>.api.complete   {"token": "...", "result": ...}
+    <ns>.api.fail       {"token": "...", "error": {"type": "...", "message": "..."}}
+    <ns>.api.heartbeat  {"token": "...", "details": ...}
+
+Completions go through the execution's inbox; the reply is sent by the execution actor once
+the outcome is in history: ``{"ok": true}``, or ``{"ok": false, "error": {...}}`` (code
+``activity.closed`` when the activity had already completed, failed or timed out).
+Heartbeats never touch history: they re-put the attempt's record, resetting its TTL.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from perdure.runtime import codec
+from perdure.runtime.errors import ErrorInfo, HistoryConflict, InvalidPayload, InvalidToken, PerdureError
+from perdure.runtime.messages import ActivityResult, ApiError, ApiReply
+from perdure.runtime.naming import Names, partition_of
+from perdure.runtime.nats_client import Connection, Subscription
+from perdure.runtime.rawjson import is_null
+from perdure.runtime.tokens import TokenData, decode_token
+
+from .effects import record_timer
+from .execution_actor import REPLY_HEADER
+from .timers import TimerKey
+
+log = structlog.get_logger("perdure.completion")
+
+QUEUE_GROUP = "perdure-runtime"
+
+
+def error_reply(exc: PerdureError) -> bytes:
+    return codec.encode(ApiReply(ok=False, error=ApiError(code=exc.code, message=exc.message)))
+
+
+class HeartbeatService:
+    """Re-puts an attempt's record (resetting its heartbeat TTL) and says if it is still wanted."""
+
+    def __init__(self, conn: Connection, names: Names, partitions: int) -> None:
+        self._conn = conn
+        self._names = names
+        self._partitions = partitions
+        self._timers_stream = f"KV_{names.timers_bucket}"
+        self._timers_prefix = f"$KV.{names.timers_bucket}."
+        self._executions_stream = f"KV_{names.executions_bucket}"
+
+    async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
+        partition = partition_of(token.execution_id, self._partitions)
+        key = TimerKey(partition, token.execution_id, token.run, record_timer(token.seq, token.attempt))
+        subject = self._timers_prefix + key.key()
+        for _ in range(5):
+            stored = await self._conn.get_last(self._timers_stream, subject)
+            if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+                return await self._no_record(token)
+            record = codec.decode(codec.activity_record, stored.data, what="activity record")
+            if record.nonce != token.nonce:
+                raise InvalidToken(
+                    f"token does not match activity {token.seq} of {token.execution_id} (wrong nonce)"
+                )
+            if record.closed:
+                return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
+            updated = record if is_null(details) else msgspec.structs.replace(record, details=details)
+            try:
+                await self._conn.publish(
+                    subject, codec.encode(updated), expected_last_subject_seq=stored.seq, ttl=record.heartbeat
+                )
+            except HistoryConflict:
+                continue  # the actor closed or cancelled it meanwhile: read again
+            return ApiReply(ok=True, cancel_requested=record.cancel_requested)
+        return ApiReply(ok=True, closed=True)
+
+    async def _no_record(self, token: TokenData) -> ApiReply:
+        index = await self._conn.get_last(
+            self._executions_stream, f"$KV.{self._names.executions_bucket}.{token.execution_id}"
+        )
+        if index is None:
+            raise_not_found(token)
+        return ApiReply(ok=True, closed=True)
+
+
+def raise_not_found(token: TokenData) -> None:
+    from perdure.runtime.errors import ExecutionNotFound
+
+    raise ExecutionNotFound(f"no execution {token.execution_id!r} (token names an unknown execution)")
+
+
+class CompletionService:
+    """Serves the complete/fail/heartbeat request subjects."""
+
+    def __init__(self, conn: Connection, names: Names, heartbeats: HeartbeatService) -> None:
+        self._conn = conn
+        self._names = names
+        self._heartbeats = heartbeats
+        self._subs: list[Subscription] = []
+        self._executions_stream = f"KV_{names.executions_bucket}"
+
+    async def start(self) -> None:
+        for verb, handler in (
+            ("complete", self._complete),
+            ("fail", self._fail),
+            ("heartbeat", self._heartbeat),
+        ):
+            self._subs.append(await self._conn.serve(self._names.api(verb), handler, queue=QUEUE_GROUP))
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+        self._subs.clear()
+
+    async def _answer(self, reply: str, body: bytes) -> None:
+        if reply:
+            await self._conn.publish_core(reply, body)
+
+    async def _complete(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+        try:
+            request = codec.decode(codec.complete_request, data, what="complete request")
+            token = decode_token(request.token)
+            await self._forward(token, reply, ok=True, result=request.result)
+        except PerdureError as exc:
+            await self._answer(reply, error_reply(exc))
+
+    async def _fail(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+        try:
+            request = codec.decode(codec.fail_request, data, what="fail request")
+            token = decode_token(request.token)
+            error = ErrorInfo(
+                code="activity.failed",
+                type=request.error.type,
+                message=request.error.message,
+                retryable=request.error.retryable,
+                traceback=request.error.traceback,
+            )
+            await self._forward(token, reply, ok=False, error=error)
+        except PerdureError as exc:
+            await self._answer(reply, error_reply(exc))
+
+    async def _heartbeat(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+        try:
+            request = codec.decode(codec.heartbeat_request, data, what="heartbeat request")
+            token = decode_token(request.token)
+            answer = await self._heartbeats.beat(token, request.details)
+            await self._answer(reply, codec.encode(answer))
+        except PerdureError as exc:
+            await self._answer(reply, error_reply(exc))
+
+    async def _forward(
+        self,
+        token: TokenData,
+        reply: str,
+        *,
+        ok: bool,
+        result: msgspec.Raw | None = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        """Put the outcome in the execution's inbox; its actor replies once it is in history."""
+        index = await self._conn.get_last(
+            self._executions_stream, f"$KV.{self._names.executions_bucket}.{token.execution_id}"
+        )
+        if index is None:
+            raise_not_found(token)
+        message = ActivityResult(
+            run=token.run,
+            seq=token.seq,
+            attempt=token.attempt,
+            nonce=token.nonce,
+            ok=ok,
+            result=result,
+            error=error,
+        )
+        await self._conn.publish(
+            self._names.inbox(token.execution_id),
+            codec.encode(message),
+            headers={REPLY_HEADER: reply} if reply else None,
+        )
+
+
+__all__ = ["CompletionService", "HeartbeatService", "InvalidPayload"]

@@ -1,0 +1,220 @@
+"""EffectRunner: performs a step's effects against NATS, pipelined, after the history append.
+
+All publishes of a step are sent back to back and their acks awaited together, so a step
+costs about one round trip for its effects whatever their number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+import msgspec
+import structlog
+from perdure.runtime import codec
+from perdure.runtime.events import ActivityOptions
+from perdure.runtime.messages import ActivityRecord, ActivityTask, ExecutionRecord
+from perdure.runtime.naming import Names
+from perdure.runtime.nats_client import Connection
+from perdure.runtime.rawjson import NULL, is_null
+from perdure.runtime.tokens import TokenData, encode_token
+
+from .effects import (
+    CancelTimer,
+    CloseActivity,
+    Effect,
+    PauseAttempt,
+    StartAttempt,
+    StartTimer,
+    UpdateIndex,
+    record_timer,
+    retry_timer,
+    schedule_to_close_timer,
+    timeout_timer,
+)
+from .timers import TimerKey, TimerService
+
+log = structlog.get_logger("perdure.effects")
+
+CLOSED_RECORD_TTL = 300.0  # how long late heartbeats of a closed activity are told "closed"
+
+
+@dataclass(slots=True)
+class ExecutionRef:
+    """What effects need to know about the execution they belong to."""
+
+    execution_id: str
+    workflow: str
+    run: int
+    partition: int
+    started_at: float
+    history_length: int = 0
+
+
+class EffectRunner:
+    def __init__(self, conn: Connection, names: Names, timers: TimerService) -> None:
+        self._conn = conn
+        self._names = names
+        self._timers = timers
+        self._timers_stream = f"KV_{names.timers_bucket}"
+        self._timers_prefix = f"$KV.{names.timers_bucket}."
+        self._executions_prefix = f"$KV.{names.executions_bucket}."
+
+    async def perform(self, ref: ExecutionRef, effects: list[Effect]) -> None:
+        futures: list[asyncio.Future[Any]] = []
+        for effect in effects:
+            await self._send(ref, effect, futures)
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _send(self, ref: ExecutionRef, effect: Effect, out: list[asyncio.Future[Any]]) -> None:
+        match effect:
+            case StartAttempt():
+                await self._start_attempt(ref, effect, out)
+            case PauseAttempt():
+                await self._pause_attempt(ref, effect, out)
+            case CloseActivity():
+                await self._close_activity(ref, effect, out)
+            case StartTimer():
+                out.append(await self._timers.put(self._key(ref, effect.timer), effect.fire_at))
+            case CancelTimer():
+                out.append(await self._timers.cancel(self._key(ref, effect.timer)))
+            case UpdateIndex():
+                out.append(await self._update_index(ref, effect))
+            case _:
+                assert_never(effect)
+
+    def _key(self, ref: ExecutionRef, timer: str) -> TimerKey:
+        return TimerKey(ref.partition, ref.execution_id, ref.run, timer)
+
+    # ---------------------------------------------------------------- activities
+
+    async def _start_attempt(
+        self, ref: ExecutionRef, effect: StartAttempt, out: list[asyncio.Future[Any]]
+    ) -> None:
+        d = effect.decision
+        options = d.options
+        checkpoint = None
+        if effect.carry_from:
+            checkpoint = await self._read_details(ref, effect.carry_from)
+            closed = ActivityRecord(nonce=d.nonce, closed=True)
+            out.append(await self._put_record(ref, effect.carry_from, closed, ttl=CLOSED_RECORD_TTL))
+        record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, details=checkpoint or NULL)
+        out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=options.heartbeat))
+        if options.timeout is not None:
+            key = self._key(ref, timeout_timer(d.seq, d.attempt))
+            out.append(await self._timers.put(key, effect.time + options.timeout))
+        if d.attempt == 1 and options.schedule_to_close is not None:
+            key = self._key(ref, schedule_to_close_timer(d.seq))
+            out.append(await self._timers.put(key, effect.time + options.schedule_to_close))
+        token = encode_token(TokenData(ref.execution_id, ref.run, d.seq, d.attempt, d.nonce))
+        task = ActivityTask(
+            execution_id=ref.execution_id,
+            workflow=ref.workflow,
+            run=ref.run,
+            seq=d.seq,
+            attempt=d.attempt,
+            name=d.name,
+            input=d.input,
+            nonce=d.nonce,
+            token=token,
+            options=options,
+            checkpoint=checkpoint or NULL,
+            scheduled_at=effect.time,
+        )
+        out.append(
+            await self._conn.publish_nowait(
+                self._names.work(d.name),
+                codec.encode(task),
+                msg_id=f"{ref.execution_id}:{ref.run}:a:{d.seq}:{d.attempt}",
+            )
+        )
+
+    async def _pause_attempt(
+        self, ref: ExecutionRef, effect: PauseAttempt, out: list[asyncio.Future[Any]]
+    ) -> None:
+        # Keep the failed attempt's details (the next attempt's checkpoint) without its TTL,
+        # so they outlive the back-off; and stop its timeout timer.
+        record_key = record_timer(effect.seq, effect.failed_attempt)
+        stored = await self._read_record(ref, record_key)
+        if stored is not None:
+            frozen = msgspec.structs.replace(stored, heartbeat=None)
+            out.append(await self._put_record(ref, record_key, frozen, ttl=None))
+        if effect.options.timeout is not None:
+            out.append(
+                await self._timers.cancel(self._key(ref, timeout_timer(effect.seq, effect.failed_attempt)))
+            )
+        out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
+
+    async def _close_activity(
+        self, ref: ExecutionRef, effect: CloseActivity, out: list[asyncio.Future[Any]]
+    ) -> None:
+        record = ActivityRecord(nonce=effect.nonce, closed=True, cancel_requested=effect.cancelled)
+        out.append(
+            await self._put_record(
+                ref, record_timer(effect.seq, effect.attempt), record, ttl=CLOSED_RECORD_TTL
+            )
+        )
+        options: ActivityOptions = effect.options
+        if options.timeout is not None:
+            out.append(await self._timers.cancel(self._key(ref, timeout_timer(effect.seq, effect.attempt))))
+        if options.schedule_to_close is not None:
+            out.append(await self._timers.cancel(self._key(ref, schedule_to_close_timer(effect.seq))))
+        if effect.attempt > 1:
+            # Closed during a back-off: the paused record of the previous attempt goes too.
+            previous = ActivityRecord(nonce=effect.nonce, closed=True, cancel_requested=effect.cancelled)
+            out.append(
+                await self._put_record(
+                    ref, record_timer(effect.seq, effect.attempt - 1), previous, ttl=CLOSED_RECORD_TTL
+                )
+            )
+            self._timers.disarm(self._key(ref, retry_timer(effect.seq, effect.attempt)).key())
+
+    async def _put_record(
+        self, ref: ExecutionRef, timer: str, record: ActivityRecord, *, ttl: float | None
+    ) -> asyncio.Future[Any]:
+        subject = self._timers_prefix + self._key(ref, timer).key()
+        return await self._conn.publish_nowait(subject, codec.encode(record), ttl=ttl)
+
+    async def _read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
+        stored = await self._conn.get_last(
+            self._timers_stream, self._timers_prefix + self._key(ref, timer).key()
+        )
+        if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+            return None
+        try:
+            return codec.activity_record.decode(stored.data)
+        except msgspec.DecodeError:
+            return None
+
+    async def _read_details(self, ref: ExecutionRef, timer: str) -> msgspec.Raw | None:
+        record = await self._read_record(ref, timer)
+        return None if record is None or is_null(record.details) else record.details
+
+    # --------------------------------------------------------------------- index
+
+    async def _update_index(self, ref: ExecutionRef, effect: UpdateIndex) -> asyncio.Future[Any]:
+        record = ExecutionRecord(
+            execution_id=ref.execution_id,
+            workflow=ref.workflow,
+            status=effect.status,
+            run=ref.run,
+            started_at=ref.started_at,
+            closed_at=time.time() if effect.status != "RUNNING" else None,
+            result=effect.result or NULL,
+            error=effect.error,
+            history_length=ref.history_length,
+        )
+        return await self._conn.publish_nowait(
+            self._executions_prefix + ref.execution_id, codec.encode(record)
+        )
+
+    async def mark_blocked(self, ref: ExecutionRef, message: str) -> None:
+        from perdure.runtime.errors import ErrorInfo
+
+        error = ErrorInfo(
+            code="workflow.nondeterministic", message=message, type="NonDeterminismError", retryable=False
+        )
+        await (await self._update_index(ref, UpdateIndex("BLOCKED", error=error)))

@@ -1,0 +1,81 @@
+"""Side effects of a decision step, derived from its decisions; performed after the history append.
+
+Effects are not stored: replaying a step re-derives them, so a step whose inbox message
+comes back (the runtime crashed before acking it) can perform them again. Every effect is
+idempotent: work items and inbox messages carry a ``Nats-Msg-Id``, KV puts are absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from perdure.runtime.errors import ErrorInfo
+from perdure.runtime.events import ActivityOptions, ActivityScheduled
+from perdure.runtime.messages import Status
+
+
+@dataclass(frozen=True, slots=True)
+class StartAttempt:
+    """Open an activity attempt: its record (heartbeat timer), timeout timers and work item."""
+
+    decision: ActivityScheduled
+    time: float
+    carry_from: str | None  # the previous attempt's record, whose details become the checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class PauseAttempt:
+    """An attempt failed and a retry waits: keep its details, drop its timers, arm the back-off."""
+
+    seq: int
+    failed_attempt: int
+    retry_timer: str
+    fire_at: float
+    options: ActivityOptions
+
+
+@dataclass(frozen=True, slots=True)
+class CloseActivity:
+    seq: int
+    attempt: int
+    nonce: str
+    options: ActivityOptions
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    timer: str
+    fire_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    timer: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateIndex:
+    status: Status
+    result: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+
+
+Effect = StartAttempt | PauseAttempt | CloseActivity | StartTimer | CancelTimer | UpdateIndex
+
+
+def record_timer(seq: int, attempt: int) -> str:
+    return f"a.{seq}.{attempt}.hb"
+
+
+def timeout_timer(seq: int, attempt: int) -> str:
+    return f"a.{seq}.{attempt}.to"
+
+
+def retry_timer(seq: int, attempt: int) -> str:
+    return f"a.{seq}.{attempt}.retry"
+
+
+def schedule_to_close_timer(seq: int) -> str:
+    return f"a.{seq}.s2c"

@@ -1,0 +1,371 @@
+"""ExecutionActor: one execution, one step at a time.
+
+A step takes every inbox message waiting for the execution, turns the valid ones into
+history inputs, runs the workflow code on them, appends one ``HistoryStep`` with
+``Nats-Expected-Last-Subject-Sequence`` (a conflict means another owner wrote: reload and
+decide again), performs the step's effects, and only then acks the inbox messages. A
+crash anywhere before the ack replays the message; the step's ``absorbed`` list then
+recognises it, and its effects are performed again (they are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from perdure.runtime import codec
+from perdure.runtime.errors import (
+    ConnectionLost,
+    HistoryConflict,
+    InvalidPayload,
+    NonDeterminismError,
+    PerdureError,
+)
+from perdure.runtime.events import (
+    ActivityCompleted,
+    ActivityFailed,
+    CancelRequested,
+    HistoryStep,
+    InputEvent,
+    SignalReceived,
+    TimerFired,
+    WorkflowStarted,
+)
+from perdure.runtime.messages import (
+    ActivityResult,
+    AnyInboxMessage,
+    ApiError,
+    ApiReply,
+    CancelWorkflow,
+    SignalWorkflow,
+    StartWorkflow,
+    TimerExpired,
+)
+from perdure.runtime.nats_consumer import Delivery
+
+from .effect_runner import ExecutionRef
+from .effects import Effect
+from .instance import WorkflowInstance
+
+if TYPE_CHECKING:
+    from .worker import WorkerServices
+
+log = structlog.get_logger("perdure.execution")
+
+REPLY_HEADER = "Perdure-Reply"
+_KEPT_STEP_EFFECTS = 64
+_KEPT_ABSORBED = 4096
+_MAX_CONFLICT_RETRIES = 5
+
+
+class UnknownWorkflow(PerdureError):
+    code = "workflow.unknown"
+
+
+@dataclass(slots=True)
+class _Incoming:
+    delivery: Delivery
+    message: AnyInboxMessage
+    event: InputEvent | None = None
+    refusal: ApiError | None = None
+
+
+class ExecutionActor:
+    def __init__(
+        self, services: WorkerServices, execution_id: str, partition: int, release: Callable[[int], None]
+    ) -> None:
+        self.execution_id = execution_id
+        self.partition = partition
+        self._services = services
+        self._release = release
+        self.mailbox: list[Delivery] = []
+        self.busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.instance: WorkflowInstance | None = None
+        self.ref: ExecutionRef | None = None
+        self._loaded = False
+        self._last_seq = 0
+        self._last_time = 0.0
+        self._absorbed: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._step_effects: collections.OrderedDict[int, list[Effect]] = collections.OrderedDict()
+        self.blocked: str | None = None
+        self._history_may_exist = False  # set after a conflict: never assume a fresh execution again
+        self._log = log.bind(execution_id=execution_id)
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.mailbox
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def deliver(self, delivery: Delivery) -> None:
+        self.mailbox.append(delivery)
+        if not self.busy:
+            self.busy = True
+            self._idle.clear()
+            self._services.supervisor.spawn(self._drain(), name=f"execution:{self.execution_id}")
+
+    async def _drain(self) -> None:
+        try:
+            while self.mailbox:
+                batch, self.mailbox = self.mailbox, []
+                await self._handle(batch)
+        finally:
+            self.busy = False
+            self._idle.set()
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            try:
+                await self._step(batch)
+                return
+            except HistoryConflict as exc:
+                self._log.info("execution.conflict", error=str(exc))
+                self._forget()
+                self._history_may_exist = True
+            except UnknownWorkflow as exc:
+                self._log.error("execution.unknown_workflow", error=str(exc))
+                self._forget()
+                await self._nak(batch, delay=5.0)
+                return
+            except (ConnectionLost, PerdureError) as exc:
+                self._log.warning("execution.step_failed", error=str(exc))
+                self._forget()
+                await self._nak(batch, delay=1.0)
+                return
+            except Exception:
+                self._log.exception("execution.step_crashed")
+                self._forget()
+                await self._nak(batch, delay=2.0)
+                return
+        await self._nak(batch, delay=0.5)
+
+    async def _nak(self, batch: list[Delivery], *, delay: float) -> None:
+        for delivery in batch:
+            await delivery.nak(delay=delay)
+        self._release(len(batch))
+
+    async def _done(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            await delivery.ack()
+        self._release(len(batch))
+
+    def _forget(self) -> None:
+        """Drop the in-memory state; the next step replays history."""
+        self.instance = None
+        self.ref = None
+        self._loaded = False
+        self._last_seq = 0
+        self._absorbed.clear()
+        self._step_effects.clear()
+        self.blocked = None
+
+    # ------------------------------------------------------------------- one step
+
+    async def _step(self, batch: list[Delivery]) -> None:
+        incoming = await self._decode(batch)
+        if not incoming:
+            self._release(len(batch))
+            return
+        if not self._loaded:
+            if isinstance(incoming[0].message, StartWorkflow) and not self._history_may_exist:
+                self._loaded = True  # optimistic: a new execution; a conflict on append says otherwise
+            else:
+                await self._load()
+        if self.blocked is not None:
+            await self._nak(batch, delay=30.0)
+            return
+        fresh = await self._redo_duplicates(incoming)
+        for item in fresh:
+            self._to_input(item)
+        instance = self.instance
+        if instance is None:
+            for item in fresh:
+                self._log.info("execution.message_for_unknown", type=type(item.message).__name__)
+            await self._reply_all(fresh, accepted=set())
+            await self._done(batch)
+            return
+        now = max(time.time(), self._last_time)
+        candidates = [item.event for item in fresh if item.event is not None]
+        activation = instance.activate(candidates, now)
+        if activation.inputs or activation.decisions:
+            await self._append(now, activation, fresh)
+            assert self.ref is not None
+            self.ref.history_length = instance.history_length
+            await self._services.effects.perform(self.ref, activation.effects)
+        accepted = {id(event) for event in activation.inputs}
+        await self._reply_all(fresh, accepted=accepted)
+        await self._done(batch)
+
+    async def _decode(self, batch: list[Delivery]) -> list[_Incoming]:
+        out: list[_Incoming] = []
+        for delivery in batch:
+            try:
+                message = codec.decode(
+                    codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
+                )
+            except InvalidPayload as exc:
+                # Not something Perdure wrote: keep it out of the way, say why.
+                self._log.error("execution.bad_inbox_message", error=str(exc))
+                await delivery.term()
+                continue
+            out.append(_Incoming(delivery, message))
+        return out
+
+    async def _append(self, now: float, activation: Any, fresh: list[_Incoming]) -> None:
+        step = HistoryStep(
+            time=now,
+            inputs=activation.inputs,
+            decisions=activation.decisions,
+            absorbed=[item.delivery.stream_seq for item in fresh],
+        )
+        ack = await self._services.conn.publish(
+            self._services.names.history(self.execution_id),
+            codec.encode(step),
+            expected_last_subject_seq=self._last_seq,
+        )
+        self._last_seq, self._last_time = ack.seq, now
+        assert self.instance is not None
+        self._remember(self.instance.step_index - 1, step.absorbed, activation.effects)
+
+    def _remember(self, step_index: int, absorbed: list[int], effects: list[Effect]) -> None:
+        for seq in absorbed:
+            self._absorbed[seq] = step_index
+        while len(self._absorbed) > _KEPT_ABSORBED:
+            self._absorbed.popitem(last=False)
+        self._step_effects[step_index] = effects
+        while len(self._step_effects) > _KEPT_STEP_EFFECTS:
+            self._step_effects.popitem(last=False)
+
+    async def _redo_duplicates(self, incoming: list[_Incoming]) -> list[_Incoming]:
+        """A message already absorbed by a step came back: that step's effects may not have
+        happened (crash between append and ack), so perform them again, once per step."""
+        fresh: list[_Incoming] = []
+        redone: set[int] = set()
+        for item in incoming:
+            step_index = self._absorbed.get(item.delivery.stream_seq)
+            if step_index is None:
+                fresh.append(item)
+                continue
+            if step_index not in redone and self.ref is not None:
+                redone.add(step_index)
+                await self._services.effects.perform(self.ref, self._step_effects.get(step_index, []))
+            await self._reply(item, ApiReply(ok=True))
+        return fresh
+
+    # ------------------------------------------------------------- inbox -> inputs
+
+    def _to_input(self, item: _Incoming) -> None:
+        message = item.message
+        match message:
+            case StartWorkflow():
+                if self.instance is None:
+                    self._create(message)
+                    item.event = WorkflowStarted(
+                        workflow=message.workflow,
+                        input=message.input,
+                        parent=message.parent,
+                        timeout=message.timeout,
+                    )
+            case ActivityResult():
+                item.event = self._activity_result(item, message)
+            case TimerExpired():
+                if self.instance is not None and message.run == self.instance.run:
+                    item.event = TimerFired(timer=message.timer)
+            case CancelWorkflow():
+                item.event = CancelRequested(reason=message.reason)
+            case SignalWorkflow():
+                item.event = SignalReceived(name=message.name, payload=message.payload, id=message.id)
+
+    def _create(self, message: StartWorkflow) -> None:
+        definition = self._services.registry.workflow(message.workflow)
+        if definition is None:
+            raise UnknownWorkflow(f"workflow {message.workflow!r} is not hosted by this runtime")
+        self.instance = WorkflowInstance(definition, self.execution_id, run=1)
+        self.ref = ExecutionRef(self.execution_id, definition.name, 1, self.partition, time.time())
+
+    def _activity_result(self, item: _Incoming, message: ActivityResult) -> InputEvent | None:
+        instance = self.instance
+        if instance is None or message.run != instance.run:
+            item.refusal = ApiError(code="activity.closed", message="that run of the execution is over")
+            return None
+        state = instance.activities.get(message.seq)
+        if state is None or state.nonce != message.nonce:
+            item.refusal = ApiError(
+                code="token.invalid",
+                message=f"token does not match activity {message.seq} of {self.execution_id} (wrong nonce)",
+            )
+            return None
+        if message.ok:
+            return ActivityCompleted(
+                seq=message.seq, attempt=message.attempt, result=message.result or codec.NULL
+            )
+        assert message.error is not None
+        return ActivityFailed(seq=message.seq, attempt=message.attempt, error=message.error)
+
+    # -------------------------------------------------------------------- replies
+
+    async def _reply_all(self, items: list[_Incoming], *, accepted: set[int]) -> None:
+        for item in items:
+            if REPLY_HEADER not in item.delivery.headers:
+                continue
+            if item.event is not None and id(item.event) in accepted:
+                reply = ApiReply(ok=True)
+            else:
+                error = item.refusal or ApiError(
+                    code="activity.closed",
+                    message=f"the activity already completed, failed or timed out in {self.execution_id}; "
+                    "this result was ignored",
+                )
+                reply = ApiReply(ok=False, error=error, closed=error.code == "activity.closed")
+            await self._reply(item, reply)
+
+    async def _reply(self, item: _Incoming, reply: ApiReply) -> None:
+        subject = item.delivery.headers.get(REPLY_HEADER)
+        if subject:
+            await self._services.conn.publish_core(subject, codec.encode(reply))
+
+    # --------------------------------------------------------------------- replay
+
+    async def _load(self) -> None:
+        """Rebuild the instance by replaying the whole history through the workflow code."""
+        services = self._services
+        stored = await services.conn.read_subject(
+            services.names.history_stream, services.names.history(self.execution_id)
+        )
+        self._loaded = True
+        if not stored:
+            return
+        steps = [
+            codec.decode(codec.history_step, s.data, what=f"history of {self.execution_id}") for s in stored
+        ]
+        started = steps[0].inputs[0] if steps[0].inputs else None
+        if not isinstance(started, WorkflowStarted):
+            raise InvalidPayload(f"history of {self.execution_id} does not begin with workflow.started")
+        definition = services.registry.workflow(started.workflow)
+        if definition is None:
+            raise UnknownWorkflow(f"workflow {started.workflow!r} is not hosted by this runtime")
+        instance = WorkflowInstance(definition, self.execution_id, run=started.run)
+        self.instance = instance
+        self.ref = ExecutionRef(
+            self.execution_id, definition.name, started.run, self.partition, steps[0].time
+        )
+        try:
+            for index, step in enumerate(steps):
+                activation = instance.activate(step.inputs, step.time, expected=step.decisions)
+                self._remember(index, step.absorbed, activation.effects)
+        except NonDeterminismError as exc:
+            self.blocked = str(exc)
+            self._log.error("execution.nondeterministic", error=str(exc))
+            await services.effects.mark_blocked(self.ref, str(exc))
+        finally:
+            instance.replaying = False
+        self._last_seq, self._last_time = stored[-1].seq, steps[-1].time
+        self.ref.history_length = instance.history_length

@@ -1,0 +1,55 @@
+"""ActivityHandle: a scheduled activity, seen from workflow code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+from perdure.runtime.events import ActivityOptions
+
+if TYPE_CHECKING:
+    from .definitions import ActivityDefinition
+    from .instance import ActivityState, WorkflowInstance
+
+R = TypeVar("R")
+
+
+class ActivityHandle(Generic[R]):
+    """Returned by ``activity.start(...)``; awaiting it (or ``result()``) gives the result.
+
+    Scheduling happens when the handle is made, so ``asyncio.gather(a(x), a(y))`` schedules
+    ``a(x)`` before ``a(y)`` on every replay.
+    """
+
+    def __init__(
+        self,
+        definition: ActivityDefinition[Any, R],
+        instance: WorkflowInstance,
+        input: msgspec.Raw,
+        options: ActivityOptions,
+    ) -> None:
+        self.definition = definition
+        self._state: ActivityState = instance.schedule_activity(definition.name, input, options)
+
+    @property
+    def seq(self) -> int:
+        return self._state.seq
+
+    async def result(self) -> R:
+        try:
+            raw = await asyncio.shield(self._state.future)
+        except asyncio.CancelledError:
+            # The awaiting workflow task was cancelled (wait_for timeout, workflow cancel):
+            # abandon the activity, and let its heartbeats learn that it is no longer wanted.
+            self._state.instance.cancel_activity(self._state)
+            raise
+        return self.definition.result_codec.decode(raw, what=f"result of activity {self.definition.name!r}")  # type: ignore[no-any-return]
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.result().__await__()
+
+    def progress(self) -> AsyncIterator[Any]:
+        """Checkpoints the activity reports with ``ctx.heartbeat(details)``, in order (recorded)."""
+        return self._state.instance.progress_of(self._state, self.definition)

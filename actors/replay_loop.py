@@ -1,0 +1,166 @@
+"""The ReplayLoop: an asyncio event loop for workflow code that never runs freely.
+
+Workflow code is ordinary asyncio (``gather``, ``wait``, ``wait_for``, ``sleep``, tasks,
+events), but it runs on this loop, which only *schedules*: the execution actor applies a
+step's inputs and then calls ``run_ready()``, which runs callbacks until nothing is ready.
+``time()`` is the step's recorded time, and ``call_at``/``call_later`` become durable timers
+through the instance, so ``asyncio.sleep(3600)`` is a timer that survives crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import structlog
+from perdure.runtime.errors import PerdureError
+
+if TYPE_CHECKING:
+    from .instance import WorkflowInstance
+
+log = structlog.get_logger("perdure.workflow")
+T = TypeVar("T")
+
+
+class TimerScheduler(Protocol):
+    def start_timer(self, handle: asyncio.TimerHandle) -> None: ...
+    def cancel_timer(self, handle: asyncio.TimerHandle) -> None: ...
+
+
+class ReplayLoop(asyncio.AbstractEventLoop):
+    def __init__(self, instance: WorkflowInstance) -> None:
+        self.instance = instance
+        self.now = 0.0
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._closed = False
+
+    # ---------------------------------------------------------------- scheduling
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.TimerHandle:
+        return self.call_at(self.now + delay, callback, *args, context=context)
+
+    def call_at(
+        self, when: float, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, args, self, context)
+        if when <= self.now:
+            # A timer already due is just "soon"; a durable timer would only add a round trip.
+            self._ready.append(handle)
+        else:
+            handle._scheduled = True  # so TimerHandle.cancel() tells us
+            self.instance.start_timer(handle)
+        return handle
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        if handle._scheduled:
+            self.instance.cancel_timer(handle)
+
+    def fire(self, handle: asyncio.TimerHandle) -> None:
+        handle._scheduled = False
+        if not handle.cancelled():
+            self._ready.append(handle)
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None, context: Context | None = None
+    ) -> asyncio.Task[T]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def run_ready(self) -> None:
+        """Run callbacks until none is ready: the workflow is blocked on something durable."""
+        with _running(self):
+            while self._ready:
+                handle = self._ready.popleft()
+                if not handle.cancelled():
+                    handle._run()
+
+    # ------------------------------------------------------------------- plumbing
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.call_exception_handler(context)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, PerdureError) and exc.code == "workflow.nondeterministic":
+            return
+        if self.instance.replaying:
+            return
+        log.error(
+            "workflow.callback_error",
+            execution_id=self.instance.execution_id,
+            message=context.get("message"),
+            error=repr(exc) if exc else None,
+        )
+
+    def get_exception_handler(self) -> None:
+        return None
+
+    # Anything that would do I/O or run freely is refused with a clear message.
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "workflow code must be deterministic: do I/O in an activity, not on the workflow loop"
+        )
+
+    run_forever = run_until_complete = stop = _refuse  # type: ignore[assignment]
+    run_in_executor = getaddrinfo = create_connection = create_server = _refuse  # type: ignore[assignment]
+    subprocess_exec = subprocess_shell = add_reader = add_writer = sock_connect = _refuse  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def _running(loop: ReplayLoop) -> Iterator[None]:
+    """Make ``loop`` the thread's running loop while workflow code steps.
+
+    This is the one place we use private asyncio API (as the Temporal SDK does): with it,
+    ``asyncio.get_running_loop()``, futures, tasks, ``asyncio.Event`` and friends inside
+    workflow code bind to the replay loop. The outer (uvloop) loop is restored afterwards;
+    nothing of the outer loop runs in between, since this is a plain synchronous call.
+    """
+    outer = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.events._set_running_loop(outer)
+
+
+def current_instance() -> WorkflowInstance | None:
+    """The workflow instance whose code is running now, or None outside workflow code."""
+    loop = asyncio.events._get_running_loop()
+    return loop.instance if isinstance(loop, ReplayLoop) else None
+
+
+def require_instance(what: str) -> WorkflowInstance:
+    instance = current_instance()
+    if instance is None:
+        raise RuntimeError(f"{what} can only be called from workflow code")
+    return instance

@@ -1,0 +1,178 @@
+"""TimerService: durable timers as KV entries with a TTL, fired on time from memory.
+
+Each timer is a key ``<partition>.<execution>.<run>.<timer>`` in the timers bucket, put
+with a TTL rounded *up* to whole seconds: its expiry marker (``Nats-Marker-Reason:
+MaxAge``) is the crash-safe backstop that never fires early. The runtime that owns the
+partition also keeps an in-process timer for the exact ``fire_at``. Both paths publish the
+same ``TimerExpired`` with the same ``Nats-Msg-Id``, so JetStream keeps only the first.
+
+On taking a partition over, a watcher delivers the last entry of every key: live timers
+are armed in memory, markers that expired while nobody owned the partition fire now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+import structlog
+from perdure.runtime import codec
+from perdure.runtime.messages import TimerEntry, TimerExpired
+from perdure.runtime.naming import Names
+from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
+
+log = structlog.get_logger("perdure.timers")
+
+
+class TimerKey(msgspec.Struct, frozen=True):
+    partition: int
+    execution_id: str
+    run: int
+    timer: str
+
+    def key(self) -> str:
+        return f"{self.partition}.{self.execution_id}.{self.run}.{self.timer}"
+
+    @classmethod
+    def parse(cls, key: str) -> TimerKey | None:
+        parts = key.split(".", 3)
+        if len(parts) != 4 or not parts[0].isdigit() or not parts[2].isdigit():
+            return None
+        return cls(int(parts[0]), parts[1], int(parts[2]), parts[3])
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.execution_id}:{self.run}:timer:{self.timer}"
+
+
+class TimerService:
+    def __init__(self, conn: Connection, names: Names) -> None:
+        self._conn = conn
+        self._names = names
+        self._bucket = names.timers_bucket
+        self._prefix = f"$KV.{self._bucket}."
+        self._armed: dict[str, asyncio.TimerHandle] = {}
+        self._quiet: set[str] = set()  # keys whose coming expiry marker must not fire
+        self._watchers: dict[int, Subscription] = {}
+        self._owned: Callable[[int], bool] = lambda p: True
+
+    def set_ownership(self, owned: Callable[[int], bool]) -> None:
+        self._owned = owned
+
+    # ------------------------------------------------------------- from effects
+
+    async def put(self, key: TimerKey, fire_at: float) -> asyncio.Future[object]:
+        """Store the timer (TTL backstop) and arm it in memory."""
+        k = key.key()
+        self.arm(key, fire_at)
+        return await self._conn.publish_nowait(
+            self._prefix + k,
+            codec.encode(TimerEntry(fire_at=fire_at)),
+            ttl=max(0.0, fire_at - time.time()),
+        )  # type: ignore[return-value]
+
+    async def cancel(self, key: TimerKey) -> asyncio.Future[object]:
+        """Re-put as cancelled with a 1 s TTL: no tombstone stays, and its marker is ignored."""
+        k = key.key()
+        self.disarm(k)
+        self._quiet.add(k)
+        return await self._conn.publish_nowait(
+            self._prefix + k, codec.encode(TimerEntry(fire_at=0.0, cancelled=True)), ttl=1
+        )  # type: ignore[return-value]
+
+    def arm(self, key: TimerKey, fire_at: float) -> None:
+        k = key.key()
+        if k in self._armed:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, fire_at - time.time())
+        self._armed[k] = loop.call_at(loop.time() + delay, self._fire_from_memory, key)
+
+    def disarm(self, key: str) -> None:
+        handle = self._armed.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _fire_from_memory(self, key: TimerKey) -> None:
+        k = key.key()
+        self._armed.pop(k, None)
+        self._quiet.add(k)  # the KV marker will follow; the inbox already has this firing
+        asyncio.get_running_loop().create_task(self._publish_fired(key))
+
+    async def _publish_fired(self, key: TimerKey) -> None:
+        message = TimerExpired(run=key.run, timer=key.timer)
+        try:
+            await self._conn.publish(
+                self._names.inbox(key.execution_id), codec.encode(message), msg_id=key.msg_id
+            )
+        except Exception as exc:  # the KV marker is the backstop
+            self._quiet.discard(key.key())
+            log.warning("timer.publish_failed", key=key.key(), error=str(exc))
+
+    # ------------------------------------------------------------------ watching
+
+    async def watch_partition(self, partition: int) -> None:
+        if partition in self._watchers:
+            return
+        self._watchers[partition] = await self._conn.watch(
+            f"KV_{self._bucket}", f"{self._prefix}{partition}.>", self._on_entry
+        )
+
+    async def unwatch_partition(self, partition: int) -> None:
+        sub = self._watchers.pop(partition, None)
+        if sub is not None:
+            await sub.stop()
+        prefix = f"{partition}."
+        for k in [k for k in self._armed if k.startswith(prefix)]:
+            self.disarm(k)
+        self._quiet = {k for k in self._quiet if not k.startswith(prefix)}
+
+    async def stop(self) -> None:
+        for partition in list(self._watchers):
+            await self.unwatch_partition(partition)
+        for k in list(self._armed):
+            self.disarm(k)
+
+    async def _on_entry(self, msg: StoredMessage) -> None:
+        k = msg.subject[len(self._prefix) :]
+        key = TimerKey.parse(k)
+        if key is None or not self._owned(key.partition):
+            return
+        if msg.headers.get("Nats-Marker-Reason") == "MaxAge":
+            await self._on_expired(key, k)
+            return
+        if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            self.disarm(k)
+            return
+        if key.timer.endswith(".hb"):
+            self._on_record(k, msg.data)
+            return
+        try:
+            entry = codec.timer_entry.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("timer.bad_entry", key=k)
+            return
+        if entry.cancelled:
+            self.disarm(k)
+            self._quiet.add(k)
+        else:
+            self.arm(key, entry.fire_at)
+
+    def _on_record(self, k: str, data: bytes) -> None:
+        try:
+            record = codec.activity_record.decode(data)
+        except msgspec.DecodeError:
+            return
+        if record.closed:
+            self._quiet.add(k)
+        else:
+            self._quiet.discard(k)
+
+    async def _on_expired(self, key: TimerKey, k: str) -> None:
+        self._armed.pop(k, None)
+        if k in self._quiet:
+            self._quiet.discard(k)
+            return
+        await self._publish_fired(key)

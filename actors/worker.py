@@ -1,0 +1,292 @@
+"""Worker: one runtime's composition of actors, services and ownership.
+
+    Worker
+    ├── PartitionOwnership        leases: which inbox partitions this runtime handles
+    ├── PartitionHost (per owned partition)
+    │     inbox consumer ──▶ ExecutionActor (LRU cache, one step at a time per execution)
+    ├── TimerService              KV timers + in-memory precise firing, per owned partition
+    ├── ActivityActor (per activity name)   work consumer ──▶ run ──▶ inbox
+    └── CompletionService         <ns>.api.complete / fail / heartbeat
+
+Every task belongs to the worker's Supervisor; ``stop()`` hands partitions over gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from perdure.runtime.errors import PerdureError
+from perdure.runtime.naming import Names
+from perdure.runtime.nats_admin import recreate_consumer
+from perdure.runtime.nats_client import Connection
+from perdure.runtime.nats_consumer import PullConsumer
+from perdure.runtime.provision import Provisioner
+from perdure.runtime.settings import Settings
+from perdure.runtime.supervisor import Supervisor
+
+from .activity_actor import ActivityActor
+from .completion import CompletionService, HeartbeatService
+from .effect_runner import EffectRunner
+from .execution_actor import ExecutionActor
+from .ownership import PartitionOwnership
+from .registry import Registry
+from .timers import TimerService
+
+log = structlog.get_logger("perdure.worker")
+
+INBOX_ACK_WAIT = 30.0
+INBOX_CREDIT = 2000
+
+
+@dataclass(slots=True)
+class WorkerServices:
+    """What actors share; passed down instead of reaching for globals."""
+
+    conn: Connection
+    settings: Settings
+    names: Names
+    registry: Registry
+    supervisor: Supervisor
+    effects: EffectRunner
+    timers: TimerService
+    heartbeats: HeartbeatService
+
+
+class PartitionHost:
+    """Consumes one inbox partition and routes each message to its execution's actor."""
+
+    def __init__(self, worker: Worker, partition: int) -> None:
+        self._worker = worker
+        self.partition = partition
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: PullConsumer | None = None
+
+    def start(self) -> None:
+        self._task = self._worker.services.supervisor.spawn(self._run(), name=f"partition:{self.partition}")
+
+    async def _run(self) -> None:
+        """Consume until stopped; on a failure (server restart, consumer lost) start over."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._consume()
+            except PerdureError as exc:
+                log.warning("partition.restart", partition=self.partition, error=str(exc))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _consume(self) -> None:
+        services = self._worker.services
+        names, p = services.names, self.partition
+        await recreate_consumer(
+            services.conn,
+            stream=names.inbox_stream,
+            name=names.inbox_consumer(p),
+            filter_subject=names.inbox_partition(p),
+            ack_wait=INBOX_ACK_WAIT,
+            max_ack_pending=INBOX_CREDIT * 4,
+        )
+        consumer = PullConsumer(
+            services.conn, names.inbox_stream, names.inbox_consumer(p), credit=INBOX_CREDIT
+        )
+        self._consumer = consumer
+        await consumer.start()
+        await services.timers.watch_partition(p)
+        try:
+            while True:
+                for delivery in await consumer.next_batch():
+                    execution_id = delivery.subject.rsplit(".", 1)[1]
+                    self._worker.actor(execution_id, p, consumer.release).deliver(delivery)
+        finally:
+            await consumer.stop()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages, let the steps under way finish, forget this partition's actors."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=timeout)
+        await self._worker.settle_partition(self.partition, timeout)
+        await self._worker.services.timers.unwatch_partition(self.partition)
+
+
+class Worker:
+    """Hosts the execution and activity actors of the given workflows and activities.
+
+    ``async with Worker([my_workflow, my_activity], url=...)`` runs it; ``perdure worker``
+    does the same from the command line.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Any] = (),
+        *,
+        url: str | None = None,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+        host_workflows: bool = True,
+    ) -> None:
+        self.settings = settings or Settings.from_env(url=url)
+        if url is not None and self.settings.url != url:
+            self.settings = Settings(**{**_fields(self.settings), "url": url})
+        self.registry = registry or Registry(items)
+        self._host_workflows = host_workflows
+        self.services: WorkerServices
+        self._actors: collections.OrderedDict[str, ExecutionActor] = collections.OrderedDict()
+        self._hosts: dict[int, PartitionHost] = {}
+        self._ownership: PartitionOwnership | None = None
+        self._completion: CompletionService | None = None
+        self._conn: Connection | None = None
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        settings = self.settings
+        if not settings.url:
+            from perdure.runtime.embedded import default_url
+
+            self.settings = Settings(**{**_fields(settings), "url": default_url()})
+        assert self.settings.url
+        conn = await Connection.connect(self.settings.url, name=f"perdure-runtime-{self.settings.name}")
+        self._conn = conn
+        await Provisioner(conn, self.settings).provision()
+        names = self.settings.names
+        supervisor = Supervisor(f"runtime:{self.settings.name}")
+        timers = TimerService(conn, names)
+        heartbeats = HeartbeatService(conn, names, self.settings.partitions)
+        self.services = WorkerServices(
+            conn=conn,
+            settings=self.settings,
+            names=names,
+            registry=self.registry,
+            supervisor=supervisor,
+            effects=EffectRunner(conn, names, timers),
+            timers=timers,
+            heartbeats=heartbeats,
+        )
+        self._completion = CompletionService(conn, names, heartbeats)
+        await self._completion.start()
+        for definition in self.registry.activities.values():
+            supervisor.spawn(
+                ActivityActor(self.services, definition).run(),
+                name=f"activities:{definition.name}",
+                critical=True,
+            )
+        if self._host_workflows and self.registry.workflows:
+            self._ownership = PartitionOwnership(
+                conn, self.settings, on_acquire=self._acquire, on_release=self._release
+            )
+            timers.set_ownership(self._ownership.owns)
+            await self._ownership.tick()
+            supervisor.spawn(self._ownership.run(), name="ownership", critical=True)
+        self.ready.set()
+        log.info(
+            "runtime.started",
+            runtime=self.settings.name,
+            url=self.settings.url,
+            namespace=self.settings.namespace,
+            workflows=sorted(self.registry.workflows),
+            activities=sorted(self.registry.activities),
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Graceful: hand partitions over, finish running steps, then close."""
+        if self._conn is None:
+            return
+        self.ready.clear()
+        services = self.services
+        if self._ownership is not None:
+            try:
+                await self._ownership.release_all()
+            except Exception as exc:
+                log.warning("runtime.release_failed", error=str(exc))
+        if self._completion is not None:
+            await self._completion.stop()
+        await services.supervisor.stop(timeout=timeout)
+        await services.timers.stop()
+        await self._conn.close()
+        self._conn = None
+        log.info("runtime.stopped", runtime=self.settings.name)
+
+    async def kill(self) -> None:
+        """Stop without handing anything over (tests: what a crash looks like to the others)."""
+        if self._conn is None:
+            return
+        await self.services.supervisor.stop(timeout=1.0)
+        await self.services.timers.stop()
+        await self._conn.close()
+        self._conn = None
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_failed(self) -> BaseException | None:
+        await self.services.supervisor.failed.wait()
+        return self.services.supervisor.failure
+
+    # --------------------------------------------------------------- partitions
+
+    @property
+    def owned_partitions(self) -> list[int]:
+        return sorted(self._hosts)
+
+    async def _acquire(self, partition: int) -> None:
+        host = PartitionHost(self, partition)
+        self._hosts[partition] = host
+        host.start()
+
+    async def _release(self, partition: int) -> None:
+        host = self._hosts.pop(partition, None)
+        if host is not None:
+            await host.stop(timeout=5.0)
+
+    async def settle_partition(self, partition: int, timeout: float) -> None:
+        """Wait for this partition's actors to finish their step, then drop them."""
+        actors = [a for a in self._actors.values() if a.partition == partition]
+        busy = [asyncio.ensure_future(a.wait_idle()) for a in actors if not a.idle]
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=timeout)
+            for waiter in pending:
+                waiter.cancel()
+        for actor in actors:
+            self._actors.pop(actor.execution_id, None)
+
+    # ----------------------------------------------------------------- actor cache
+
+    def actor(self, execution_id: str, partition: int, release: Callable[[int], None]) -> ExecutionActor:
+        actor = self._actors.get(execution_id)
+        if actor is None:
+            actor = ExecutionActor(self.services, execution_id, partition, release)
+            self._actors[execution_id] = actor
+            self._evict()
+        else:
+            self._actors.move_to_end(execution_id)
+        return actor
+
+    def _evict(self) -> None:
+        excess = len(self._actors) - self.settings.cache_size
+        if excess <= 0:
+            return
+        for execution_id in list(self._actors)[: excess * 2]:
+            if excess <= 0:
+                break
+            if self._actors[execution_id].idle:
+                del self._actors[execution_id]
+                excess -= 1
+
+    @property
+    def cached_executions(self) -> int:
+        return len(self._actors)
+
+
+def _fields(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}

@@ -1,0 +1,135 @@
+"""The async client: start executions, await results, and complete activity tokens."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from perdure.runtime import codec
+from perdure.runtime.embedded import default_url
+from perdure.runtime.errors import ErrorInfo as _ErrorInfo
+from perdure.runtime.errors import ExecutionNotFound, InvalidPayload, from_info
+from perdure.runtime.messages import (
+    AnyInboxMessage,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    RemoteFailure,
+    StartWorkflow,
+)
+from perdure.runtime.naming import Names, check_execution_id
+from perdure.runtime.nats_client import Connection
+
+from .handle import ExecutionDescription, WorkflowHandle
+
+
+class HeartbeatReply(msgspec.Struct, frozen=True):
+    cancel_requested: bool = False
+    closed: bool = False
+
+
+class Client:
+    """A connection to a Perdure namespace.
+
+    ``await Client.connect()`` without a URL finds the embedded server a local runtime
+    started (or ``PERDURE_URL``, or ``nats://127.0.0.1:4222``).
+    """
+
+    def __init__(self, conn: Connection, names: Names, *, request_timeout: float = 10.0) -> None:
+        self.conn = conn
+        self.names = names
+        self.request_timeout = request_timeout
+
+    @classmethod
+    async def connect(cls, url: str | None = None, *, namespace: str = "perdure") -> Client:
+        names = Names(namespace)
+        conn = await Connection.connect(url or default_url(), name="perdure-client")
+        return cls(conn, names)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- executions
+
+    async def start(self, workflow: Any, input: Any = None, *, id: str | None = None) -> WorkflowHandle:
+        """Start an execution of ``workflow`` (a ``@workflow`` or its name); idempotent on ``id``.
+
+        The input is checked against the workflow's declared input type before anything is
+        sent, so a malformed input fails here with a message saying what does not decode.
+        """
+        execution_id = check_execution_id(id or uuid.uuid4().hex)
+        name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
+        if not name:
+            raise InvalidPayload(f"{workflow!r} is not a workflow (decorate it with @workflow)")
+        input_codec = getattr(workflow, "input_codec", None)
+        if input_codec is not None:
+            raw = input_codec.check(input, what=f"input of workflow {name!r}")
+        else:
+            raw = msgspec.Raw(codec.encode(input))
+        await self.send(execution_id, StartWorkflow(workflow=name, input=raw), msg_id=f"start:{execution_id}")
+        return WorkflowHandle(self, execution_id, workflow if not isinstance(workflow, str) else None)
+
+    def get_handle(self, execution_id: str, workflow: Any = None) -> WorkflowHandle:
+        return WorkflowHandle(self, check_execution_id(execution_id), workflow)
+
+    async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> None:
+        await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
+
+    async def describe(self, execution_id: str) -> ExecutionDescription:
+        return await self.get_handle(execution_id).describe()
+
+    async def list_executions(
+        self, *, status: str | None = None, workflow: str | None = None
+    ) -> list[ExecutionDescription]:
+        bucket = self.names.executions_bucket
+        stored = await self.conn.scan_last(f"KV_{bucket}", f"$KV.{bucket}.>")
+        out = []
+        for message in stored:
+            if not message.data:
+                continue
+            record = codec.decode(codec.execution_record, message.data, what="index entry")
+            if (status is None or record.status == status) and (
+                workflow is None or record.workflow == workflow
+            ):
+                out.append(ExecutionDescription.of(record))
+        return out
+
+    # ------------------------------------------------------------- activity tokens
+
+    async def complete_activity(self, token: str, result: Any = None) -> None:
+        """Finish an async activity with ``result``. Raises ``ActivityClosed`` if it already closed."""
+        raw = result if isinstance(result, msgspec.Raw) else msgspec.Raw(codec.encode(result))
+        await self._token_request("complete", CompleteRequest(token=token, result=raw))
+
+    async def fail_activity(self, token: str, error: BaseException | str) -> None:
+        """Fail an async activity; the workflow sees ``ActivityError`` with this type and message."""
+        if isinstance(error, BaseException):
+            failure = RemoteFailure(type=type(error).__qualname__, message=str(error))
+        else:
+            failure = RemoteFailure(type="Error", message=error)
+        await self._token_request("fail", FailRequest(token=token, error=failure))
+
+    async def heartbeat_activity(self, token: str, details: Any = None) -> HeartbeatReply:
+        """Heartbeat an async activity; the reply says if the execution still wants it."""
+        raw = msgspec.Raw(codec.encode(details))
+        reply = await self._token_request("heartbeat", HeartbeatRequest(token=token, details=raw))
+        return HeartbeatReply(cancel_requested=reply.cancel_requested, closed=reply.closed)
+
+    async def _token_request(self, verb: str, body: msgspec.Struct) -> Any:
+        data = await self.conn.request(self.names.api(verb), codec.encode(body), timeout=self.request_timeout)
+        reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
+        if not reply.ok:
+            error = reply.error
+            assert error is not None
+            raise from_info(_ErrorInfo(code=error.code, message=error.message))
+        return reply
+
+
+__all__ = ["Client", "ExecutionNotFound", "HeartbeatReply"]

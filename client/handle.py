@@ -1,0 +1,159 @@
+"""WorkflowHandle: one execution, seen from a service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from perdure.runtime import codec
+from perdure.runtime.errors import (
+    ErrorInfo,
+    ExecutionNotFound,
+    WorkflowCancelled,
+    WorkflowFailed,
+    from_info,
+)
+from perdure.runtime.events import AnyEvent, HistoryStep
+from perdure.runtime.messages import CancelWorkflow, ExecutionRecord, SignalWorkflow
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDescription:
+    execution_id: str
+    workflow: str
+    status: str
+    run: int
+    started_at: float
+    closed_at: float | None
+    history_length: int
+    error: ErrorInfo | None
+
+    @classmethod
+    def of(cls, record: ExecutionRecord) -> ExecutionDescription:
+        return cls(
+            execution_id=record.execution_id,
+            workflow=record.workflow,
+            status=record.status,
+            run=record.run,
+            started_at=record.started_at,
+            closed_at=record.closed_at,
+            history_length=record.history_length,
+            error=record.error,
+        )
+
+
+class WorkflowHandle:
+    def __init__(self, client: Client, execution_id: str, workflow: Any = None) -> None:
+        self._client = client
+        self.id = execution_id
+        self._workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id}>"
+
+    @property
+    def _index_subject(self) -> str:
+        return f"$KV.{self._client.names.executions_bucket}.{self.id}"
+
+    async def _record(self) -> ExecutionRecord | None:
+        stored = await self._client.conn.get_last(
+            f"KV_{self._client.names.executions_bucket}", self._index_subject
+        )
+        if stored is None or not stored.data:
+            return None
+        return codec.decode(codec.execution_record, stored.data, what=f"index entry of {self.id}")
+
+    async def describe(self) -> ExecutionDescription:
+        record = await self._record()
+        if record is None:
+            raise ExecutionNotFound(f"no execution {self.id!r}")
+        return ExecutionDescription.of(record)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the execution to close: its result, or ``WorkflowFailed`` / ``WorkflowCancelled``.
+
+        Watches the execution's index entry (a subscription on its KV subject, re-read after
+        every reconnect), so there is no polling loop.
+        """
+        record = await self._wait_closed(timeout)
+        return self._outcome(record)
+
+    async def _wait_closed(self, timeout: float | None) -> ExecutionRecord:
+        conn = self._client.conn
+        recheck = asyncio.Event()
+        sub, messages = await conn.subscribe(self._index_subject)
+        conn.on_reconnect(recheck.set)
+        try:
+            async with asyncio.timeout(timeout):
+                record = await self._record()
+                while record is None or record.status not in ("COMPLETED", "FAILED", "CANCELLED"):
+                    record = await self._next_record(messages, recheck) or record
+            return record
+        finally:
+            conn.remove_reconnect_listener(recheck.set)
+            await sub.stop()
+
+    async def _next_record(self, messages: Any, recheck: asyncio.Event) -> ExecutionRecord | None:
+        next_message = asyncio.ensure_future(anext(messages))
+        reconnected = asyncio.ensure_future(recheck.wait())
+        try:
+            done, _ = await asyncio.wait({next_message, reconnected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (next_message, reconnected):
+                if not fut.done():
+                    fut.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await fut
+        if reconnected in done:
+            recheck.clear()
+            return await self._record()
+        message = next_message.result()
+        if not message.data:
+            return None
+        return codec.decode(codec.execution_record, message.data, what=f"index entry of {self.id}")
+
+    def _outcome(self, record: ExecutionRecord) -> Any:
+        if record.status == "COMPLETED":
+            raw = record.result or codec.NULL
+            result_codec = getattr(self._workflow, "result_codec", None)
+            if result_codec is not None:
+                return result_codec.decode(raw, what=f"result of {self.id}")
+            return msgspec.json.decode(raw)
+        error = record.error or ErrorInfo(code="workflow.failed", message="failed")
+        cause = from_info(error)
+        if record.status == "CANCELLED":
+            raise WorkflowCancelled(f"execution {self.id!r} was cancelled", cause=cause)
+        raise WorkflowFailed(f"execution {self.id!r} failed: {error.type}: {error.message}", cause=cause)
+
+    async def history_steps(self) -> list[HistoryStep]:
+        names = self._client.names
+        stored = await self._client.conn.read_subject(names.history_stream, names.history(self.id))
+        if not stored:
+            raise ExecutionNotFound(f"no history for execution {self.id!r}")
+        return [codec.decode(codec.history_step, s.data, what=f"history of {self.id}") for s in stored]
+
+    async def history(self) -> list[AnyEvent]:
+        """Every event in order: each step's inputs, then the decisions they led to."""
+        events: list[AnyEvent] = []
+        for step in await self.history_steps():
+            events.extend(step.inputs)
+            events.extend(step.decisions)
+        return events
+
+    async def cancel(self, reason: str = "") -> None:
+        """Ask the execution to stop: the workflow sees ``CancelledError`` at its current await."""
+        await self._client.send(self.id, CancelWorkflow(reason=reason))
+
+    async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
+        raw = msgspec.Raw(codec.encode(payload))
+        await self._client.send(
+            self.id,
+            SignalWorkflow(name=name, payload=raw, id=id or ""),
+            msg_id=f"signal:{self.id}:{id}" if id else None,
+        )

@@ -1,0 +1,50 @@
+"""perdure.runtime: what clients and runtimes share.
+
+Connection to NATS, wire types and codec, errors, naming, provisioning, the embedded
+server, settings. Only ``nats_client``, ``nats_consumer`` and ``nats_admin`` import nats-py.
+"""
+
+from .embedded import EmbeddedServer
+from .errors import (
+    ActivityCancelled,
+    ActivityClosed,
+    ActivityError,
+    ActivityTimeout,
+    ConfigurationError,
+    ConnectionLost,
+    ErrorInfo,
+    ExecutionNotFound,
+    HeartbeatTimeout,
+    InvalidPayload,
+    InvalidToken,
+    NonDeterminismError,
+    PerdureError,
+    RemoteError,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
+from .events import ActivityOptions, RetryPolicy
+from .settings import Settings
+
+__all__ = [
+    "ActivityCancelled",
+    "ActivityClosed",
+    "ActivityError",
+    "ActivityOptions",
+    "ActivityTimeout",
+    "ConfigurationError",
+    "ConnectionLost",
+    "EmbeddedServer",
+    "ErrorInfo",
+    "ExecutionNotFound",
+    "HeartbeatTimeout",
+    "InvalidPayload",
+    "InvalidToken",
+    "NonDeterminismError",
+    "PerdureError",
+    "RemoteError",
+    "RetryPolicy",
+    "Settings",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+]

@@ -1,0 +1,196 @@
+"""Perdure's errors, one hierarchy with stable codes.
+
+    PerdureError                         code
+    ├── ConfigurationError               "config.invalid"
+    ├── ConnectionLost                   "nats.unavailable"
+    ├── InvalidPayload                   "payload.invalid"
+    ├── InvalidToken                     "token.invalid"
+    ├── ExecutionNotFound                "execution.not_found"
+    ├── ExecutionAlreadyExists           "execution.exists"
+    ├── ActivityClosed                   "activity.closed"
+    ├── NonDeterminismError              "workflow.nondeterministic"
+    ├── WorkflowFailed                   "workflow.failed"
+    │   └── WorkflowCancelled            "workflow.cancelled"
+    ├── ActivityError                    "activity.failed"
+    │   ├── ActivityTimeout              "activity.timeout"
+    │   ├── HeartbeatTimeout             "activity.heartbeat_timeout"
+    │   └── ActivityCancelled            "activity.cancelled"
+    ├── RemoteError                      (any code this version does not know)
+    └── HistoryConflict                  "history.conflict"  (internal: another owner appended)
+
+Every class has a stable ``code``; errors cross the wire as ``ErrorInfo`` and come
+back as the class with that code, so peers of other versions still interoperate
+(an unknown code decodes to ``RemoteError`` with the code kept).
+"""
+
+from __future__ import annotations
+
+import traceback as _traceback
+from typing import Any, ClassVar
+
+import msgspec
+
+from .rawjson import NULL
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An error as it travels on the wire and sits in history."""
+
+    code: str
+    message: str
+    type: str = ""
+    retryable: bool = True
+    traceback: str = ""
+    details: msgspec.Raw = NULL
+
+
+class PerdureError(Exception):
+    """Root of every error Perdure raises."""
+
+    code: ClassVar[str] = "perdure.error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", *, type: str = "", traceback: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type or self.__class__.__name__
+        self.remote_traceback = traceback
+
+    def to_info(self) -> ErrorInfo:
+        return ErrorInfo(
+            code=self.code,
+            message=self.message,
+            type=self.type,
+            retryable=self.retryable,
+            traceback=self.remote_traceback,
+        )
+
+
+class ConfigurationError(PerdureError):
+    code = "config.invalid"
+
+
+class ConnectionLost(PerdureError):
+    code = "nats.unavailable"
+    retryable = True
+
+
+class InvalidPayload(PerdureError):
+    code = "payload.invalid"
+
+
+class InvalidToken(PerdureError):
+    code = "token.invalid"
+
+
+class ExecutionNotFound(PerdureError):
+    code = "execution.not_found"
+
+
+class ExecutionAlreadyExists(PerdureError):
+    code = "execution.exists"
+
+
+class ActivityClosed(PerdureError):
+    code = "activity.closed"
+
+
+class NonDeterminismError(PerdureError):
+    code = "workflow.nondeterministic"
+
+
+class WorkflowFailed(PerdureError):
+    """The execution ended in failure; ``cause`` is the error the workflow raised."""
+
+    code = "workflow.failed"
+
+    def __init__(self, message: str = "", *, cause: PerdureError | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.cause = cause
+
+
+class WorkflowCancelled(WorkflowFailed):
+    code = "workflow.cancelled"
+
+
+class ActivityError(PerdureError):
+    """An activity failed; ``type``, ``message`` and ``remote_traceback`` come from the worker."""
+
+    code = "activity.failed"
+    retryable = True
+
+
+class ActivityTimeout(ActivityError):
+    code = "activity.timeout"
+
+
+class HeartbeatTimeout(ActivityTimeout):
+    code = "activity.heartbeat_timeout"
+
+
+class ActivityCancelled(ActivityError):
+    code = "activity.cancelled"
+    retryable = False
+
+
+class HistoryConflict(PerdureError):
+    code = "history.conflict"
+    retryable = True
+
+
+class RemoteError(PerdureError):
+    """An error whose code this version does not know; the code is kept."""
+
+    def __init__(self, message: str = "", *, code: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.code = code  # type: ignore[misc]
+
+
+_BY_CODE: dict[str, type[PerdureError]] = {
+    cls.code: cls
+    for cls in (
+        ConfigurationError,
+        ConnectionLost,
+        InvalidPayload,
+        InvalidToken,
+        ExecutionNotFound,
+        ExecutionAlreadyExists,
+        ActivityClosed,
+        NonDeterminismError,
+        WorkflowFailed,
+        WorkflowCancelled,
+        ActivityError,
+        ActivityTimeout,
+        HeartbeatTimeout,
+        ActivityCancelled,
+        HistoryConflict,
+    )
+}
+
+
+def from_info(info: ErrorInfo) -> PerdureError:
+    """Turn an ``ErrorInfo`` back into the matching exception class."""
+    cls = _BY_CODE.get(info.code)
+    if cls is None:
+        return RemoteError(info.message, code=info.code, type=info.type, traceback=info.traceback)
+    return cls(info.message, type=info.type, traceback=info.traceback)
+
+
+def info_from_exception(exc: BaseException, *, code: str | None = None) -> ErrorInfo:
+    """Describe any exception raised by user code (activity or workflow) for the wire."""
+    if isinstance(exc, PerdureError):
+        info = exc.to_info()
+        if not info.traceback:
+            info = msgspec.structs.replace(info, traceback=_format_traceback(exc))
+        return info
+    return ErrorInfo(
+        code=code or ActivityError.code,
+        message=str(exc),
+        type=type(exc).__qualname__,
+        retryable=True,
+        traceback=_format_traceback(exc),
+    )
+
+
+def _format_traceback(exc: BaseException) -> str:
+    return "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:]

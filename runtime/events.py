@@ -1,0 +1,182 @@
+"""History: the append-only record of one execution, the source of truth.
+
+Each message on ``<ns>.history.<execution>`` is one ``HistoryStep``: the inputs the
+execution actor absorbed (facts that happened *to* the workflow) and the decisions the
+workflow made in response (facts the workflow *caused*). A step is one message, so it is
+atomic by construction. Replaying a step means applying its inputs to the workflow code
+and checking that the code makes the same decisions again.
+
+Schema evolution rules (history lives forever): new fields get defaults; tags are
+explicit strings and are never reused or renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from .errors import ErrorInfo
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a failed or timed-out activity attempt is retried. Back-off waits are durable timers.
+
+    ``maximum_attempts=1`` means no retry; ``0`` means unlimited.
+    """
+
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    maximum_interval: float = 100.0
+    maximum_attempts: int = 1
+    non_retryable_errors: tuple[str, ...] = ()
+
+    def delay_before(self, attempt: int) -> float:
+        """Back-off before ``attempt`` (2 is the first retry)."""
+        delay = self.initial_interval * self.backoff_coefficient ** max(0, attempt - 2)
+        return min(delay, self.maximum_interval)
+
+    def allows(self, next_attempt: int, error: ErrorInfo) -> bool:
+        if not error.retryable or error.type in self.non_retryable_errors:
+            return False
+        if error.code in self.non_retryable_errors:
+            return False
+        return self.maximum_attempts == 0 or next_attempt <= self.maximum_attempts
+
+
+class ActivityOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Timeouts are seconds. ``timeout`` bounds one attempt (start to close)."""
+
+    timeout: float | None = None
+    heartbeat: float | None = None
+    schedule_to_close: float | None = None
+    retry: RetryPolicy | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="kind"):
+    """Base of every history event."""
+
+
+# ----------------------------------------------------------------- inputs (facts that happened)
+
+
+class WorkflowStarted(Event, tag="workflow.started"):
+    workflow: str
+    input: msgspec.Raw
+    run: int = 1
+    parent: str | None = None
+    timeout: float | None = None
+
+
+class ActivityCompleted(Event, tag="activity.completed"):
+    seq: int
+    attempt: int
+    result: msgspec.Raw
+
+
+class ActivityFailed(Event, tag="activity.failed"):
+    seq: int
+    attempt: int
+    error: ErrorInfo
+
+
+class TimerFired(Event, tag="timer.fired"):
+    """A durable timer expired. ``timer`` names it: ``t.<seq>`` (workflow timer),
+    ``a.<seq>.<attempt>.to`` / ``.hb`` / ``.retry`` (activity attempt), ``a.<seq>.s2c``."""
+
+    timer: str
+
+
+class SignalReceived(Event, tag="signal.received"):
+    name: str
+    payload: msgspec.Raw
+    id: str = ""
+
+
+class CancelRequested(Event, tag="cancel.requested"):
+    reason: str = ""
+
+
+# ------------------------------------------------------------ decisions (facts the workflow caused)
+
+
+class ActivityScheduled(Event, tag="activity.scheduled"):
+    seq: int
+    name: str
+    input: msgspec.Raw
+    attempt: int = 1
+    nonce: str = ""
+    options: ActivityOptions = ActivityOptions()
+
+
+class ActivityRetrying(Event, tag="activity.retrying"):
+    """Attempt ``attempt - 1`` failed; ``attempt`` starts when timer ``a.<seq>.<attempt>.retry`` fires."""
+
+    seq: int
+    attempt: int
+    delay: float
+    error: ErrorInfo
+
+
+class ActivityClosed(Event, tag="activity.closed"):
+    """The activity will not run again: its result, error or timeout was delivered to the workflow."""
+
+    seq: int
+    outcome: Literal["completed", "failed", "timed_out", "cancelled"]
+
+
+class ActivityCancelRequested(Event, tag="activity.cancel_requested"):
+    seq: int
+
+
+class TimerStarted(Event, tag="timer.started"):
+    timer: str
+    fire_at: float
+
+
+class TimerCancelled(Event, tag="timer.cancelled"):
+    timer: str
+
+
+class WorkflowCompleted(Event, tag="workflow.completed"):
+    result: msgspec.Raw
+
+
+class WorkflowFailed(Event, tag="workflow.failed"):
+    error: ErrorInfo
+
+
+class WorkflowCancelled(Event, tag="workflow.cancelled"):
+    reason: str = ""
+
+
+InputEvent = (
+    WorkflowStarted | ActivityCompleted | ActivityFailed | TimerFired | SignalReceived | CancelRequested
+)
+Decision = (
+    ActivityScheduled
+    | ActivityRetrying
+    | ActivityClosed
+    | ActivityCancelRequested
+    | TimerStarted
+    | TimerCancelled
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCancelled
+)
+AnyEvent = InputEvent | Decision
+
+CLOSING_DECISIONS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)
+
+
+class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One message of history: one decision step of the execution actor.
+
+    ``time`` is the workflow clock for the step (epoch seconds). ``absorbed`` lists the
+    inbox stream sequences the step consumed, so a redelivered inbox message is recognised.
+    """
+
+    time: float
+    inputs: list[InputEvent] = []
+    decisions: list[Decision] = []
+    absorbed: list[int] = []

@@ -1,0 +1,167 @@
+"""Everything on the wire that is not history: inbox messages, work items, KV values, API bodies.
+
+Inbox messages are orders or reports addressed to one execution; the execution actor turns
+the valid ones into history inputs. API bodies are JSON so any language can speak them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from .errors import ErrorInfo
+from .events import ActivityOptions
+from .rawjson import NULL
+
+# ------------------------------------------------------------------------------- inbox
+
+
+class InboxMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Base of what arrives on ``<ns>.inbox.<execution>``."""
+
+
+class StartWorkflow(InboxMessage, tag="start"):
+    workflow: str
+    input: msgspec.Raw
+    parent: str | None = None
+    timeout: float | None = None
+
+
+class ActivityResult(InboxMessage, tag="activity.result"):
+    """An attempt's outcome: exactly one of ``result`` / ``error`` / ``timed_out`` is meaningful."""
+
+    run: int
+    seq: int
+    attempt: int
+    nonce: str
+    ok: bool
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+
+
+class TimerExpired(InboxMessage, tag="timer.expired"):
+    run: int
+    timer: str
+
+
+class SignalWorkflow(InboxMessage, tag="signal"):
+    name: str
+    payload: msgspec.Raw
+    id: str = ""
+
+
+class CancelWorkflow(InboxMessage, tag="cancel"):
+    reason: str = ""
+
+
+AnyInboxMessage = StartWorkflow | ActivityResult | TimerExpired | SignalWorkflow | CancelWorkflow
+
+
+# -------------------------------------------------------------------------------- work
+
+
+class ActivityTask(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One attempt of one activity, published on ``<ns>.work.<activity>``."""
+
+    execution_id: str
+    workflow: str
+    run: int
+    seq: int
+    attempt: int
+    name: str
+    input: msgspec.Raw
+    nonce: str
+    token: str
+    options: ActivityOptions = ActivityOptions()
+    checkpoint: msgspec.Raw = NULL
+    scheduled_at: float = 0.0
+
+
+# ----------------------------------------------------------------------------- KV values
+
+
+class TimerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Value of a timer key; the key's TTL is the crash-safe backstop, ``fire_at`` the precise time.
+
+    A cancelled timer is re-put as ``cancelled`` with a short TTL rather than deleted, so no
+    tombstone outlives it; the timer service ignores the expiry marker that follows.
+    """
+
+    fire_at: float
+    cancelled: bool = False
+
+
+class ActivityRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Value of ``...a.<seq>.<attempt>.hb``: an open attempt. Its TTL is the heartbeat timeout.
+
+    Heartbeats re-put it (resetting the TTL) with the latest ``details``. When the activity
+    closes the execution actor re-puts it ``closed`` (and ``cancel_requested`` if it was
+    cancelled) with a TTL of its own, so late heartbeats learn it and no tombstone remains.
+    """
+
+    nonce: str
+    heartbeat: float | None = None
+    details: msgspec.Raw = NULL
+    cancel_requested: bool = False
+    closed: bool = False
+
+
+Status = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "BLOCKED"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+class ExecutionRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The executions index entry: what ``describe()`` shows and ``result()`` waits for."""
+
+    execution_id: str
+    workflow: str
+    status: Status
+    run: int = 1
+    started_at: float = 0.0
+    closed_at: float | None = None
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+    history_length: int = 0
+
+
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    owner: str
+    acquired_at: float
+
+
+# ------------------------------------------------------------------- API (JSON, any language)
+
+
+class CompleteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class RemoteFailure(msgspec.Struct, frozen=True, kw_only=True):
+    type: str = "Error"
+    message: str = ""
+    retryable: bool = True
+    traceback: str = ""
+
+
+class FailRequest(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    error: RemoteFailure
+
+
+class HeartbeatRequest(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    details: msgspec.Raw = NULL
+
+
+class ApiError(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+
+
+class ApiReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ok: bool
+    error: ApiError | None = None
+    closed: bool = False
+    cancel_requested: bool = False

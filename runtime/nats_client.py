@@ -1,0 +1,472 @@
+"""The connection to NATS: the one place (with ``nats_consumer``/``nats_admin``) that imports nats-py.
+
+nats-py types (``Msg``, ``PubAck``) never leave this module: upstream is migrating to a
+new JetStream API, so everything above speaks ``Ack`` and ``StoredMessage``. nats-py
+exceptions are mapped to Perdure's here, through ``map_errors``.
+
+Publishing is pipelined: ``publish_nowait`` sends a JetStream publish and returns a future
+for its ack, so a decision step can send all its side effects and then await them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as _NatsClient
+from nats.aio.msg import Msg as _Msg
+
+from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PerdureError
+
+log = structlog.get_logger("perdure.nats")
+
+# JetStream error codes we act on.
+WRONG_LAST_SEQUENCE = 10071
+KV_KEY_EXISTS = 10164
+
+
+class _ApiErr(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAckBody(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiErr | None = None
+
+
+_pub_ack_decoder = msgspec.json.Decoder(_PubAckBody)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    time: str = ""
+
+
+class SequenceConflict(HistoryConflict):
+    """An append with an expected last sequence lost the race."""
+
+
+def _api_error(subject: str, err: _ApiErr) -> PerdureError:
+    if err.err_code in (WRONG_LAST_SEQUENCE, KV_KEY_EXISTS):
+        return SequenceConflict(f"conflicting write to {subject}: {err.description}")
+    return PerdureError(f"JetStream refused publish to {subject}: {err.description} ({err.err_code})")
+
+
+@contextlib.contextmanager
+def map_errors(what: str) -> Iterator[None]:
+    """Turn nats-py exceptions into Perdure's, saying what we were doing."""
+    try:
+        yield
+    except nats.errors.NoRespondersError:
+        raise ConfigurationError(
+            f"{what}: no JetStream stream or service answers; is the namespace provisioned "
+            "and a runtime running?"
+        ) from None
+    except (nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError) as exc:
+        raise ConnectionLost(f"{what}: connection to NATS closed ({exc})") from None
+    except nats.js.errors.APIError as exc:
+        if exc.err_code in (WRONG_LAST_SEQUENCE, KV_KEY_EXISTS):
+            raise SequenceConflict(f"{what}: {exc.description}") from None
+        raise PerdureError(f"{what}: JetStream error {exc.err_code}: {exc.description}") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise ConnectionLost(f"{what}: NATS did not answer in time") from None
+
+
+def _headers(
+    headers: dict[str, str] | None,
+    msg_id: str | None,
+    expected_last_subject_seq: int | None,
+    ttl: float | None,
+) -> dict[str, str] | None:
+    if msg_id is None and expected_last_subject_seq is None and ttl is None:
+        return headers
+    out = dict(headers) if headers else {}
+    if msg_id is not None:
+        out["Nats-Msg-Id"] = msg_id
+    if expected_last_subject_seq is not None:
+        out["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+    if ttl is not None:
+        out["Nats-TTL"] = f"{ttl_seconds(ttl)}s"
+    return out
+
+
+def ttl_seconds(seconds: float) -> int:
+    """Per-message TTLs are whole seconds, at least 1; round up so a timer never fires early."""
+    whole = int(seconds)
+    return max(1, whole if whole == seconds else whole + 1)
+
+
+class Connection:
+    """A NATS connection with the JetStream operations Perdure needs, typed and pipelined."""
+
+    def __init__(self, nc: _NatsClient, *, ack_timeout: float = 10.0) -> None:
+        self._nc = nc
+        self._ack_timeout = ack_timeout
+        self._acks: dict[bytes, tuple[asyncio.Future[Ack], str, asyncio.TimerHandle]] = {}
+        self._ack_prefix = b""
+        self._ack_counter = 0
+        self._ack_sub: Any = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def connect(cls, servers: str | list[str], *, name: str = "perdure") -> Connection:
+        urls = [servers] if isinstance(servers, str) else list(servers)
+        urls = [u.strip() for url in urls for u in url.split(",") if u.strip()]
+        holder: list[Connection] = []
+
+        async def reconnected() -> None:
+            log.info("nats.reconnected", url=str(nc.connected_url.netloc if nc.connected_url else ""))
+            if holder:
+                holder[0]._notify_reconnect()
+
+        async def disconnected() -> None:
+            log.warning("nats.disconnected")
+
+        async def error(exc: Exception) -> None:
+            log.warning("nats.error", error=str(exc))
+
+        try:
+            nc = await nats.connect(
+                servers=urls,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                allow_reconnect=True,
+                connect_timeout=5,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                reconnected_cb=reconnected,
+                disconnected_cb=disconnected,
+                error_cb=error,
+                pending_size=64 * 1024 * 1024,
+                flush_timeout=30,
+            )
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            raise ConnectionLost(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from None
+        conn = cls(nc)
+        holder.append(conn)
+        await conn._start_ack_mux()
+        return conn
+
+    async def close(self) -> None:
+        for fut, _, handle in self._acks.values():
+            handle.cancel()
+            if not fut.done():
+                fut.set_exception(ConnectionLost("connection closed before the ack arrived"))
+        self._acks.clear()
+        with contextlib.suppress(Exception):
+            await self._nc.drain()
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc.is_connected
+
+    @property
+    def connected_url(self) -> str:
+        url = self._nc.connected_url
+        return url.geturl() if url else ""
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        self._reconnect_listeners.append(listener)
+
+    def remove_reconnect_listener(self, listener: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._reconnect_listeners.remove(listener)
+
+    def _notify_reconnect(self) -> None:
+        for listener in list(self._reconnect_listeners):
+            listener()
+
+    def new_inbox(self) -> str:
+        return self._nc.new_inbox()
+
+    # ------------------------------------------------------------ JetStream publish
+
+    async def _start_ack_mux(self) -> None:
+        inbox = self._nc.new_inbox()
+        self._ack_prefix = (inbox + ".").encode()
+        self._ack_sub = await self._nc.subscribe(inbox + ".*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: _Msg) -> None:
+        token = msg.subject.encode()[len(self._ack_prefix) :]
+        entry = self._acks.pop(token, None)
+        if entry is None:
+            return
+        fut, subject, handle = entry
+        handle.cancel()
+        if fut.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            fut.set_exception(
+                ConfigurationError(f"no JetStream stream stores {subject}; is the namespace provisioned?")
+            )
+            return
+        try:
+            body = _pub_ack_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            fut.set_exception(PerdureError(f"unreadable publish ack for {subject}: {exc}"))
+            return
+        if body.error is not None:
+            fut.set_exception(_api_error(subject, body.error))
+        else:
+            fut.set_result(Ack(body.stream, body.seq, body.duplicate))
+
+    def _expire_ack(self, token: bytes) -> None:
+        entry = self._acks.pop(token, None)
+        if entry and not entry[0].done():
+            entry[0].set_exception(
+                ConnectionLost(f"JetStream did not acknowledge the publish to {entry[1]} in time")
+            )
+
+    async def publish_nowait(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        msg_id: str | None = None,
+        expected_last_subject_seq: int | None = None,
+        ttl: float | None = None,
+    ) -> asyncio.Future[Ack]:
+        """Send a JetStream publish; the returned future resolves with its ack."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Ack] = loop.create_future()
+        self._ack_counter += 1
+        token = str(self._ack_counter).encode()
+        handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
+        self._acks[token] = (fut, subject, handle)
+        hdrs = _headers(headers, msg_id, expected_last_subject_seq, ttl)
+        try:
+            await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=hdrs)
+        except Exception:
+            self._acks.pop(token, None)
+            handle.cancel()
+            with map_errors(f"publish to {subject}"):
+                raise
+        return fut
+
+    async def publish(self, subject: str, data: bytes, **kw: Any) -> Ack:
+        fut = await self.publish_nowait(subject, data, **kw)
+        return await fut
+
+    async def publish_core(
+        self, subject: str, data: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        """A plain NATS publish (no JetStream ack): replies, notifications."""
+        with map_errors(f"publish to {subject}"):
+            await self._nc.publish(subject, data, headers=headers)
+
+    # ---------------------------------------------------------------- direct reads
+
+    async def get_last(self, stream: str, subject: str, timeout: float = 5.0) -> StoredMessage | None:
+        """The last message stored on ``subject`` (direct get), or None."""
+        body = json.dumps({"last_by_subj": subject}).encode()
+        with map_errors(f"read {subject}"):
+            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=timeout)
+        return _stored(msg)
+
+    async def read_subject(
+        self, stream: str, subject: str, *, start_seq: int = 1, batch: int = 1000, timeout: float = 10.0
+    ) -> list[StoredMessage]:
+        """Every message on ``subject`` from ``start_seq``, by batched direct gets."""
+        out: list[StoredMessage] = []
+        seq = start_seq
+        while True:
+            chunk, more = await self._read_batch(stream, subject, seq, batch, timeout)
+            out.extend(chunk)
+            if not more or not chunk:
+                return out
+            seq = chunk[-1].seq + 1
+
+    async def get_multi_last(
+        self, stream: str, subjects: list[str], timeout: float = 5.0
+    ) -> list[StoredMessage]:
+        """The last message of every subject matching ``subjects`` (wildcards allowed), one request."""
+        return await self._collect(
+            stream, {"multi_last": subjects, "batch": 10_000}, what=", ".join(subjects), timeout=timeout
+        )
+
+    async def scan_last(self, stream: str, subject: str) -> list[StoredMessage]:
+        """The last message of every subject under ``subject``, in batches of 1,000 subjects."""
+        out: list[StoredMessage] = []
+        up_to = 0
+        while True:
+            request: dict[str, Any] = {"multi_last": [subject], "batch": 1000}
+            if up_to:
+                request["up_to_seq"] = up_to
+            chunk: list[StoredMessage] = []
+            more = await self._direct_batch(stream, request, chunk, what=subject, timeout=30.0)
+            out.extend(chunk)
+            if not more or not chunk:
+                return out
+            up_to = 0  # multi_last pages are not resumable by sequence; one page is the limit
+            return out
+
+    async def _read_batch(
+        self, stream: str, subject: str, seq: int, batch: int, timeout: float
+    ) -> tuple[list[StoredMessage], bool]:
+        request = {"seq": seq, "next_by_subj": subject, "batch": batch}
+        out: list[StoredMessage] = []
+        more = await self._direct_batch(stream, request, out, what=subject, timeout=timeout)
+        return out, more
+
+    async def _collect(
+        self, stream: str, request: dict[str, Any], *, what: str, timeout: float
+    ) -> list[StoredMessage]:
+        out: list[StoredMessage] = []
+        await self._direct_batch(stream, request, out, what=what, timeout=timeout)
+        return out
+
+    async def _direct_batch(
+        self, stream: str, request: dict[str, Any], out: list[StoredMessage], *, what: str, timeout: float
+    ) -> bool:
+        """Send a batched direct get; collect replies until end-of-batch. True if more remain."""
+        inbox = self._nc.new_inbox()
+        queue: asyncio.Queue[_Msg] = asyncio.Queue()
+
+        async def collect(msg: _Msg) -> None:
+            queue.put_nowait(msg)
+
+        with map_errors(f"read {what}"):
+            sub = await self._nc.subscribe(inbox, cb=collect)
+            try:
+                await self._nc.publish(
+                    f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+                )
+                async with asyncio.timeout(timeout):
+                    while True:
+                        msg = await queue.get()
+                        status = msg.headers.get("Status") if msg.headers else None
+                        if status == "404":
+                            return False
+                        if status == "204":  # end of batch
+                            return int(msg.headers.get("Nats-Num-Pending", "0")) > 0
+                        if status:
+                            raise PerdureError(f"direct get of {what} failed: {status} {msg.headers}")
+                        stored = _stored(msg)
+                        if stored is not None:
+                            out.append(stored)
+            finally:
+                await sub.unsubscribe()
+
+    # ------------------------------------------------------------ request / reply
+
+    async def request(
+        self, subject: str, data: bytes, *, timeout: float = 5.0, headers: dict[str, str] | None = None
+    ) -> bytes:
+        with map_errors(f"request to {subject}"):
+            msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+        return msg.data
+
+    async def serve(
+        self, subject: str, handler: Callable[[bytes, dict[str, str], str], Awaitable[None]], *, queue: str
+    ) -> Subscription:
+        """Serve requests on ``subject`` in a queue group; ``handler(data, headers, reply)``."""
+
+        async def on_msg(msg: _Msg) -> None:
+            await handler(msg.data, dict(msg.headers or {}), msg.reply)
+
+        with map_errors(f"subscribe to {subject}"):
+            sub = await self._nc.subscribe(subject, queue=queue, cb=on_msg)
+        return Subscription(sub)
+
+    async def subscribe(self, subject: str) -> tuple[Subscription, AsyncIterator[StoredMessage]]:
+        """A core subscription delivering ``StoredMessage``s (seq 0)."""
+        with map_errors(f"subscribe to {subject}"):
+            sub = await self._nc.subscribe(subject)
+
+        async def messages() -> AsyncIterator[StoredMessage]:
+            async for msg in sub.messages:
+                yield StoredMessage(msg.subject, 0, msg.data, dict(msg.headers or {}))
+
+        return Subscription(sub), messages()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        with map_errors("flush"):
+            await self._nc.flush(timeout=timeout)
+
+    # ------------------------------------------------------------ KV-style watch
+
+    async def watch(
+        self,
+        stream: str,
+        subject: str,
+        callback: Callable[[StoredMessage], Awaitable[None]],
+        *,
+        last_per_subject: bool = True,
+    ) -> Subscription:
+        """An ordered push consumer over ``subject`` (KV watch without nats-py's folding of ops)."""
+        from nats.js.api import DeliverPolicy
+
+        async def on_msg(msg: _Msg) -> None:
+            meta = msg.metadata
+            await callback(
+                StoredMessage(msg.subject, meta.sequence.stream, msg.data, dict(msg.headers or {}))
+            )
+
+        js = self._nc.jetstream()
+        with map_errors(f"watch {subject}"):
+            sub = await js.subscribe(
+                subject,
+                stream=stream,
+                cb=on_msg,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else DeliverPolicy.NEW,
+                idle_heartbeat=5.0,
+            )
+        return Subscription(sub)
+
+    @property
+    def raw(self) -> _NatsClient:
+        """For ``nats_admin`` and ``nats_consumer`` only."""
+        return self._nc
+
+
+class Subscription:
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
+def _stored(msg: _Msg) -> StoredMessage | None:
+    headers = dict(msg.headers or {})
+    if headers.get("Status"):
+        return None
+    return StoredMessage(
+        subject=headers.get("Nats-Subject", msg.subject),
+        seq=int(headers.get("Nats-Sequence", "0")),
+        data=msg.data,
+        headers=headers,
+        time=headers.get("Nats-Time-Stamp", ""),
+    )

@@ -1,0 +1,58 @@
+"""Runtime and client settings, from arguments or ``PERDURE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field, replace
+
+from .errors import ConfigurationError
+from .naming import Names
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not an integer") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a runtime needs to know. Every field has a ``PERDURE_<FIELD>`` variable."""
+
+    url: str | None = None  # comma-separated seed URLs; None: the embedded server
+    namespace: str = "perdure"
+    replicas: int = 1  # R1 on one server, R3 in a cluster
+    partitions: int = 12  # inbox partitions; fixed once the namespace is provisioned
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    lease_ttl: float = 3.0  # a dead runtime's partitions move after about this long
+    cache_size: int = 10_000  # live executions kept in memory per runtime
+    activity_concurrency: int = 64  # activity attempts running at once per runtime
+    marker_ttl: float = 3600.0  # how long timer expiry markers stay visible to a new owner
+    history_warn_events: int = 10_000  # workflow.info().history_long turns true past this
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        base = cls(
+            url=os.environ.get("PERDURE_URL") or None,
+            namespace=os.environ.get("PERDURE_NAMESPACE", "perdure"),
+            replicas=_env_int("PERDURE_REPLICAS", 1),
+            partitions=_env_int("PERDURE_PARTITIONS", 12),
+            **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(base, **clean)  # type: ignore[arg-type]
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+    def __post_init__(self) -> None:
+        Names(self.namespace)  # validates
+        if self.replicas < 1 or self.partitions < 1:
+            raise ConfigurationError("replicas and partitions must be at least 1")
