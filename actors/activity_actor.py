@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload, PerdureError, info_from_exception
 from perdure.runtime.messages import ActivityResult, ActivityTask, ApiReply

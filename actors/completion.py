@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import msgspec
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.errors import ErrorInfo, HistoryConflict, InvalidPayload, InvalidToken, PerdureError
 from perdure.runtime.messages import ActivityResult, ApiError, ApiReply

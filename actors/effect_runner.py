@@ -13,6 +13,7 @@ from typing import Any, assert_never
 
 import msgspec
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityOptions
 from perdure.runtime.messages import ActivityRecord, ActivityTask, ExecutionRecord

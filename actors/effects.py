@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgspec
+
 from perdure.runtime.errors import ErrorInfo
 from perdure.runtime.events import ActivityOptions, ActivityScheduled
 from perdure.runtime.messages import Status

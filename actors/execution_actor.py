@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.errors import (
     ConnectionLost,
@@ -180,6 +181,12 @@ class ExecutionActor:
             else:
                 await self._load()
         if self.blocked is not None:
+            # Keep the messages (a fixed deployment applies them) and say why nothing happens.
+            blocked = ApiReply(
+                ok=False, error=ApiError(code="workflow.nondeterministic", message=self.blocked)
+            )
+            for item in incoming:
+                await self._reply(item, blocked)
             await self._nak(batch, delay=30.0)
             return
         fresh = await self._redo_duplicates(incoming)
@@ -225,6 +232,7 @@ class ExecutionActor:
             inputs=activation.inputs,
             decisions=activation.decisions,
             absorbed=[item.delivery.stream_seq for item in fresh],
+            runtime=self._services.settings.name,
         )
         ack = await self._services.conn.publish(
             self._services.names.history(self.execution_id),

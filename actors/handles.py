@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
+
 from perdure.runtime.events import ActivityOptions
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 import msgspec
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.errors import (
     ActivityCancelled,

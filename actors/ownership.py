@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.errors import HistoryConflict, PerdureError
 from perdure.runtime.messages import Lease
@@ -102,8 +103,12 @@ class PartitionOwnership:
         mine = {p for p, m in assign(members, self._settings.partitions).items() if m == self._name}
         for partition in sorted(set(self.owned) - mine):
             await self._release(partition)
+        held_elsewhere = False
         for partition in sorted(mine - set(self.owned)):
-            await self._claim(partition, leases.get(partition))
+            held_elsewhere |= not await self._claim(partition, leases.get(partition))
+        if held_elsewhere:
+            # We joined (or came back): tell the current holders now rather than at their next tick.
+            await self._conn.publish_core(self._changed_subject, self._name.encode())
 
     async def _read_state(self) -> tuple[list[str], dict[int, StoredMessage]]:
         stored = await self._conn.get_multi_last(
@@ -120,10 +125,11 @@ class PartitionOwnership:
                 leases[int(key.split(".", 1)[1])] = msg
         return members, leases
 
-    async def _claim(self, partition: int, current: StoredMessage | None) -> None:
+    async def _claim(self, partition: int, current: StoredMessage | None) -> bool:
+        """Take the partition's lease if it is free (or ours from a previous life); True if taken."""
         lease = _decode(current) if current is not None else None
         if lease is not None and lease.owner and lease.owner != self._name:
-            return  # still held (its owner will release it, or it expires)
+            return False  # still held: its owner releases it, or it expires
         try:
             revision = await self._put(
                 f"partition.{partition}",
@@ -131,10 +137,11 @@ class PartitionOwnership:
                 current.seq if current is not None else 0,
             )
         except HistoryConflict:
-            return  # someone else got it first
+            return False  # someone else got it first
         self.owned[partition] = revision
         log.info("partition.acquired", partition=partition, runtime=self._name)
         await self._on_acquire(partition)
+        return True
 
     async def _renew(self) -> None:
         for partition, revision in list(self.owned.items()):

@@ -17,6 +17,7 @@ from contextvars import Context
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
+
 from perdure.runtime.errors import PerdureError
 
 if TYPE_CHECKING:
@@ -82,7 +83,11 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     def create_task(
         self, coro: Coroutine[Any, Any, T], *, name: str | None = None, context: Context | None = None
     ) -> asyncio.Task[T]:
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task = asyncio.Task(coro, loop=self, name=name, context=context)
+        # A workflow blocked on a durable await is dropped when its actor is evicted and
+        # rebuilt by replay later: a pending task being collected is normal here, not a bug.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        return task
 
     def run_ready(self) -> None:
         """Run callbacks until none is ready: the workflow is blocked on something durable."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import msgspec
 import structlog
+
 from perdure.runtime import codec
 from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names

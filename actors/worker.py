@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+
 from perdure.runtime.errors import PerdureError
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import recreate_consumer

@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display here
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 20, 0.5: not 2x10^1 on a narrow log axis
 
@@ -59,6 +59,7 @@ def panel(ax, raw: dict, workload: str, title: str) -> None:
         title = title.replace("many", f"{pend:,}") if pend else title
     ax.set_title(title, fontsize=10)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels on narrow ranges too
     ax.xaxis.set_major_formatter(PLAIN)
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("ms (log scale)")

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import msgspec
+
 from perdure.runtime import codec
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
 from perdure.runtime import codec
 from perdure.runtime.errors import (
     ErrorInfo,
@@ -17,7 +18,7 @@ from perdure.runtime.errors import (
     from_info,
 )
 from perdure.runtime.events import AnyEvent, HistoryStep
-from perdure.runtime.messages import CancelWorkflow, ExecutionRecord, SignalWorkflow
+from perdure.runtime.messages import TERMINAL_STATUSES, CancelWorkflow, ExecutionRecord, SignalWorkflow
 
 if TYPE_CHECKING:
     from .client import Client
@@ -81,42 +82,53 @@ class WorkflowHandle:
         Watches the execution's index entry (a subscription on its KV subject, re-read after
         every reconnect), so there is no polling loop.
         """
-        record = await self._wait_closed(timeout)
-        return self._outcome(record)
+        async with asyncio.timeout(timeout):
+            async for record in self._records():
+                if record.status in TERMINAL_STATUSES:
+                    return self._outcome(record)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _wait_closed(self, timeout: float | None) -> ExecutionRecord:
+    async def watch(self) -> AsyncIterator[ExecutionDescription]:
+        """The execution's description now, then each time it changes (status, length)."""
+        async for record in self._records():
+            yield ExecutionDescription.of(record)
+
+    async def _records(self) -> AsyncIterator[ExecutionRecord]:
         conn = self._client.conn
         recheck = asyncio.Event()
         sub, messages = await conn.subscribe(self._index_subject)
         conn.on_reconnect(recheck.set)
+        # One pending read of the subscription, kept across wake-ups: cancelling a read of
+        # an async generator would end it.
+        next_message: asyncio.Future[Any] | None = None
         try:
-            async with asyncio.timeout(timeout):
-                record = await self._record()
-                while record is None or record.status not in ("COMPLETED", "FAILED", "CANCELLED"):
-                    record = await self._next_record(messages, recheck) or record
-            return record
+            record = await self._record()  # after subscribing: no change can slip between
+            if record is not None:
+                yield record
+            while True:
+                if next_message is None:
+                    next_message = asyncio.ensure_future(anext(messages))
+                reconnected = asyncio.ensure_future(recheck.wait())
+                try:
+                    await asyncio.wait({next_message, reconnected}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    reconnected.cancel()
+                if next_message.done():
+                    message, next_message = next_message.result(), None
+                    if message.data:
+                        yield codec.decode(
+                            codec.execution_record, message.data, what=f"index entry of {self.id}"
+                        )
+                if recheck.is_set():  # we may have missed changes while disconnected
+                    recheck.clear()
+                    record = await self._record()
+                    if record is not None:
+                        yield record
         finally:
+            if next_message is not None:
+                next_message.cancel()
             conn.remove_reconnect_listener(recheck.set)
             await sub.stop()
-
-    async def _next_record(self, messages: Any, recheck: asyncio.Event) -> ExecutionRecord | None:
-        next_message = asyncio.ensure_future(anext(messages))
-        reconnected = asyncio.ensure_future(recheck.wait())
-        try:
-            done, _ = await asyncio.wait({next_message, reconnected}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (next_message, reconnected):
-                if not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await fut
-        if reconnected in done:
-            recheck.clear()
-            return await self._record()
-        message = next_message.result()
-        if not message.data:
-            return None
-        return codec.decode(codec.execution_record, message.data, what=f"index entry of {self.id}")
 
     def _outcome(self, record: ExecutionRecord) -> Any:
         if record.status == "COMPLETED":

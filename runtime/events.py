@@ -174,9 +174,11 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
     ``time`` is the workflow clock for the step (epoch seconds). ``absorbed`` lists the
     inbox stream sequences the step consumed, so a redelivered inbox message is recognised.
+    ``runtime`` names the runtime that wrote the step (for operators; replay ignores it).
     """
 
     time: float
     inputs: list[InputEvent] = []
     decisions: list[Decision] = []
     absorbed: list[int] = []
+    runtime: str = ""

@@ -131,6 +131,7 @@ class Connection:
         self._ack_counter = 0
         self._ack_sub: Any = None
         self._reconnect_listeners: list[Callable[[], None]] = []
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,10 +147,12 @@ class Connection:
                 holder[0]._notify_reconnect()
 
         async def disconnected() -> None:
-            log.warning("nats.disconnected")
+            if not (holder and holder[0]._closing):
+                log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
-            log.warning("nats.error", error=str(exc))
+            if not (holder and holder[0]._closing):
+                log.warning("nats.error", error=str(exc))
 
         try:
             nc = await nats.connect(
@@ -175,6 +178,7 @@ class Connection:
         return conn
 
     async def close(self) -> None:
+        self._closing = True
         for fut, _, handle in self._acks.values():
             handle.cancel()
             if not fut.done():

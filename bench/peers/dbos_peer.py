@@ -15,9 +15,9 @@ import uuid
 from importlib.metadata import version
 from pathlib import Path
 
-import common
-
 from dbos import DBOS, SetWorkflowID
+
+import common
 
 # DBOS on SQLite learns of DBOS.send messages by polling (Postgres would use
 # LISTEN/NOTIFY). The default is 1 s; 10 ms is what a latency-minded user would pick.

@@ -16,12 +16,12 @@ from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 
-import common
 import httpx
+import restate
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
-import restate
+import common
 
 ROOT = Path(__file__).resolve().parent.parent / ".peers" / "restate-server"
 SERVER_BIN = ROOT / "node_modules/@restatedev/restate-server-linux-x64/bin/restate-server"

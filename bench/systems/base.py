@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent.parent
 PEERS_HOME = BENCH / ".peers"  # gitignored: venvs, npm folders, caches
+
+
+PROGRESS = re.compile(r"^\[\w+\] \w+ done in ")  # what common.Runner prints per workload
 
 
 class Unavailable(Exception):
@@ -168,7 +172,7 @@ def _copy(src, logf) -> None:
             logf.flush()
             # Progress lines only: library warnings stay in the log.
             for line in data.decode(errors="replace").splitlines():
-                if line.startswith("[") and "] " in line and " ..." not in line:
+                if PROGRESS.match(line):
                     print(f"  {line}", file=sys.stderr, flush=True)
 
 

@@ -1,0 +1,147 @@
+"""Test helpers: runtime daemons as real processes, and watching history as it is written."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from perdure import Client
+from perdure.runtime import codec
+from perdure.runtime.events import AnyEvent, HistoryStep
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+class RuntimeProcess:
+    """``perdure worker`` in a child process; ``start()`` returns when it logged ``runtime.started``."""
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        name: str,
+        *,
+        targets: tuple[str, ...] = ("workflows",),
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.url, self.namespace, self.name = url, namespace, name
+        self.targets, self.extra_args = targets, extra_args
+        self.env = env or {}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._started = threading.Event()
+        self._seen = threading.Condition()
+
+    def start(self, timeout: float = 20.0) -> RuntimeProcess:
+        env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "PERDURE_LOG_LEVEL": "INFO", **self.env}
+        args = [
+            sys.executable, "-m", "perdure.runtime.daemon", "worker", *self.targets,
+            "--url", self.url, "--namespace", self.namespace, "--name", self.name, *self.extra_args,
+        ]  # fmt: skip
+        self._started.clear()
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if not self._started.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"runtime {self.name} did not start:\n" + "".join(self.lines[-30:]))
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+            if "runtime.started" in line:
+                self._started.set()
+
+    def wait_line(self, text: str, timeout: float = 20.0) -> str:
+        """Block until the runtime logs a line containing ``text``; return it."""
+        with self._seen:
+            found = self._seen.wait_for(lambda: next((ln for ln in self.lines if text in ln), None), timeout)
+        if not found:
+            raise TimeoutError(f"runtime {self.name} never logged {text!r}")
+        return found
+
+    async def await_line(self, text: str, timeout: float = 20.0) -> str:
+        return await asyncio.to_thread(self.wait_line, text, timeout)
+
+    async def astart(self, timeout: float = 20.0) -> RuntimeProcess:
+        return await asyncio.to_thread(self.start, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing handed over."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM: the graceful drain."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    async def aterminate(self, timeout: float = 20.0) -> int:
+        return await asyncio.to_thread(self.terminate, timeout)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+class HistoryWatch:
+    """Collects the history steps of a namespace as they are appended (a core subscription)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[HistoryStep]] = {}
+        self._changed = asyncio.Condition()
+
+    def events(self, execution_id: str) -> list[AnyEvent]:
+        out: list[AnyEvent] = []
+        for step in self.steps.get(execution_id, []):
+            out.extend(step.inputs)
+            out.extend(step.decisions)
+        return out
+
+    async def wait_for(self, predicate: Callable[[HistoryWatch], bool], timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    async def _add(self, subject: str, data: bytes) -> None:
+        execution_id = subject.rsplit(".", 1)[1]
+        step = codec.history_step.decode(data)
+        self.steps.setdefault(execution_id, []).append(step)
+        async with self._changed:
+            self._changed.notify_all()
+
+
+@contextlib.asynccontextmanager
+async def watch_history(client: Client) -> AsyncIterator[HistoryWatch]:
+    watch = HistoryWatch()
+    sub, messages = await client.conn.subscribe(f"{client.names.namespace}.history.*")
+    await client.conn.flush()
+
+    async def pump() -> None:
+        async for message in messages:
+            await watch._add(message.subject, message.data)
+
+    task = asyncio.ensure_future(pump())
+    try:
+        yield watch
+    finally:
+        task.cancel()
+        await sub.stop()

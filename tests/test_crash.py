@@ -1,0 +1,119 @@
+"""Crashes with real processes (issue 2): SIGKILLed runtimes, a restarted NATS server, two runtimes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+from pathlib import Path
+
+import pytest
+
+from perdure import Client, EmbeddedServer, Worker
+from perdure.runtime.embedded import free_port
+from perdure.runtime.events import ActivityClosed, ActivityCompleted, TimerStarted
+
+from support import RuntimeProcess, watch_history
+from workflows import busy, busy_expected, sleeper, spread
+
+
+def assert_applied_once(events: list[object], execution_id: str) -> None:
+    """No activity result applied twice; every activity closed exactly once."""
+    completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
+    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
+    assert all(n == 1 for n in completed.values()), (execution_id, completed)
+    assert all(n == 1 for n in closed.values()), (execution_id, closed)
+    assert set(completed) == set(closed), execution_id
+
+
+async def test_sigkill_at_random_points_loses_nothing(
+    nats_server: EmbeddedServer, namespace: str, client: Client
+) -> None:
+    rng = random.Random(42)
+    runtime = await RuntimeProcess(nats_server.url, namespace, "crashy").astart()
+    try:
+        handles = [await client.start(busy, i, id=f"busy-{i}") for i in range(100)]
+        for _ in range(4):
+            await asyncio.sleep(rng.uniform(0.3, 1.5))  # let it get somewhere, then crash it
+            runtime.kill()
+            await runtime.astart()
+        results = await asyncio.gather(*[h.result(timeout=120) for h in handles])
+    finally:
+        runtime.kill()
+    assert results == [busy_expected(i) for i in range(100)]
+    for handle in handles:
+        assert_applied_once(await handle.history(), handle.id)
+    assert await client.list_executions(status="RUNNING") == []
+
+
+async def test_timer_fires_soon_after_sigkill_and_restart(
+    nats_server: EmbeddedServer, namespace: str, client: Client
+) -> None:
+    runtime = await RuntimeProcess(nats_server.url, namespace, "timers").astart()
+    try:
+        async with watch_history(client) as watch:
+            handle = await client.start(sleeper, 1.5, id="sleepy")
+            await watch.wait_for(lambda w: any(isinstance(e, TimerStarted) for e in w.events("sleepy")))
+        runtime.kill()
+        await runtime.astart()
+        elapsed = await handle.result(timeout=30)
+    finally:
+        runtime.kill()
+    assert 1.5 <= elapsed <= 1.5 + 1.3, elapsed
+
+
+async def test_nats_server_restart_mid_run(tmp_path: Path, namespace: str) -> None:
+    port = free_port()
+    server = EmbeddedServer(store_dir=tmp_path / "nats", port=port)
+    server.start()
+    runtime = await RuntimeProcess(server.url, namespace, "survivor").astart()
+    client = await Client.connect(server.url, namespace=namespace)
+    try:
+        handles = [await client.start(busy, i, id=f"nats-{i}") for i in range(20)]
+        await asyncio.sleep(0.5)  # mid-run
+        server.stop()
+        await asyncio.sleep(1.0)  # the server stays down a while
+        server = EmbeddedServer(store_dir=tmp_path / "nats", port=port)
+        server.start()
+        results = await asyncio.gather(*[h.result(timeout=90) for h in handles])
+        assert results == [busy_expected(i) for i in range(20)]
+        for handle in handles:
+            assert_applied_once(await handle.history(), handle.id)
+    finally:
+        await client.close()
+        runtime.kill()
+        server.stop()
+
+
+async def test_two_runtimes_share_the_work(
+    nats_server: EmbeddedServer, namespace: str, client: Client
+) -> None:
+    first = await RuntimeProcess(nats_server.url, namespace, "alpha", env={"PERDURE_NAME": "alpha"}).astart()
+    second = await RuntimeProcess(nats_server.url, namespace, "beta", env={"PERDURE_NAME": "beta"}).astart()
+    await second.await_line("partition.acquired")  # the partitions were shared out
+    try:
+        handles = [await client.start(spread, i, id=f"spread-{i}") for i in range(60)]
+        results = await asyncio.gather(*[h.result(timeout=60) for h in handles])
+    finally:
+        first.kill()
+        second.kill()
+    runners = collections.Counter(r.split(":")[0] for result in results for r in result)
+    assert set(runners) == {"alpha", "beta"}, runners
+    for i, result in enumerate(results):
+        assert sorted(int(r.split(":")[1]) for r in result) == [i * 100 + k for k in range(4)]
+    writers: collections.Counter[str] = collections.Counter()
+    for handle in handles:
+        steps = await handle.history_steps()
+        writers.update(step.runtime for step in steps)
+        assert_applied_once([e for s in steps for e in (*s.inputs, *s.decisions)], handle.id)
+    # Both runtimes hosted executions (wrote history), not only ran activities.
+    assert set(writers) == {"alpha", "beta"}, writers
+
+
+@pytest.mark.parametrize("graceful", [True])
+async def test_in_process_worker_stop_is_clean(settings, client: Client, graceful: bool) -> None:
+    worker = Worker([busy], settings=settings)
+    await worker.start()
+    assert worker.owned_partitions == list(range(settings.partitions))
+    await worker.stop()
+    assert worker.owned_partitions == []
