@@ -170,6 +170,7 @@ def main() -> None:
             server.wait(timeout=10)
             log.close()
     srv = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+    srv = srv.removeprefix("nats-server: ")
     out = {
         "system": "floor",
         "versions": {"nats-server": srv, "nats-py": version("nats-py"), "loop": loop_name},

@@ -97,6 +97,17 @@ def _fmt(v: float, decimals: int) -> str:
     return f"{v:,.{decimals}f}" if v >= 0.1 or decimals == 0 else f"{v:.3f}"
 
 
+def _cell(v: float | str, best: float | None, higher: bool, dec: int) -> str:
+    if not isinstance(v, float | int):
+        return str(v)
+    if v <= 0 and not higher:
+        return f"~0 ({v:.2f})"  # e.g. RSS that did not grow: within noise, no ratio
+    if best is None or best <= 0:
+        return _fmt(v, dec)  # a ratio to zero means nothing
+    ratio = best / v if higher else v / best
+    return f"{_fmt(v, dec)} ({ratio:.2f}x)"
+
+
 def table(agg: dict[str, Any], systems: list[str], cfg: dict[str, Any]) -> list[str]:
     shown = [s for s in systems if s != "floor"]
     head = ["workload", "floor (events x floor)", *shown, "best peer"]
@@ -106,19 +117,13 @@ def table(agg: dict[str, Any], systems: list[str], cfg: dict[str, Any]) -> list[
         vals = {s: _cell_value(agg, s, w, fld) for s in shown}
         if all(not isinstance(v, float | int) for v in vals.values()):
             continue
-        peers = {s: v for s, v in vals.items() if s in PEER_NAMES and isinstance(v, float | int) and v > 0}
+        peers = {s: v for s, v in vals.items() if s in PEER_NAMES and isinstance(v, float | int)}
         best = (max if higher else min)(peers.values()) if peers else None
         best_name = next((s for s, v in peers.items() if v == best), "-")
         cells = [label.format(n=f"{cfg['n']:,}", pending=f"{cfg['pending']:,}")]
         est = floor_estimate(floor, w, fld)
         cells.append(_fmt(est, dec) if est is not None else "-")
-        for s in shown:
-            v = vals[s]
-            if isinstance(v, float | int) and best:
-                ratio = (best / v if higher else v / best) if v else float("inf")
-                cells.append(f"{_fmt(v, dec)} ({ratio:.2f}x)")
-            else:
-                cells.append(str(v) if not isinstance(v, float | int) else _fmt(v, dec))
+        cells += [_cell(vals[s], best, higher, dec) for s in shown]
         cells.append(best_name)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -156,6 +161,13 @@ def notes(raw: dict[str, Any], agg: dict[str, Any]) -> list[str]:
             if w in ("wf1", "wf10", "async_completion") and ns and min(ns) < raw["config"]["n"]:
                 out.append(
                     f"- {name} / {w}: time cap reached, {min(ns)} runs per repetition instead of {raw['config']['n']}"
+                )
+            if w == "memory" and res.get("reps") and "servers_kb_per_exec" in res["reps"][0]:
+                r0 = res["reps"][0]
+                out.append(
+                    f"- {name} / memory: {r0['executions']:,} sleeping executions; KiB each: servers "
+                    f"{r0['servers_kb_per_exec']}, Python process {r0['process_kb_per_exec']} "
+                    f"(RSS after: servers {r0['servers_after_kb'] // 1024} MiB, process {r0['process_after_kb'] // 1024} MiB)"
                 )
             if w == "replay" and res.get("reps"):
                 r0 = res["reps"][0]

@@ -1,6 +1,7 @@
 """Run the whole benchmark: the JetStream floor, Perdure and every peer, in one run.
 
     python bench/run.py [--quick] [--only temporal,dbos] [--n N] [--reps R] [--big]
+    python bench/run.py --render bench/results/<timestamp>.json   # redo .md/.png only
 
 Run it with the project venv's interpreter (the floor needs its nats-py). Each peer is
 installed on first use into a virtualenv or folder of its own under bench/.peers and
@@ -50,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pending", type=int, help="sleeping executions for the large timer and memory workloads")
     p.add_argument("--max-seconds", type=float, help="time cap for one repetition of one latency loop")
     p.add_argument("--big", action="store_true", help="also 10,000 concurrent workflows")
+    p.add_argument(
+        "--render", metavar="JSON", help="only rebuild the .md and .png of an earlier results .json"
+    )
     return p.parse_args()
 
 
@@ -132,6 +136,10 @@ def plot(json_path: Path, png_path: Path) -> str | None:
 
 def main() -> None:
     args = parse_args()
+    if args.render:
+        path = Path(args.render).resolve()
+        write_outputs(json.loads(path.read_text()), path.stem)
+        return
     cfg = make_config(args)
     systems = selected(args.only)
     started = datetime.now(UTC)

@@ -154,9 +154,6 @@ class RestateDriver(common.Driver):
             "service": "hypercorn h2c, in the driver",
         }
 
-    def pids(self) -> list[int]:
-        return [*self.servers.pids(), *common.Driver.pids(self)]
-
     async def _call(self, handler: str, body) -> object:
         r = await self.http.post(f"/bench/{handler}", json=body)
         r.raise_for_status()

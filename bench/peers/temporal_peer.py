@@ -109,9 +109,6 @@ class TemporalDriver(common.Driver):
     def config(self) -> dict[str, str]:
         return {"db": "dev server, SQLite file", "worker": "defaults, in the driver process"}
 
-    def pids(self) -> list[int]:
-        return [*self.servers.pids(), *common.Driver.pids(self)]
-
     async def _run(self, wf, arg):
         return await self.client.execute_workflow(wf, arg, id=f"b-{uuid.uuid4()}", task_queue=TASK_QUEUE)
 
