@@ -2,7 +2,7 @@
 
 from .context import ActivityContext, ActivityGone, HeartbeatStatus, make_async
 from .definitions import ActivityDefinition, WorkflowDefinition, activity
-from .handles import ActivityHandle
+from .handles import ActivityHandle, ChildHandle
 from .registry import Registry
 from .worker import Worker
 from .workflow_api import WorkflowInfo, sleep, workflow
@@ -12,6 +12,7 @@ __all__ = [
     "ActivityDefinition",
     "ActivityGone",
     "ActivityHandle",
+    "ChildHandle",
     "HeartbeatStatus",
     "Registry",
     "Worker",

@@ -19,7 +19,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import InvalidPayload, PerdureError, info_from_exception
+from perdure.runtime.errors import ExecutionNotFound, InvalidPayload, PerdureError, info_from_exception
 from perdure.runtime.messages import ActivityResult, ActivityTask, ApiReply
 from perdure.runtime.nats_admin import ensure_consumer
 from perdure.runtime.nats_consumer import ConsumerGone, Delivery, PullConsumer
@@ -62,8 +62,15 @@ class ActivityActor:
         await consumer.start()
         try:
             while True:
-                for delivery in await consumer.next_batch():
-                    services.supervisor.spawn(self._attempt(delivery), name=f"activity:{name}")
+                batch = await consumer.next_batch()
+                for i, delivery in enumerate(batch):
+                    try:
+                        services.supervisor.spawn(self._attempt(delivery), name=f"activity:{name}")
+                    except RuntimeError:  # the runtime is stopping: these were never started
+                        log.info("activity.stopping", activity=name, handed_back=len(batch) - i)
+                        for unstarted in batch[i:]:
+                            await unstarted.nak()
+                        return
         except ConsumerGone:
             log.warning("activity.consumer_gone", activity=name)
         finally:
@@ -110,26 +117,44 @@ class ActivityActor:
     async def _execute(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition
         base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
+        heartbeats = _Heartbeater(self._services, task)
+        if task.options.heartbeat is not None:
+            # A first heartbeat as the attempt starts: the silence allowed is counted from
+            # here, not from when it was queued; and an attempt that was closed while it
+            # waited (timed out, cancelled, completed by its token) is not run at all.
+            status = await heartbeats.beat(None)
+            if status.closed or status.cancel_requested:
+                log.info("activity.closed_before_start")
+                return None
+        deadline: asyncio.Timeout | None = None
         try:
-            args = self._arguments(task)
+            args = self._arguments(task, heartbeats)
             if definition.is_async:
-                async with asyncio.timeout(task.options.timeout):
+                async with asyncio.timeout(task.options.timeout) as deadline:
                     value = await definition.fn(*args)
             else:
                 value = await asyncio.to_thread(definition.fn, *args)
         except ActivityGone as exc:
+            await heartbeats.stop()
             log.info("activity.abandoned", reason=str(exc))
             return None
-        except TimeoutError as exc:
-            if task.options.timeout is None:
-                return ActivityResult(ok=False, error=info_from_exception(exc), **base)
-            return None  # the workflow's timeout timer reports it (and decides on a retry)
         except Exception as exc:
+            # Details still held back by the throttle go out first: they are the checkpoint
+            # the next attempt resumes from.
+            await heartbeats.flush()
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+                return None  # the attempt's own deadline: the workflow's timeout timer reports it
+            # Anything else, a TimeoutError the code raised itself included, fails the attempt.
             log.info("activity.failed", error=repr(exc))
             return ActivityResult(ok=False, error=info_from_exception(exc), **base)
+        except BaseException:
+            await heartbeats.stop()
+            raise
         if isinstance(value, AsyncCompletion):
+            await heartbeats.flush()  # whoever holds the token carries on from these details
             log.debug("activity.async_completion")
             return None
+        await heartbeats.stop()
         try:
             raw = definition.result_codec.encode(value, what=f"result of activity {definition.name!r}")
         except PerdureError as exc:
@@ -138,7 +163,7 @@ class ActivityActor:
             )
         return ActivityResult(ok=True, result=raw, **base)
 
-    def _arguments(self, task: ActivityTask) -> tuple[Any, ...]:
+    def _arguments(self, task: ActivityTask, heartbeats: _Heartbeater) -> tuple[Any, ...]:
         definition = self._definition
         args: list[Any] = []
         if definition.takes_input:
@@ -146,12 +171,11 @@ class ActivityActor:
                 definition.input_codec.decode(task.input, what=f"input of activity {definition.name!r}")
             )
         if definition.takes_ctx:
-            args.append(self._context(task))
+            args.append(self._context(task, heartbeats))
         return tuple(args)
 
-    def _context(self, task: ActivityTask) -> ActivityContext:
+    def _context(self, task: ActivityTask, heartbeats: _Heartbeater) -> ActivityContext:
         checkpoint = msgspec.json.decode(task.checkpoint)
-        beat = _Heartbeater(self._services, task)
         return ActivityContext(
             execution_id=task.execution_id,
             workflow=task.workflow,
@@ -160,7 +184,7 @@ class ActivityActor:
             attempt=task.attempt,
             token=task.token,
             checkpoint=checkpoint,
-            _heartbeat=beat.beat,
+            _heartbeat=heartbeats.beat,
         )
 
 
@@ -168,7 +192,10 @@ class _Heartbeater:
     """Throttles heartbeats: at most one to the server per 0.8 x heartbeat timeout.
 
     The latest details are always kept: a heartbeat that is not sent at once is sent at
-    the end of the interval (trailing edge), so the last checkpoint is never lost.
+    the end of the interval (trailing edge), or by ``flush()`` when the attempt ends
+    without a result, so the last checkpoint is never lost. Heartbeats are best effort:
+    one that cannot reach NATS is logged and retried with the next, never raised into the
+    activity (the heartbeat timeout is what notices a worker that really went away).
     """
 
     def __init__(self, services: WorkerServices, task: ActivityTask) -> None:
@@ -176,7 +203,7 @@ class _Heartbeater:
         self._token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
         heartbeat = task.options.heartbeat
         self._interval = 0.8 * heartbeat if heartbeat else 1.0
-        self._last_sent = 0.0
+        self._last_sent = -self._interval
         self._pending: Any = None
         self._has_pending = False
         self._trailing: asyncio.Task[None] | None = None
@@ -186,25 +213,51 @@ class _Heartbeater:
         self._pending, self._has_pending = details, True
         wait = self._last_sent + self._interval - time.monotonic()
         if wait <= 0:
-            await self._send()
+            await self._send_logged()
         elif self._trailing is None or self._trailing.done():
             self._trailing = self._services.supervisor.spawn(
                 self._send_later(wait), name=f"heartbeat:{self._token.execution_id}:{self._token.seq}"
             )
         return self._status
 
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Send the details still held back (the attempt ends without a result)."""
+        await self.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._send_logged()
+
+    async def stop(self) -> None:
+        trailing, self._trailing = self._trailing, None
+        if trailing is not None and not trailing.done():
+            trailing.cancel()
+            await asyncio.wait({trailing})
+
     async def _send_later(self, wait: float) -> None:
         await asyncio.sleep(wait)
-        with contextlib.suppress(PerdureError):
+        await self._send_logged()
+
+    async def _send_logged(self) -> None:
+        try:
             await self._send()
+        except PerdureError as exc:
+            log.warning("activity.heartbeat_failed", error=str(exc))
 
     async def _send(self) -> None:
         if not self._has_pending:
             return
-        details = msgspec.Raw(codec.encode(self._pending)) if self._pending is not None else None
-        self._has_pending = False
+        pending, self._has_pending = self._pending, False
         self._last_sent = time.monotonic()
-        reply: ApiReply = await self._services.heartbeats.beat(self._token, details)
+        details = msgspec.Raw(codec.encode(pending)) if pending is not None else None
+        try:
+            reply: ApiReply = await self._services.heartbeats.beat(self._token, details)
+        except ExecutionNotFound:
+            self._status = HeartbeatStatus(closed=True)  # the execution is gone: nobody wants it
+            return
+        except BaseException:
+            if not self._has_pending:  # not sent, and nothing newer came: keep it for the next try
+                self._pending, self._has_pending = pending, True
+            raise
         self._status = HeartbeatStatus(cancel_requested=reply.cancel_requested, closed=reply.closed)
 
 

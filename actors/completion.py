@@ -6,6 +6,7 @@ any language can use them with a plain NATS request:
     <ns>.api.complete   {"token": "...", "result": ...}
     <ns>.api.fail       {"token": "...", "error": {"type": "...", "message": "..."}}
     <ns>.api.heartbeat  {"token": "...", "details": ...}
+    <ns>.api.signal     {"execution_id": "...", "name": "...", "payload": ..., "id": "..."}
 
 Completions go through the execution's inbox; the reply is sent by the execution actor once
 the outcome is in history: ``{"ok": true}``, or ``{"ok": false, "error": {...}}`` (code
@@ -15,13 +16,23 @@ Heartbeats never touch history: they re-put the attempt's record, resetting its 
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import ErrorInfo, HistoryConflict, InvalidPayload, InvalidToken, PerdureError
-from perdure.runtime.messages import ActivityResult, ApiError, ApiReply
-from perdure.runtime.naming import Names, partition_of
+from perdure.runtime.errors import (
+    ErrorInfo,
+    ExecutionNotFound,
+    HistoryConflict,
+    InvalidPayload,
+    InvalidToken,
+    PerdureError,
+)
+from perdure.runtime.events import ActivityScheduled
+from perdure.runtime.messages import ActivityProgress, ActivityResult, ApiError, ApiReply, SignalWorkflow
+from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, Subscription
 from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
@@ -48,7 +59,6 @@ class HeartbeatService:
         self._partitions = partitions
         self._timers_stream = f"KV_{names.timers_bucket}"
         self._timers_prefix = f"$KV.{names.timers_bucket}."
-        self._executions_stream = f"KV_{names.executions_bucket}"
 
     async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
         partition = partition_of(token.execution_id, self._partitions)
@@ -67,26 +77,50 @@ class HeartbeatService:
                 return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
             updated = record if is_null(details) else msgspec.structs.replace(record, details=details)
             try:
-                await self._conn.publish(
+                ack = await self._conn.publish(
                     subject, codec.encode(updated), expected_last_subject_seq=stored.seq, ttl=record.heartbeat
                 )
             except HistoryConflict:
                 continue  # the actor closed or cancelled it meanwhile: read again
+            if record.observed and details is not None and not is_null(details):
+                await self._report_progress(token, details, ack.seq)
             return ApiReply(ok=True, cancel_requested=record.cancel_requested)
         return ApiReply(ok=True, closed=True)
 
-    async def _no_record(self, token: TokenData) -> ApiReply:
-        index = await self._conn.get_last(
-            self._executions_stream, f"$KV.{self._names.executions_bucket}.{token.execution_id}"
+    async def _report_progress(self, token: TokenData, details: msgspec.Raw, revision: int) -> None:
+        """The workflow watches this activity: its checkpoint goes to the inbox (and history)."""
+        message = ActivityProgress(
+            run=token.run, seq=token.seq, attempt=token.attempt, nonce=token.nonce, details=details
         )
-        if index is None:
+        await self._conn.publish(
+            self._names.inbox(token.execution_id),
+            codec.encode(message),
+            msg_id=f"{token.execution_id}:{token.run}:p:{token.seq}:{token.attempt}:{revision}",
+        )
+
+    async def _no_record(self, token: TokenData) -> ApiReply:
+        """No open record: the activity closed (and its closed record expired), or the token
+        names no activity at all. History tells which; this path is rare (late or forged)."""
+        names = self._names
+        stored = await self._conn.read_subject(names.history_stream, names.history(token.execution_id))
+        if not stored:
             raise_not_found(token)
-        return ApiReply(ok=True, closed=True)
+        for message in stored:
+            step = codec.decode(codec.history_step, message.data, what=f"history of {token.execution_id}")
+            for decision in step.decisions:
+                if (
+                    isinstance(decision, ActivityScheduled)
+                    and decision.seq == token.seq
+                    and decision.nonce == token.nonce
+                ):
+                    return ApiReply(ok=True, closed=True)
+        raise InvalidToken(
+            f"token does not match activity {token.seq} of {token.execution_id} "
+            "(no such activity, or wrong nonce)"
+        )
 
 
-def raise_not_found(token: TokenData) -> None:
-    from perdure.runtime.errors import ExecutionNotFound
-
+def raise_not_found(token: TokenData) -> NoReturn:
     raise ExecutionNotFound(f"no execution {token.execution_id!r} (token names an unknown execution)")
 
 
@@ -105,6 +139,7 @@ class CompletionService:
             ("complete", self._complete),
             ("fail", self._fail),
             ("heartbeat", self._heartbeat),
+            ("signal", self._signal),
         ):
             self._subs.append(await self._conn.serve(self._names.api(verb), handler, queue=QUEUE_GROUP))
 
@@ -149,6 +184,29 @@ class CompletionService:
         except PerdureError as exc:
             await self._answer(reply, error_reply(exc))
 
+    async def _signal(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+        """Signal from any language; the reply comes once the signal is durably in the inbox."""
+        try:
+            request = codec.decode(codec.signal_request, data, what="signal request")
+            check_execution_id(request.execution_id)
+            await self._require_execution(request.execution_id)
+            message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
+            await self._conn.publish(
+                self._names.inbox(request.execution_id),
+                codec.encode(message),
+                msg_id=f"signal:{request.execution_id}:{request.id}" if request.id else None,
+            )
+            await self._answer(reply, codec.encode(ApiReply(ok=True)))
+        except PerdureError as exc:
+            await self._answer(reply, error_reply(exc))
+
+    async def _require_execution(self, execution_id: str) -> None:
+        index = await self._conn.get_last(
+            self._executions_stream, f"$KV.{self._names.executions_bucket}.{execution_id}"
+        )
+        if index is None:
+            raise ExecutionNotFound(f"no execution {execution_id!r}")
+
     async def _forward(
         self,
         token: TokenData,
@@ -159,11 +217,7 @@ class CompletionService:
         error: ErrorInfo | None = None,
     ) -> None:
         """Put the outcome in the execution's inbox; its actor replies once it is in history."""
-        index = await self._conn.get_last(
-            self._executions_stream, f"$KV.{self._names.executions_bucket}.{token.execution_id}"
-        )
-        if index is None:
-            raise_not_found(token)
+        await self._require_execution(token.execution_id)
         message = ActivityResult(
             run=token.run,
             seq=token.seq,

@@ -20,7 +20,7 @@ from perdure.runtime.events import ActivityOptions, RetryPolicy
 from perdure.runtime.naming import check_name
 
 if TYPE_CHECKING:
-    from .handles import ActivityHandle
+    from .handles import ActivityHandle, ChildHandle
 
 InputT = TypeVar("InputT")
 R = TypeVar("R")
@@ -172,13 +172,20 @@ class WorkflowDefinition(Generic[InputT, R]):
         self.input_type, self.result_type = sig.input_type, sig.result_type
         self.input_codec = PayloadCodec(self.input_type)
         self.result_codec = PayloadCodec(self.result_type)
-        self.signals: dict[str, Callable[..., Any]] = {}
-        self.queries: dict[str, Callable[..., Any]] = {}
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"
+
+    def __call__(self, input: InputT = None, *, id: str | None = None) -> ChildHandle[R]:  # type: ignore[assignment]
+        """Inside a workflow: start this workflow as a child; awaiting the handle gives its result."""
+        from .handles import ChildHandle
+        from .replay_loop import require_instance
+
+        instance = require_instance(f"calling workflow {self.name!r}")
+        raw = self.input_codec.check(input, what=f"input of workflow {self.name!r}")
+        return ChildHandle(self, instance, raw, id)
 
 
 def activity(

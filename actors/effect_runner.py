@@ -16,18 +16,29 @@ import structlog
 
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityOptions
-from perdure.runtime.messages import ActivityRecord, ActivityTask, ExecutionRecord
+from perdure.runtime.messages import (
+    ActivityRecord,
+    ActivityTask,
+    CancelWorkflow,
+    ChildResult,
+    ExecutionRecord,
+    StartWorkflow,
+)
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.rawjson import NULL, is_null
 from perdure.runtime.tokens import TokenData, encode_token
 
 from .effects import (
+    CancelChild,
     CancelTimer,
     CloseActivity,
     Effect,
+    NotifyParent,
+    ObserveActivity,
     PauseAttempt,
     StartAttempt,
+    StartChild,
     StartTimer,
     UpdateIndex,
     record_timer,
@@ -66,11 +77,11 @@ class EffectRunner:
     async def perform(self, ref: ExecutionRef, effects: list[Effect]) -> None:
         futures: list[asyncio.Future[Any]] = []
         for effect in effects:
-            await self._send(ref, effect, futures)
+            await self._perform_one(ref, effect, futures)
         if futures:
             await asyncio.gather(*futures)
 
-    async def _send(self, ref: ExecutionRef, effect: Effect, out: list[asyncio.Future[Any]]) -> None:
+    async def _perform_one(self, ref: ExecutionRef, effect: Effect, out: list[asyncio.Future[Any]]) -> None:
         match effect:
             case StartAttempt():
                 await self._start_attempt(ref, effect, out)
@@ -84,6 +95,21 @@ class EffectRunner:
                 out.append(await self._timers.cancel(self._key(ref, effect.timer)))
             case UpdateIndex():
                 out.append(await self._update_index(ref, effect))
+            case ObserveActivity():
+                await self._observe(ref, effect, out)
+            case StartChild():
+                out.append(await self._start_child(ref, effect))
+            case CancelChild():
+                message = CancelWorkflow(reason=f"parent {ref.execution_id} cancelled")
+                out.append(
+                    await self._send(
+                        effect.execution_id,
+                        message,
+                        msg_id=f"cancel:{effect.execution_id}:{ref.execution_id}",
+                    )
+                )
+            case NotifyParent():
+                out.append(await self._notify_parent(ref, effect))
             case _:
                 assert_never(effect)
 
@@ -102,7 +128,9 @@ class EffectRunner:
             checkpoint = await self._read_details(ref, effect.carry_from)
             closed = ActivityRecord(nonce=d.nonce, closed=True)
             out.append(await self._put_record(ref, effect.carry_from, closed, ttl=CLOSED_RECORD_TTL))
-        record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, details=checkpoint or NULL)
+        record = ActivityRecord(
+            nonce=d.nonce, heartbeat=options.heartbeat, details=checkpoint or NULL, observed=effect.observed()
+        )
         out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=options.heartbeat))
         if options.timeout is not None:
             key = self._key(ref, timeout_timer(d.seq, d.attempt))
@@ -172,6 +200,53 @@ class EffectRunner:
                 )
             )
             self._timers.disarm(self._key(ref, retry_timer(effect.seq, effect.attempt)).key())
+
+    async def _observe(
+        self, ref: ExecutionRef, effect: ObserveActivity, out: list[asyncio.Future[Any]]
+    ) -> None:
+        """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""
+        timer = record_timer(effect.seq, effect.attempt)
+        subject = self._timers_prefix + self._key(ref, timer).key()
+        stored = await self._conn.get_last(self._timers_stream, subject)
+        if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+            return  # its StartAttempt is in flight in this same step, and carries the flag
+        record = codec.activity_record.decode(stored.data)
+        if record.observed or record.closed:
+            return
+        updated = msgspec.structs.replace(record, observed=True)
+        out.append(
+            await self._conn.publish_nowait(
+                subject, codec.encode(updated), ttl=record.heartbeat, expected_last_subject_seq=stored.seq
+            )
+        )
+
+    # ------------------------------------------------------------------ children
+
+    async def _send(self, execution_id: str, message: Any, *, msg_id: str) -> asyncio.Future[Any]:
+        return await self._conn.publish_nowait(
+            self._names.inbox(execution_id), codec.encode(message), msg_id=msg_id
+        )
+
+    async def _start_child(self, ref: ExecutionRef, effect: StartChild) -> asyncio.Future[Any]:
+        d = effect.decision
+        message = StartWorkflow(
+            workflow=d.workflow,
+            input=d.input,
+            parent=ref.execution_id,
+            parent_run=effect.parent_run,
+            parent_seq=d.seq,
+        )
+        return await self._send(d.execution_id, message, msg_id=f"start:{d.execution_id}")
+
+    async def _notify_parent(self, ref: ExecutionRef, effect: NotifyParent) -> asyncio.Future[Any]:
+        message = ChildResult(
+            run=effect.parent_run,
+            seq=effect.parent_seq,
+            status=effect.status,
+            result=effect.result or NULL,
+            error=effect.error,
+        )
+        return await self._send(effect.parent, message, msg_id=f"{ref.execution_id}:{ref.run}:closed")
 
     async def _put_record(
         self, ref: ExecutionRef, timer: str, record: ActivityRecord, *, ttl: float | None

@@ -7,12 +7,13 @@ idempotent: work items and inbox messages carry a ``Nats-Msg-Id``, KV puts are a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 
 from perdure.runtime.errors import ErrorInfo
-from perdure.runtime.events import ActivityOptions, ActivityScheduled
+from perdure.runtime.events import ActivityOptions, ActivityScheduled, ChildStarted
 from perdure.runtime.messages import Status
 
 
@@ -23,6 +24,15 @@ class StartAttempt:
     decision: ActivityScheduled
     time: float
     carry_from: str | None  # the previous attempt's record, whose details become the checkpoint
+    observed: Callable[[], bool] = lambda: False  # read when performed: progress() may come later in the step
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveActivity:
+    """The workflow watches progress: mark the attempt's record so heartbeats reach the inbox."""
+
+    seq: int
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +73,41 @@ class UpdateIndex:
     error: ErrorInfo | None = None
 
 
-Effect = StartAttempt | PauseAttempt | CloseActivity | StartTimer | CancelTimer | UpdateIndex
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    decision: ChildStarted
+    parent_run: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelChild:
+    execution_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyParent:
+    """A child closed: tell its parent (msg-id makes it once)."""
+
+    parent: str
+    parent_run: int
+    parent_seq: int
+    status: str
+    result: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+
+
+Effect = (
+    StartAttempt
+    | ObserveActivity
+    | PauseAttempt
+    | CloseActivity
+    | StartTimer
+    | CancelTimer
+    | UpdateIndex
+    | StartChild
+    | CancelChild
+    | NotifyParent
+)
 
 
 def record_timer(seq: int, attempt: int) -> str:

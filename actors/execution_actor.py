@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
 from perdure.runtime import codec
@@ -30,23 +31,31 @@ from perdure.runtime.errors import (
 from perdure.runtime.events import (
     ActivityCompleted,
     ActivityFailed,
+    ActivityProgressed,
     CancelRequested,
+    ChildClosed,
     HistoryStep,
     InputEvent,
     SignalReceived,
+    TerminateRequested,
     TimerFired,
+    WorkflowContinuedAsNew,
     WorkflowStarted,
 )
 from perdure.runtime.messages import (
+    ActivityProgress,
     ActivityResult,
     AnyInboxMessage,
     ApiError,
     ApiReply,
     CancelWorkflow,
+    ChildResult,
     SignalWorkflow,
     StartWorkflow,
+    TerminateWorkflow,
     TimerExpired,
 )
+from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_consumer import Delivery
 
 from .effect_runner import ExecutionRef
@@ -190,6 +199,7 @@ class ExecutionActor:
             await self._nak(batch, delay=30.0)
             return
         fresh = await self._redo_duplicates(incoming)
+        fresh = await self._start_new_runs(fresh)
         for item in fresh:
             self._to_input(item)
         instance = self.instance
@@ -209,6 +219,8 @@ class ExecutionActor:
             await self._services.effects.perform(self.ref, activation.effects)
         accepted = {id(event) for event in activation.inputs}
         await self._reply_all(fresh, accepted=accepted)
+        if isinstance(instance.closing, WorkflowContinuedAsNew) and instance is self.instance:
+            await self._next_run(instance.closing.input)
         await self._done(batch)
 
     async def _decode(self, batch: list[Delivery]) -> list[_Incoming]:
@@ -276,12 +288,7 @@ class ExecutionActor:
             case StartWorkflow():
                 if self.instance is None:
                     self._create(message)
-                    item.event = WorkflowStarted(
-                        workflow=message.workflow,
-                        input=message.input,
-                        parent=message.parent,
-                        timeout=message.timeout,
-                    )
+                    item.event = self._started_event(message, run=1)
             case ActivityResult():
                 item.event = self._activity_result(item, message)
             case TimerExpired():
@@ -289,8 +296,33 @@ class ExecutionActor:
                     item.event = TimerFired(timer=message.timer)
             case CancelWorkflow():
                 item.event = CancelRequested(reason=message.reason)
+            case TerminateWorkflow():
+                item.event = TerminateRequested(reason=message.reason)
             case SignalWorkflow():
                 item.event = SignalReceived(name=message.name, payload=message.payload, id=message.id)
+            case ChildResult():
+                if self.instance is not None and message.run == self.instance.run:
+                    item.event = ChildClosed(
+                        seq=message.seq, status=message.status, result=message.result, error=message.error
+                    )
+            case ActivityProgress():
+                state = self.instance.activities.get(message.seq) if self.instance is not None else None
+                if state is not None and state.nonce == message.nonce and message.run == self.instance.run:  # type: ignore[union-attr]
+                    item.event = ActivityProgressed(
+                        seq=message.seq, attempt=message.attempt, details=message.details
+                    )
+
+    @staticmethod
+    def _started_event(message: StartWorkflow, *, run: int) -> WorkflowStarted:
+        return WorkflowStarted(
+            workflow=message.workflow,
+            input=message.input,
+            run=run,
+            parent=message.parent,
+            parent_run=message.parent_run,
+            parent_seq=message.parent_seq,
+            timeout=message.timeout,
+        )
 
     def _create(self, message: StartWorkflow) -> None:
         definition = self._services.registry.workflow(message.workflow)
@@ -318,6 +350,67 @@ class ExecutionActor:
         assert message.error is not None
         return ActivityFailed(seq=message.seq, attempt=message.attempt, error=message.error)
 
+    # ------------------------------------------------------------------ new runs
+
+    async def _start_new_runs(self, items: list[_Incoming]) -> list[_Incoming]:
+        """A start with ``new_run`` (id reuse) of a closed execution begins its next run."""
+        rest = []
+        for item in items:
+            message = item.message
+            instance = self.instance
+            if (
+                isinstance(message, StartWorkflow)
+                and message.new_run
+                and instance is not None
+                and instance.closed
+            ):
+                self._remember_absorbed(item.delivery.stream_seq)
+                await self._next_run(message.input, start=message)
+            else:
+                rest.append(item)
+        return rest
+
+    def _remember_absorbed(self, seq: int) -> None:
+        self._absorbed[seq] = -1  # a redelivery needs no effects redone: the new run's step has them
+
+    async def _next_run(self, input: msgspec.Raw, *, start: StartWorkflow | None = None) -> None:
+        """Start the next run of this execution (continue-as-new, or id reuse) on a fresh history.
+
+        The first step of the new run is appended after the old run's last step, then
+        everything before it is purged, so history stays bounded however long the execution
+        lives. A crash in between is finished on load (see ``_load``).
+        """
+        old = self.instance
+        assert old is not None and old.started is not None
+        services = self._services
+        previous = old.started
+        message = start or StartWorkflow(
+            workflow=previous.workflow,
+            input=input,
+            parent=previous.parent,
+            parent_run=previous.parent_run,
+            parent_seq=previous.parent_seq,
+            timeout=previous.timeout,
+        )
+        run = old.run + 1
+        now = max(time.time(), self._last_time)
+        self.instance = WorkflowInstance(old.definition, self.execution_id, run=run)
+        self.ref = ExecutionRef(self.execution_id, old.definition.name, run, self.partition, now)
+        self._absorbed.clear()
+        self._step_effects.clear()
+        activation = self.instance.activate([self._started_event(message, run=run)], now)
+        await self._append(now, activation, [])
+        first_seq = self._last_seq
+        self.ref.history_length = self.instance.history_length
+        await services.effects.perform(self.ref, activation.effects)
+        await purge_subject(
+            services.conn,
+            stream=services.names.history_stream,
+            subject=services.names.history(self.execution_id),
+            keep_from_seq=first_seq,
+        )
+        self._log.info("execution.new_run", run=run)
+
     # -------------------------------------------------------------------- replies
 
     async def _reply_all(self, items: list[_Incoming], *, accepted: set[int]) -> None:
@@ -343,17 +436,26 @@ class ExecutionActor:
     # --------------------------------------------------------------------- replay
 
     async def _load(self) -> None:
-        """Rebuild the instance by replaying the whole history through the workflow code."""
+        """Rebuild the instance by replaying the current run's history through the workflow code."""
         services = self._services
-        stored = await services.conn.read_subject(
-            services.names.history_stream, services.names.history(self.execution_id)
-        )
+        subject = services.names.history(self.execution_id)
+        stored = await services.conn.read_subject(services.names.history_stream, subject)
         self._loaded = True
         if not stored:
             return
         steps = [
             codec.decode(codec.history_step, s.data, what=f"history of {self.execution_id}") for s in stored
         ]
+        first = _last_run_start(steps)
+        if first > 0:
+            # A new run began but the old run's steps were not purged yet (crash in between).
+            await purge_subject(
+                services.conn,
+                stream=services.names.history_stream,
+                subject=subject,
+                keep_from_seq=stored[first].seq,
+            )
+            steps = steps[first:]
         started = steps[0].inputs[0] if steps[0].inputs else None
         if not isinstance(started, WorkflowStarted):
             raise InvalidPayload(f"history of {self.execution_id} does not begin with workflow.started")
@@ -377,3 +479,14 @@ class ExecutionActor:
             instance.replaying = False
         self._last_seq, self._last_time = stored[-1].seq, steps[-1].time
         self.ref.history_length = instance.history_length
+        if isinstance(instance.closing, WorkflowContinuedAsNew) and self.blocked is None:
+            await self._next_run(instance.closing.input)  # the crash came before the next run began
+
+
+def _last_run_start(steps: list[HistoryStep]) -> int:
+    """Index of the step that started the current run (the last ``workflow.started``)."""
+    for index in range(len(steps) - 1, -1, -1):
+        inputs = steps[index].inputs
+        if inputs and isinstance(inputs[0], WorkflowStarted):
+            return index
+    return 0

@@ -11,8 +11,10 @@ import msgspec
 from perdure.runtime.events import ActivityOptions
 
 if TYPE_CHECKING:
+    from .activity_machine import ActivityState
+    from .child_machine import ChildState
     from .definitions import ActivityDefinition
-    from .instance import ActivityState, WorkflowInstance
+    from .instance import WorkflowInstance
 
 R = TypeVar("R")
 
@@ -52,5 +54,39 @@ class ActivityHandle(Generic[R]):
         return self.result().__await__()
 
     def progress(self) -> AsyncIterator[Any]:
-        """Checkpoints the activity reports with ``ctx.heartbeat(details)``, in order (recorded)."""
-        return self._state.instance.progress_of(self._state, self.definition)
+        """Checkpoints the activity reports with ``ctx.heartbeat(details)``, in order.
+
+        Once a workflow watches an activity, its heartbeats' details are recorded in history
+        (one event each, throttled like heartbeats), so a replay sees the same checkpoints.
+        The iteration ends when the activity closes; ``await handle`` then gives the result.
+        """
+        return self._state.instance.progress_of(self._state)
+
+
+class ChildHandle(Generic[R]):
+    """A child workflow started from a workflow; awaiting it gives its result."""
+
+    def __init__(
+        self, definition: Any, instance: WorkflowInstance, input: msgspec.Raw, execution_id: str | None
+    ) -> None:
+        self.definition = definition
+        self._instance = instance
+        self._state: ChildState = instance.start_child(definition.name, input, execution_id)
+
+    @property
+    def id(self) -> str:
+        return self._state.execution_id
+
+    async def result(self) -> R:
+        try:
+            raw = await asyncio.shield(self._state.future)
+        except asyncio.CancelledError:
+            self._instance.cancel_child(self._state)  # the parent's cancellation reaches the child
+            raise
+        return self.definition.result_codec.decode(raw, what=f"result of child workflow {self.id}")  # type: ignore[no-any-return]
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.result().__await__()
+
+    def cancel(self) -> None:
+        self._instance.cancel_child(self._state)

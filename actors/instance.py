@@ -1,13 +1,16 @@
 """WorkflowInstance: one execution's workflow code, its durable state machines and its decisions.
 
 The execution actor calls ``activate(inputs, time)`` once per step. The instance applies
-each input (resolving activity futures, firing timers, cancelling), runs the replay loop
-until the code blocks, and returns the inputs it accepted, the decisions it made, and the
-effects those decisions imply. During replay the same call is given the recorded decisions:
-a decision that differs is a ``NonDeterminismError`` naming both.
+each input (resolving activity and child futures, firing timers, delivering signals,
+cancelling), runs the replay loop until the code blocks, and returns the inputs it
+accepted, the decisions it made, and the effects those decisions imply. During replay the
+same call is given the recorded decisions: a decision that differs is a
+``NonDeterminismError`` naming both.
 
-Sequence numbers are per kind (``activity``, ``timer``) and are what ties a decision to its
-record in history.
+Sequence numbers are per kind (``activity``, ``timer``, ``child``) and tie a decision to
+its record in history. Activities and children have state machines of their own
+(``ActivityMachine``, ``ChildMachine``); this module holds activation, timers, signals,
+conditions, patches and closing.
 """
 
 from __future__ import annotations
@@ -16,75 +19,56 @@ import asyncio
 import collections
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never
 
 import msgspec
 import structlog
 
-from perdure.runtime import codec
-from perdure.runtime.errors import (
-    ActivityCancelled,
-    ErrorInfo,
-    NonDeterminismError,
-    from_info,
-    info_from_exception,
-)
+from perdure.runtime.errors import ErrorInfo, NonDeterminismError, info_from_exception
 from perdure.runtime.events import (
-    ActivityCancelRequested,
-    ActivityClosed,
     ActivityCompleted,
     ActivityFailed,
-    ActivityOptions,
-    ActivityRetrying,
-    ActivityScheduled,
+    ActivityProgressed,
     CancelRequested,
+    ChildClosed,
+    ClosingDecision,
     Decision,
     InputEvent,
+    PatchMarked,
     SignalReceived,
+    TerminateRequested,
     TimerCancelled,
     TimerFired,
     TimerStarted,
     WorkflowCancelled,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
     WorkflowStarted,
+    WorkflowTerminated,
 )
-from perdure.runtime.tokens import new_nonce
 
-from .effects import (
-    CancelTimer,
-    CloseActivity,
-    Effect,
-    PauseAttempt,
-    StartAttempt,
-    StartTimer,
-    UpdateIndex,
-    record_timer,
-    retry_timer,
-)
+from .activity_machine import ActivityMachine, ActivityState
+from .child_machine import ChildMachine
+from .effects import CancelTimer, Effect, NotifyParent, StartTimer, UpdateIndex
 from .replay_loop import ReplayLoop
 
 if TYPE_CHECKING:
-    from .definitions import ActivityDefinition, WorkflowDefinition
+    from .definitions import WorkflowDefinition
 
 log = structlog.get_logger("perdure.workflow")
 
+WORKFLOW_TIMEOUT_TIMER = "w.timeout"
 
-@dataclass
-class ActivityState:
-    instance: WorkflowInstance
-    seq: int
-    name: str
-    input: msgspec.Raw
-    options: ActivityOptions
-    nonce: str
-    scheduled_at: float
-    future: asyncio.Future[msgspec.Raw]
-    attempt: int = 1
-    waiting_retry: bool = False
-    closed: bool = False
+
+class ContinueAsNew(BaseException):
+    """Raised by ``workflow.continue_as_new()``: end this run, start the next with ``input``."""
+
+    def __init__(self, input: msgspec.Raw) -> None:
+        super().__init__("continue as new")
+        self.input = input
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +86,7 @@ class _Pending:
     error: NonDeterminismError | None = None
 
 
-class WorkflowInstance:
+class WorkflowInstance(ActivityMachine, ChildMachine):
     def __init__(self, definition: WorkflowDefinition[Any, Any], execution_id: str, run: int = 1) -> None:
         self.definition = definition
         self.execution_id = execution_id
@@ -112,7 +96,8 @@ class WorkflowInstance:
         self.replaying = False
         self.history_length = 0
         self.step_index = 0
-        self.closing: WorkflowCompleted | WorkflowFailed | WorkflowCancelled | None = None
+        self.started: WorkflowStarted | None = None
+        self.closing: ClosingDecision | None = None
         self.activities: dict[int, ActivityState] = {}
         self._seq: dict[str, int] = collections.defaultdict(int)
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -120,12 +105,25 @@ class WorkflowInstance:
         self._main: asyncio.Task[Any] | None = None
         self._pending = _Pending()
         self._cancel_requested = False
+        self._signals: dict[str, collections.deque[msgspec.Raw]] = collections.defaultdict(collections.deque)
+        self._signal_waiters: dict[str, collections.deque[asyncio.Future[msgspec.Raw]]] = (
+            collections.defaultdict(collections.deque)
+        )
+        self._signal_ids: set[str] = set()
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[bool]]] = []
+        self._patches: dict[str, bool] = {}
+        self._workflow_timer = False
+        ChildMachine.__init__(self)
 
     # ------------------------------------------------------------------ activation
 
     @property
     def closed(self) -> bool:
         return self.closing is not None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
 
     def activate(
         self, inputs: list[InputEvent], time: float, *, expected: list[Decision] | None = None
@@ -142,20 +140,27 @@ class WorkflowInstance:
                 accepted.append(event)
             elif expected is not None:
                 raise NonDeterminismError(
-                    f"{self._where()}: history input {_describe(event)} does not apply to the current code"
+                    f"{self._where()}: history input {describe(event)} does not apply to the current code"
                 )
-        self.loop.run_ready()
+        self._run_until_blocked()
         self._finish_if_main_done()
         pending = self._pending
         if pending.error is not None:
             raise pending.error
         if pending.expected:
             raise NonDeterminismError(
-                f"{self._where()}: history has {_describe(pending.expected[0])} but the code did not issue it"
+                f"{self._where()}: history has {describe(pending.expected[0])} but the code did not issue it"
             )
         self.step_index += 1
         self.history_length += len(accepted) + len(pending.decisions)
         return Activation(accepted, pending.decisions, pending.effects)
+
+    def _run_until_blocked(self) -> None:
+        """Run ready callbacks; re-check conditions, which may make more code ready."""
+        while True:
+            self.loop.run_ready()
+            if not self._check_conditions():
+                return
 
     def _where(self) -> str:
         return f"workflow {self.definition.name!r} execution {self.execution_id!r} step {self.step_index}"
@@ -166,16 +171,15 @@ class WorkflowInstance:
         if pending.expected is not None:
             if not pending.expected:
                 err = NonDeterminismError(
-                    f"{self._where()}: the code issued {_describe(decision)} but history has no "
+                    f"{self._where()}: the code issued {describe(decision)} but history has no "
                     "further decision in this step"
                 )
                 pending.error = pending.error or err
                 raise err
             recorded = pending.expected.popleft()
-            if not _same_command(recorded, decision):
+            if not same_command(recorded, decision):
                 err = NonDeterminismError(
-                    f"{self._where()}: history has {_describe(recorded)} but the code issued "
-                    f"{_describe(decision)}"
+                    f"{self._where()}: history has {describe(recorded)} but the code issued {describe(decision)}"
                 )
                 pending.error = pending.error or err
                 raise err
@@ -185,6 +189,10 @@ class WorkflowInstance:
 
     def _effect(self, effect: Effect) -> None:
         self._pending.effects.append(effect)
+
+    def _next_seq(self, kind: str) -> int:
+        self._seq[kind] += 1
+        return self._seq[kind]
 
     # ---------------------------------------------------------------------- inputs
 
@@ -196,19 +204,31 @@ class WorkflowInstance:
                 return self._activity_completed(event)
             case ActivityFailed():
                 return self._activity_failed(event)
+            case ActivityProgressed():
+                return self._activity_progressed(event)
             case TimerFired():
                 return self._timer_fired(event.timer)
             case SignalReceived():
-                return False
+                return self._signal(event)
             case CancelRequested():
                 return self._cancel(event)
+            case TerminateRequested():
+                return self._terminate(event)
+            case ChildClosed():
+                return self._child_closed(event)
             case _:
                 assert_never(event)
 
     def _start(self, event: WorkflowStarted) -> bool:
         if self._main is not None:
             return False
+        self.started = event
         self._effect(UpdateIndex("RUNNING"))
+        if event.timeout is not None:
+            fire_at = self.loop.now + event.timeout
+            self._decide(TimerStarted(timer=WORKFLOW_TIMEOUT_TIMER, fire_at=fire_at))
+            self._effect(StartTimer(WORKFLOW_TIMEOUT_TIMER, fire_at))
+            self._workflow_timer = True
         self._main = self.loop.create_task(self._run_main(event.input), name=f"workflow:{self.execution_id}")
         return True
 
@@ -219,14 +239,19 @@ class WorkflowInstance:
             args = (definition.input_codec.decode(raw_input, what=f"input of workflow {definition.name!r}"),)
         return await definition.fn(*args)
 
+    # --------------------------------------------------------------------- closing
+
     def _finish_if_main_done(self) -> None:
         main = self._main
         if main is None or not main.done() or self.closed:
             return
         if main.cancelled():
-            self._close(WorkflowCancelled(reason="cancelled"), UpdateIndex("CANCELLED"))
+            self._close(WorkflowCancelled(reason="cancelled"), "CANCELLED")
             return
         exc = main.exception()
+        if isinstance(exc, ContinueAsNew):
+            self._close(WorkflowContinuedAsNew(input=exc.input), None)
+            return
         if exc is None:
             try:
                 raw = self.definition.result_codec.encode(
@@ -235,148 +260,76 @@ class WorkflowInstance:
             except Exception as encode_error:
                 exc = encode_error
             else:
-                self._close(WorkflowCompleted(result=raw), UpdateIndex("COMPLETED", result=raw))
+                self._close(WorkflowCompleted(result=raw), "COMPLETED", result=raw)
                 return
         if isinstance(exc, NonDeterminismError):
             return  # activate() raises it
+        if isinstance(exc, asyncio.CancelledError):
+            self._close(WorkflowCancelled(reason=str(exc)), "CANCELLED")
+            return
         info = info_from_exception(exc, code="workflow.failed")
-        self._close(WorkflowFailed(error=info), UpdateIndex("FAILED", error=info))
+        self._close(WorkflowFailed(error=info), "FAILED", error=info)
 
     def _close(
-        self, decision: WorkflowCompleted | WorkflowFailed | WorkflowCancelled, index: UpdateIndex
+        self,
+        decision: ClosingDecision,
+        status: str | None,
+        *,
+        result: msgspec.Raw | None = None,
+        error: ErrorInfo | None = None,
     ) -> None:
         self._drop_open_work()
-        recorded = self._decide(decision)
-        self.closing = recorded  # type: ignore[assignment]
-        self._effect(index)
+        self.closing = self._decide(decision)  # type: ignore[assignment]
+        if status is None:
+            return  # continue-as-new: the actor starts the next run
+        self._effect(UpdateIndex(status, result=result, error=error))  # type: ignore[arg-type]
+        started = self.started
+        if started is not None and started.parent:
+            self._effect(
+                NotifyParent(
+                    started.parent, started.parent_run, started.parent_seq, status, result=result, error=error
+                )
+            )
 
     def _drop_open_work(self) -> None:
-        """A closed execution leaves nothing behind: cancel its timers, close its activities."""
+        """A closed run leaves nothing behind: timers cancelled, activities closed, children cancelled."""
         for timer_id, handle in list(self._timers.items()):
             handle._scheduled = False
             self._timers.pop(timer_id, None)
             self._decide(TimerCancelled(timer=timer_id))
             self._effect(CancelTimer(timer_id))
-        for state in self.activities.values():
-            if not state.closed:
-                self._close_activity(state, "cancelled")
+        if self._workflow_timer:
+            self._workflow_timer = False
+            self._decide(TimerCancelled(timer=WORKFLOW_TIMEOUT_TIMER))
+            self._effect(CancelTimer(WORKFLOW_TIMEOUT_TIMER))
+        self._close_open_activities()
+        self._cancel_open_children()
 
-    # ------------------------------------------------------------------ activities
-
-    def schedule_activity(self, name: str, input: msgspec.Raw, options: ActivityOptions) -> ActivityState:
-        self._seq["activity"] += 1
-        seq = self._seq["activity"]
-        decision = self._decide(
-            ActivityScheduled(seq=seq, name=name, input=input, nonce=new_nonce(), options=options)
-        )
-        assert isinstance(decision, ActivityScheduled)
-        state = ActivityState(
-            instance=self,
-            seq=seq,
-            name=name,
-            input=input,
-            options=options,
-            nonce=decision.nonce,
-            scheduled_at=self.loop.now,
-            future=self.loop.create_future(),
-        )
-        self.activities[seq] = state
-        self._effect(StartAttempt(decision, self.loop.now, carry_from=None))
-        return state
-
-    def _open(self, seq: int) -> ActivityState | None:
-        state = self.activities.get(seq)
-        return state if state is not None and not state.closed else None
-
-    def _activity_completed(self, event: ActivityCompleted) -> bool:
-        # Any attempt's result is accepted while the activity is open: a token stays valid
-        # across retries, so a slow attempt 1 may still finish the job while attempt 2 runs.
-        state = self._open(event.seq)
-        if state is None:
+    def _cancel(self, event: CancelRequested) -> bool:
+        if self._cancel_requested or self._main is None:
             return False
-        self._close_activity(state, "completed")
-        if not state.future.done():
-            state.future.set_result(event.result)
+        self._cancel_requested = True
+        self._main.cancel(event.reason or "cancel requested")
         return True
 
-    def _activity_failed(self, event: ActivityFailed) -> bool:
-        state = self._open(event.seq)
-        if state is None or state.waiting_retry or event.attempt != state.attempt:
-            return False  # a late failure of an attempt already given up on
-        self._attempt_failed(state, event.error)
+    def _terminate(self, event: TerminateRequested) -> bool:
+        """End the execution now, without running any more workflow code."""
+        if self._main is None:
+            return False
+        error = ErrorInfo(
+            code="workflow.terminated",
+            type="WorkflowTerminated",
+            message=event.reason or "terminated",
+            retryable=False,
+        )
+        self._close(WorkflowTerminated(reason=event.reason), "TERMINATED", error=error)
         return True
-
-    def _attempt_failed(self, state: ActivityState, error: ErrorInfo) -> None:
-        policy = state.options.retry
-        next_attempt = state.attempt + 1
-        if policy is not None and policy.allows(next_attempt, error) and not self._past_deadline(state):
-            delay = policy.delay_before(next_attempt)
-            self._decide(ActivityRetrying(seq=state.seq, attempt=next_attempt, delay=delay, error=error))
-            timer = retry_timer(state.seq, next_attempt)
-            self._effect(PauseAttempt(state.seq, state.attempt, timer, self.loop.now + delay, state.options))
-            state.attempt = next_attempt
-            state.waiting_retry = True
-            if delay <= 0:
-                self._start_retry(state)
-            return
-        outcome = (
-            "timed_out" if error.code.startswith("activity.timeout") or "timeout" in error.code else "failed"
-        )
-        self._close_activity(state, outcome)  # type: ignore[arg-type]
-        if not state.future.done():
-            state.future.set_exception(from_info(error))
-
-    def _past_deadline(self, state: ActivityState) -> bool:
-        s2c = state.options.schedule_to_close
-        return s2c is not None and self.loop.now >= state.scheduled_at + s2c
-
-    def _start_retry(self, state: ActivityState) -> None:
-        state.waiting_retry = False
-        decision = self._decide(
-            ActivityScheduled(
-                seq=state.seq,
-                name=state.name,
-                input=state.input,
-                attempt=state.attempt,
-                nonce=state.nonce,
-                options=state.options,
-            )
-        )
-        assert isinstance(decision, ActivityScheduled)
-        self._effect(
-            StartAttempt(decision, self.loop.now, carry_from=record_timer(state.seq, state.attempt - 1))
-        )
-
-    def _close_activity(self, state: ActivityState, outcome: str) -> None:
-        state.closed = True
-        self._decide(ActivityClosed(seq=state.seq, outcome=outcome))  # type: ignore[arg-type]
-        self._effect(
-            CloseActivity(
-                state.seq, state.attempt, state.nonce, state.options, cancelled=outcome == "cancelled"
-            )
-        )
-
-    def cancel_activity(self, state: ActivityState) -> None:
-        """The awaiting code was cancelled: the activity is abandoned; its heartbeats say so."""
-        if state.closed or self.closed:
-            return
-        self._decide(ActivityCancelRequested(seq=state.seq))
-        self._close_activity(state, "cancelled")
-        if not state.future.done():
-            state.future.set_exception(ActivityCancelled(f"activity {state.name!r} was cancelled"))
-            state.future.exception()  # mark retrieved: nobody awaits it any more
-
-    def progress_of(
-        self, state: ActivityState, definition: ActivityDefinition[Any, Any]
-    ) -> AsyncIterator[Any]:
-        raise NotImplementedError("activity progress is not available yet")
 
     # ---------------------------------------------------------------------- timers
 
     def start_timer(self, handle: asyncio.TimerHandle) -> None:
         """Called by the loop for ``call_at``: every asyncio timer in workflow code is durable."""
-        self._seq["timer"] += 1
-        timer_id = f"t.{self._seq['timer']}"
+        timer_id = f"t.{self._next_seq('timer')}"
         decision = self._decide(TimerStarted(timer=timer_id, fire_at=handle.when()))
         assert isinstance(decision, TimerStarted)
         self._timers[timer_id] = handle
@@ -398,84 +351,113 @@ class WorkflowInstance:
             self._timer_ids.pop(id(handle), None)
             self.loop.fire(handle)
             return True
+        if timer == WORKFLOW_TIMEOUT_TIMER:
+            if not self._workflow_timer:
+                return False
+            self._workflow_timer = False
+            timeout = self.started.timeout if self.started else None
+            error = ErrorInfo(
+                code="workflow.timeout",
+                type="WorkflowTimedOut",
+                message=f"workflow did not finish within {timeout}s",
+                retryable=False,
+            )
+            self._close(WorkflowFailed(error=error), "FAILED", error=error)
+            return True
         return self._activity_timer_fired(timer)
 
-    def _activity_timer_fired(self, timer: str) -> bool:
-        parts = timer.split(".")
-        if len(parts) < 3 or parts[0] != "a":
-            return False
-        state = self._open(int(parts[1]))
-        if state is None:
-            return False
-        if parts[2] == "s2c":
-            seconds_ = state.options.schedule_to_close
-            self._fail_without_retry(
-                state, "activity.timeout", f"did not close within {seconds_}s (schedule to close)"
-            )
+    # --------------------------------------------------------------------- signals
+
+    def _signal(self, event: SignalReceived) -> bool:
+        if event.id:
+            if event.id in self._signal_ids:
+                return False  # the same signal sent twice
+            self._signal_ids.add(event.id)
+        waiters = self._signal_waiters[event.name]
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(event.payload)
+                return True
+        self._signals[event.name].append(event.payload)
+        return True
+
+    async def wait_signal(self, name: str) -> msgspec.Raw:
+        """The next signal ``name``; signals that arrived before anyone waited are kept in order."""
+        buffered = self._signals[name]
+        if buffered:
+            return buffered.popleft()
+        waiter: asyncio.Future[msgspec.Raw] = self.loop.create_future()
+        self._signal_waiters[name].append(waiter)
+        return await waiter
+
+    def pending_signals(self, name: str) -> int:
+        return len(self._signals[name])
+
+    # ------------------------------------------------------------------ conditions
+
+    async def condition(self, predicate: Callable[[], bool]) -> bool:
+        if predicate():
             return True
-        attempt, kind = int(parts[2]), parts[3] if len(parts) > 3 else ""
-        if kind == "retry":
-            if not state.waiting_retry or attempt != state.attempt:
-                return False
-            self._start_retry(state)
-            return True
-        if state.waiting_retry or attempt != state.attempt or kind not in ("to", "hb"):
-            return False
-        if kind == "hb":
-            code, what = "activity.heartbeat_timeout", f"sent no heartbeat for {state.options.heartbeat}s"
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        self._conditions.append((predicate, waiter))
+        return await waiter
+
+    def _check_conditions(self) -> bool:
+        """Resolve conditions whose predicate became true; True if any code became ready."""
+        progressed = False
+        remaining = []
+        for predicate, waiter in self._conditions:
+            if waiter.done():
+                continue
+            if predicate():
+                waiter.set_result(True)
+                progressed = True
+            else:
+                remaining.append((predicate, waiter))
+        self._conditions = remaining
+        return progressed
+
+    # --------------------------------------------------------------------- patches
+
+    def patched(self, patch: str) -> bool:
+        """True when this execution takes the new branch of ``patch`` (see ``workflow.patched``)."""
+        if patch in self._patches:
+            return self._patches[patch]
+        expected = self._pending.expected
+        if expected is not None and not (
+            expected and isinstance(expected[0], PatchMarked) and expected[0].patch == patch
+        ):
+            taken = False  # replaying history recorded before the patch existed: the old path
         else:
-            code, what = "activity.timeout", f"did not finish within {state.options.timeout}s"
-        error = ErrorInfo(
-            code=code,
-            type="HeartbeatTimeout" if kind == "hb" else "ActivityTimeout",
-            message=f"activity {state.name!r} (seq {state.seq}) attempt {attempt} {what}",
-        )
-        self._attempt_failed(state, error)
-        return True
-
-    def _fail_without_retry(self, state: ActivityState, code: str, what: str) -> None:
-        error = ErrorInfo(
-            code=code,
-            type="ActivityTimeout",
-            message=f"activity {state.name!r} (seq {state.seq}) {what}",
-            retryable=False,
-        )
-        self._close_activity(state, "timed_out")
-        if not state.future.done():
-            state.future.set_exception(from_info(error))
-
-    # ------------------------------------------------------------------ cancellation
-
-    def _cancel(self, event: CancelRequested) -> bool:
-        if self._cancel_requested or self._main is None:
-            return False
-        self._cancel_requested = True
-        self._main.cancel(event.reason or "cancel requested")
-        return True
+            self._decide(PatchMarked(patch=patch))
+            taken = True
+        self._patches[patch] = taken
+        return taken
 
     # --------------------------------------------------------------- authoring API
 
     def uuid4(self) -> uuid.UUID:
         return uuid.UUID(int=self.random.getrandbits(128), version=4)
 
+    def continue_as_new(self, input: msgspec.Raw) -> ContinueAsNew:
+        return ContinueAsNew(input)
 
-def _describe(event: Any) -> str:
+
+def describe(event: Any) -> str:
     fields = []
-    for name in ("seq", "timer", "name", "attempt", "outcome"):
+    for name in ("seq", "timer", "name", "workflow", "patch", "attempt", "outcome"):
         value = getattr(event, name, None)
         if value is not None:
             fields.append(f"{name}={value!r}")
     return f"{type(event).__name__}({', '.join(fields)})"
 
 
-def _same_command(recorded: Decision, issued: Decision) -> bool:
+def same_command(recorded: Decision, issued: Decision) -> bool:
     """Same kind, same sequence/timer and same name: inputs and times may legitimately differ."""
     if type(recorded) is not type(issued):
         return False
-    for name in ("seq", "timer", "name", "attempt"):
-        if getattr(recorded, name, None) != getattr(issued, name, None):
-            return False
-    return True
-
-
-__all__ = ["Activation", "ActivityState", "WorkflowInstance", "codec"]
+    return all(
+        getattr(recorded, name, None) == getattr(issued, name, None)
+        for name in ("seq", "timer", "name", "workflow", "patch", "attempt")
+    )

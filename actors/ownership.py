@@ -3,23 +3,33 @@
 Why this design: every execution's inbox messages land in one of N partitions (the inbox
 stream's ``partition(N)`` subject transform). A runtime owns a partition through a lease,
 a key in the leases bucket with a TTL, renewed every ``lease_ttl / 3`` with an expected
-revision (a failed renewal means someone else holds it now: stop at once). Partitions are
-assigned by rendezvous hashing over the live members (each runtime re-puts
-``member.<name>`` with the same TTL), so every runtime computes the same assignment
-without talking to the others, and a joining or leaving runtime moves only its share.
+revision (a failed renewal means someone else holds it now: stop at once). Every runtime
+also re-puts ``member.<name>`` with the same TTL, and computes the same assignment of
+partitions to live members without talking to the others (``assign``: rendezvous hashing
+with bounded loads, so each member gets ``N // M`` or ``N // M + 1`` partitions and a
+joining or leaving runtime moves little more than its share).
 
-A runtime that dies stops renewing: its member key and leases expire after ``lease_ttl``
-and the others claim its partitions on their next tick. A runtime that stops gracefully
-releases its leases and announces it, and the others claim at once. Optimistic
-concurrency on history appends remains the safety net against two owners at once.
+A runtime that dies stops renewing. Its member key is put first in every tick, so it
+expires first; the others read the time it was stored and wake up just after it expires
+(not at their next periodic tick), see that the holder of the leases is no longer a
+member, and take its partitions with a compare-and-set on the lease's revision: the
+takeover comes ``lease_ttl`` (at most) after the last renewal, a few milliseconds more.
+
+A runtime that stops gracefully (``release_all``) lets the steps under way on all its
+partitions finish, then leaves the membership and releases every lease at once, and
+announces it on ``<ns>.api.ownership.changed``: the others claim at once, without waiting
+for any TTL. Optimistic concurrency on history appends remains the safety net against
+two owners at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import msgspec
 import structlog
@@ -27,21 +37,49 @@ import structlog
 from perdure.runtime import codec
 from perdure.runtime.errors import HistoryConflict, PerdureError
 from perdure.runtime.messages import Lease
-from perdure.runtime.naming import partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.settings import Settings
 
 log = structlog.get_logger("perdure.ownership")
 
+EXPIRY_SLACK = 0.01  # wake this long after another member's key is due to expire
+RETRY_FLOOR = 0.05  # the server is late expiring a key (it checks every 250 ms at worst): re-read this often
+
 
 def _score(member: str, partition: int) -> int:
-    return partition_of(f"{member}/{partition}", 2**31 - 1)
+    # A real hash: FNV-1a over "<member>/<partition>" leaves the suffix badly mixed, and with
+    # names that differ in one character one member used to win 10 partitions of 12.
+    digest = hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def assign(members: list[str], partitions: int) -> dict[int, str]:
-    """Rendezvous hashing: each partition goes to the member that scores highest for it."""
+    """Rendezvous hashing with bounded loads: the same answer on every runtime.
+
+    Every (member, partition) pair gets a score; pairs are taken best first, and a
+    partition goes to the member of its best pair that still has room. Room is
+    ``partitions // members`` each, plus one for the first ``partitions % members`` members
+    to fill up, so the loads differ by at most one.
+    """
     ordered = sorted(set(members))
-    return {p: max(ordered, key=lambda m: (_score(m, p), m)) for p in range(partitions)} if ordered else {}
+    if not ordered:
+        return {}
+    base, extra = divmod(partitions, len(ordered))
+    load = dict.fromkeys(ordered, 0)
+    out: dict[int, str] = {}
+    pairs = sorted(((_score(m, p), m, p) for m in ordered for p in range(partitions)), reverse=True)
+    for _, member, partition in pairs:
+        if partition in out:
+            continue
+        n = load[member]
+        if n < base or (n == base and extra > 0):
+            if n == base:
+                extra -= 1
+            load[member] = n + 1
+            out[partition] = member
+            if len(out) == partitions:
+                break
+    return out
 
 
 class PartitionOwnership:
@@ -64,25 +102,30 @@ class PartitionOwnership:
         self._on_release = on_release
         self.owned: dict[int, int] = {}  # partition -> lease revision
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one tick (or the final release) at a time
         self._sub: Subscription | None = None
         self._stopping = False
+        self._next_expiry: float | None = None  # local time another member's key is due to expire
 
     def owns(self, partition: int) -> bool:
         return partition in self.owned
 
+    def wake(self) -> None:
+        """Tick now (e.g. a partition's consumer was deleted: somebody may have taken it)."""
+        self._wake.set()
+
     async def run(self) -> None:
         """Tick until cancelled: keep membership, renew, claim and release leases."""
         self._sub = await self._conn.serve(self._changed_subject, self._on_changed, queue="")
-        interval = self._settings.lease_ttl / 3
         try:
             while not self._stopping:
+                self._wake.clear()  # before the tick: a notice that arrives during it is kept
                 try:
                     await self.tick()
                 except PerdureError as exc:
                     log.warning("ownership.tick_failed", error=str(exc))
-                self._wake.clear()
                 try:
-                    async with asyncio.timeout(interval):
+                    async with asyncio.timeout(self._delay()):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
@@ -90,46 +133,65 @@ class PartitionOwnership:
             if self._sub is not None:
                 await self._sub.stop()
 
+    def _delay(self) -> float:
+        """Until the next tick: the renewal period, or just after another member's key expires."""
+        delay = self._settings.lease_ttl / 3
+        if self._next_expiry is not None:
+            delay = min(delay, max(RETRY_FLOOR, self._next_expiry - time.time() + EXPIRY_SLACK))
+        return delay
+
     async def _on_changed(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         if data.decode(errors="replace") != self._name:
             self._wake.set()
 
     async def tick(self) -> None:
-        await self._put(f"member.{self._name}", Lease(owner=self._name, acquired_at=time.time()), None)
+        async with self._lock:
+            if not self._stopping:
+                await self._tick()
+
+    async def _tick(self) -> None:
+        put_at = time.time()
+        await self._put(f"member.{self._name}", Lease(owner=self._name, acquired_at=put_at), None)
         await self._renew()
-        members, leases = await self._read_state()
+        members, leases, stamps = await self._read_state()
+        self._next_expiry = _next_expiry(stamps, self._name, put_at)
         if self._name not in members:
             members.append(self._name)
         mine = {p for p, m in assign(members, self._settings.partitions).items() if m == self._name}
-        for partition in sorted(set(self.owned) - mine):
-            await self._release(partition)
-        held_elsewhere = False
-        for partition in sorted(mine - set(self.owned)):
-            held_elsewhere |= not await self._claim(partition, leases.get(partition))
-        if held_elsewhere:
+        await self._let_go(sorted(set(self.owned) - mine))
+        wanted = sorted(mine - set(self.owned))
+        claimed = await asyncio.gather(*(self._claim(p, leases.get(p), members) for p in wanted))
+        if not all(claimed):
             # We joined (or came back): tell the current holders now rather than at their next tick.
             await self._conn.publish_core(self._changed_subject, self._name.encode())
 
-    async def _read_state(self) -> tuple[list[str], dict[int, StoredMessage]]:
+    async def _read_state(self) -> tuple[list[str], dict[int, StoredMessage], dict[str, tuple[float, float]]]:
+        """Live members, the partition leases, and when each member's key was stored and
+        expires (server clock)."""
         stored = await self._conn.get_multi_last(
             self._stream, [f"{self._prefix}member.*", f"{self._prefix}partition.*"]
         )
         members: list[str] = []
         leases: dict[int, StoredMessage] = {}
+        stamps: dict[str, tuple[float, float]] = {}
         for msg in stored:
             key = msg.subject[len(self._prefix) :]
             lease = _decode(msg)
             if key.startswith("member.") and lease is not None and lease.owner:
                 members.append(lease.owner)
+                stamp = _stamp(msg, self._settings.lease_ttl)
+                if stamp is not None:
+                    stamps[lease.owner] = stamp
             elif key.startswith("partition."):
                 leases[int(key.split(".", 1)[1])] = msg
-        return members, leases
+        return members, leases, stamps
 
-    async def _claim(self, partition: int, current: StoredMessage | None) -> bool:
-        """Take the partition's lease if it is free (or ours from a previous life); True if taken."""
+    async def _claim(self, partition: int, current: StoredMessage | None, members: list[str]) -> bool:
+        """Take the partition's lease if it is free, ours from a previous life, or held by a runtime
+        that is no longer a member (dead: its member key expired); True if taken."""
         lease = _decode(current) if current is not None else None
-        if lease is not None and lease.owner and lease.owner != self._name:
-            return False  # still held: its owner releases it, or it expires
+        if lease is not None and lease.owner and lease.owner != self._name and lease.owner in members:
+            return False  # its live owner releases it when it sees the new assignment
         try:
             revision = await self._put(
                 f"partition.{partition}",
@@ -137,49 +199,98 @@ class PartitionOwnership:
                 current.seq if current is not None else 0,
             )
         except HistoryConflict:
-            return False  # someone else got it first
+            return False  # someone else got it first (or its owner just renewed it)
         self.owned[partition] = revision
-        log.info("partition.acquired", partition=partition, runtime=self._name)
+        previous = lease.owner if lease is not None and lease.owner != self._name else ""
+        log.info("partition.acquired", partition=partition, runtime=self._name, previous=previous)
         await self._on_acquire(partition)
         return True
 
     async def _renew(self) -> None:
-        for partition, revision in list(self.owned.items()):
-            try:
-                self.owned[partition] = await self._put(
-                    f"partition.{partition}", Lease(owner=self._name, acquired_at=time.time()), revision
-                )
-            except HistoryConflict:
+        """Re-put every lease we hold with its expected revision, pipelined (one round trip)."""
+        now = time.time()
+        owned = list(self.owned.items())
+        sends = [
+            await self._put_nowait(f"partition.{p}", Lease(owner=self._name, acquired_at=now), revision)
+            for p, revision in owned
+        ]
+        for (partition, _), outcome in zip(
+            owned, await asyncio.gather(*sends, return_exceptions=True), strict=True
+        ):
+            if isinstance(outcome, HistoryConflict):
                 log.warning("partition.lost", partition=partition, runtime=self._name)
                 self.owned.pop(partition, None)
                 await self._on_release(partition)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                self.owned[partition] = outcome.seq  # type: ignore[attr-defined]
 
-    async def _release(self, partition: int) -> None:
-        revision = self.owned.pop(partition)
-        await self._on_release(partition)
-        with contextlib.suppress(HistoryConflict):  # already taken over: nothing to release
-            await self._put(
-                f"partition.{partition}", Lease(owner="", acquired_at=time.time()), revision, ttl=1
+    async def still_owns(self, partition: int) -> bool:
+        """Whether the stored lease is still ours (a deleted consumer may mean it is not)."""
+        if partition not in self.owned:
+            return False
+        stored = await self._conn.get_last(self._stream, f"{self._prefix}partition.{partition}")
+        lease = _decode(stored)
+        return lease is not None and lease.owner == self._name
+
+    async def _let_go(self, partitions: list[int], *, leave: bool = False) -> None:
+        """Stop handling ``partitions`` (their steps under way finish, all at once), then release
+        their leases (and, when leaving, the membership) in one pipelined round, and say so."""
+        if not partitions and not leave:
+            return
+        revisions = {p: self.owned.pop(p) for p in partitions}
+        for partition, outcome in zip(
+            partitions,
+            await asyncio.gather(*(self._on_release(p) for p in partitions), return_exceptions=True),
+            strict=True,
+        ):
+            if isinstance(outcome, BaseException):
+                log.warning("partition.stop_failed", partition=partition, error=repr(outcome))
+        now = time.time()
+        sends: list[tuple[int | None, asyncio.Future[object]]] = []
+        if leave:
+            sends.append(
+                (
+                    None,
+                    await self._put_nowait(
+                        f"member.{self._name}", Lease(owner="", acquired_at=now), None, ttl=1
+                    ),
+                )
             )
-        log.info("partition.released", partition=partition, runtime=self._name)
+        for partition, revision in revisions.items():
+            free = Lease(owner="", acquired_at=now)
+            sends.append((partition, await self._put_nowait(f"partition.{partition}", free, revision, ttl=1)))
+        outcomes = await asyncio.gather(*(fut for _, fut in sends), return_exceptions=True)
+        for (partition, _), outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, HistoryConflict):
+                continue  # already taken over: nothing to release
+            if isinstance(outcome, BaseException):
+                log.warning("partition.release_failed", partition=partition, error=str(outcome))
+            elif partition is not None:
+                log.info("partition.released", partition=partition, runtime=self._name)
         await self._conn.publish_core(self._changed_subject, self._name.encode())
 
     async def release_all(self) -> None:
-        """Graceful hand-over: release every lease and leave the membership."""
+        """Graceful hand-over: finish the steps under way, release every lease, leave the membership."""
         self._stopping = True
-        for partition in sorted(self.owned):
-            await self._release(partition)
-        await self._put(f"member.{self._name}", Lease(owner="", acquired_at=time.time()), None, ttl=1)
-        await self._conn.publish_core(self._changed_subject, self._name.encode())
+        self._wake.set()
+        async with self._lock:
+            await self._let_go(sorted(self.owned), leave=True)
 
     async def _put(self, key: str, lease: Lease, expected: int | None, *, ttl: float | None = None) -> int:
-        ack = await self._conn.publish(
+        ack = await (await self._put_nowait(key, lease, expected, ttl=ttl))
+        return ack.seq  # type: ignore[attr-defined,no-any-return]
+
+    async def _put_nowait(
+        self, key: str, lease: Lease, expected: int | None, *, ttl: float | None = None
+    ) -> asyncio.Future[object]:
+        return await self._conn.publish_nowait(  # type: ignore[return-value]
             self._prefix + key,
             codec.encode(lease),
             expected_last_subject_seq=expected,
             ttl=ttl if ttl is not None else self._settings.lease_ttl,
         )
-        return ack.seq
 
 
 def _decode(msg: StoredMessage | None) -> Lease | None:
@@ -189,3 +300,34 @@ def _decode(msg: StoredMessage | None) -> Lease | None:
         return codec.lease.decode(msg.data)
     except msgspec.DecodeError:
         return None
+
+
+_TTL_RE = re.compile(r"^(\d+)s$")
+
+
+def _stamp(msg: StoredMessage, default_ttl: float) -> tuple[float, float] | None:
+    """When the server stored this entry (its clock) and when it will expire it."""
+    stamp = msg.headers.get("Nats-Time-Stamp") or msg.time
+    m = _TTL_RE.match(msg.headers.get("Nats-TTL", ""))
+    ttl = float(m.group(1)) if m else default_ttl
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    try:
+        stored = datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    stored += float(f"0.{fraction}") if fraction.isdigit() else 0.0
+    return stored, stored + ttl
+
+
+def _next_expiry(stamps: dict[str, tuple[float, float]], me: str, put_at: float) -> float | None:
+    """The earliest expiry of another member's key, on our clock.
+
+    Our own key, stored at ``put_at`` by our clock, calibrates the server's clock against
+    ours (to within the one-way latency), so a skewed clock neither delays a takeover nor
+    makes us re-read the leases in a tight loop.
+    """
+    others = [expires for member, (_, expires) in stamps.items() if member != me]
+    if not others:
+        return None
+    offset = stamps[me][0] - put_at if me in stamps else 0.0
+    return min(others) - offset

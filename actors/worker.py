@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -71,13 +72,23 @@ class PartitionHost:
         self._task = self._worker.services.supervisor.spawn(self._run(), name=f"partition:{self.partition}")
 
     async def _run(self) -> None:
-        """Consume until stopped; on a failure (server restart, consumer lost) start over."""
-        backoff = 0.1
+        """Consume until stopped; on a failure (server restart, consumer lost) start over.
+
+        A deleted consumer usually means another runtime took the partition over (it
+        recreates the consumer): recreating it in turn would take the messages back from
+        the new owner, so first check the lease; if it is no longer ours, wait for the
+        ownership tick (woken now) to stop this host.
+        """
+        backoff, failed = 0.1, False
         while True:
+            if failed and not await self._worker.still_owns(self.partition):
+                await asyncio.sleep(backoff)  # the tick stops this host meanwhile
+                continue
             try:
                 await self._consume()
             except PerdureError as exc:
                 log.warning("partition.restart", partition=self.partition, error=str(exc))
+            failed = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -183,7 +194,7 @@ class Worker:
                 conn, self.settings, on_acquire=self._acquire, on_release=self._release
             )
             timers.set_ownership(self._ownership.owns)
-            await self._ownership.tick()
+            await self._first_tick(self._ownership)
             supervisor.spawn(self._ownership.run(), name="ownership", critical=True)
         self.ready.set()
         log.info(
@@ -195,12 +206,37 @@ class Worker:
             activities=sorted(self.registry.activities),
         )
 
+    async def _first_tick(self, ownership: PartitionOwnership) -> None:
+        """Claim our partitions before saying we started; a transient failure is retried.
+
+        Right after a replicated bucket is created on a cluster, its subjects may still have
+        no responder for a moment ("no JetStream stream stores ..."); a runtime must not exit
+        for that. Past ``lease_ttl`` we start anyway: the ownership loop keeps trying.
+        """
+        deadline = time.monotonic() + self.settings.lease_ttl
+        delay = 0.05
+        while True:
+            try:
+                await ownership.tick()
+                return
+            except PerdureError as exc:
+                if time.monotonic() > deadline:
+                    log.warning("ownership.not_ready", error=str(exc))
+                    return
+                log.info("ownership.retry", error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: hand partitions over, finish running steps, then close."""
         if self._conn is None:
             return
         self.ready.clear()
-        services = self.services
+        services = getattr(self, "services", None)
+        if services is None:  # start() failed before it had anything running (e.g. provisioning)
+            await self._conn.close()
+            self._conn = None
+            return
         if self._ownership is not None:
             try:
                 await self._ownership.release_all()
@@ -249,6 +285,21 @@ class Worker:
         host = self._hosts.pop(partition, None)
         if host is not None:
             await host.stop(timeout=5.0)
+
+    async def still_owns(self, partition: int) -> bool:
+        """Whether this runtime's lease on ``partition`` still stands (asks the ownership tick
+        to run now if not, which stops the partition's host)."""
+        ownership = self._ownership
+        if ownership is None:
+            return True
+        try:
+            owned = await ownership.still_owns(partition)
+        except PerdureError:
+            return True  # cannot tell (NATS unreachable): carry on; the lease decides in the end
+        if not owned:
+            log.info("partition.taken_over", partition=partition, runtime=self.settings.name)
+            ownership.wake()
+        return owned
 
     async def settle_partition(self, partition: int, timeout: float) -> None:
         """Wait for this partition's actors to finish their step, then drop them."""

@@ -13,9 +13,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 import structlog
+
+from perdure.runtime.codec import PayloadCodec
 
 from .definitions import Duration, WorkflowDefinition, define_workflow, seconds
 from .replay_loop import require_instance
@@ -70,6 +72,46 @@ class _Workflow:
 
     def is_replaying(self) -> bool:
         return require_instance("workflow.is_replaying()").replaying
+
+    async def wait_signal(self, name: str, *, timeout: Duration | None = None, type: Any = Any) -> Any:
+        """The next signal ``name`` (decoded as ``type``). Signals sent before the workflow
+        waits are kept, in order. Raises ``TimeoutError`` after ``timeout`` (a durable timer)."""
+        instance = require_instance("workflow.wait_signal()")
+        waiting = instance.wait_signal(name)
+        raw = await (asyncio.wait_for(waiting, seconds(timeout)) if timeout is not None else waiting)
+        return PayloadCodec(type).decode(raw, what=f"signal {name!r}")
+
+    def pending_signals(self, name: str) -> int:
+        return require_instance("workflow.pending_signals()").pending_signals(name)
+
+    async def condition(self, predicate: Callable[[], bool], *, timeout: Duration | None = None) -> bool:
+        """Wait until ``predicate()`` is true (re-checked after every event); False on timeout."""
+        instance = require_instance("workflow.condition()")
+        if timeout is None:
+            return await instance.condition(predicate)
+        try:
+            return await asyncio.wait_for(instance.condition(predicate), seconds(timeout))
+        except TimeoutError:
+            return False
+
+    def continue_as_new(self, input: Any = None) -> NoReturn:
+        """End this run and start the next one with ``input``: a fresh, short history."""
+        instance = require_instance("workflow.continue_as_new()")
+        raw = instance.definition.input_codec.check(
+            input, what=f"input of workflow {instance.definition.name!r}"
+        )
+        raise instance.continue_as_new(raw)
+
+    def patched(self, patch: str) -> bool:
+        """True where new code should run: always for new executions; for executions whose
+        history was recorded before the patch, False at the points they had already passed."""
+        return require_instance("workflow.patched()").patched(patch)
+
+    def start_child(
+        self, child: WorkflowDefinition[Any, Any], input: Any = None, *, id: str | None = None
+    ) -> Any:
+        """Start ``child`` with its own execution id; await the returned handle for its result."""
+        return child(input, id=id)
 
     @property
     def logger(self) -> Any:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
 import msgspec
 
 from perdure.runtime import codec
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
-from perdure.runtime.errors import ExecutionNotFound, InvalidPayload, from_info
+from perdure.runtime.errors import ExecutionAlreadyExists, ExecutionNotFound, InvalidPayload, from_info
 from perdure.runtime.messages import (
+    TERMINAL_STATUSES,
     AnyInboxMessage,
     CompleteRequest,
     FailRequest,
@@ -20,9 +22,12 @@ from perdure.runtime.messages import (
     StartWorkflow,
 )
 from perdure.runtime.naming import Names, check_execution_id
-from perdure.runtime.nats_client import Connection
+from perdure.runtime.nats_client import Ack, Connection
 
 from .handle import ExecutionDescription, WorkflowHandle
+
+OnConflict = Literal["use_existing", "fail"]
+IdReuse = Literal["use_existing", "reject", "allow_after_failure", "allow"]
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True):
@@ -59,11 +64,28 @@ class Client:
 
     # ---------------------------------------------------------------- executions
 
-    async def start(self, workflow: Any, input: Any = None, *, id: str | None = None) -> WorkflowHandle:
+    async def start(
+        self,
+        workflow: Any,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        timeout: float | timedelta | None = None,
+        on_conflict: OnConflict = "use_existing",
+        id_reuse: IdReuse = "use_existing",
+    ) -> WorkflowHandle:
         """Start an execution of ``workflow`` (a ``@workflow`` or its name); idempotent on ``id``.
 
         The input is checked against the workflow's declared input type before anything is
         sent, so a malformed input fails here with a message saying what does not decode.
+
+        Start policies, when ``id`` names an existing execution:
+        - ``on_conflict`` (it is running): ``"use_existing"`` returns its handle, ``"fail"``
+          raises ``ExecutionAlreadyExists``;
+        - ``id_reuse`` (it is closed): ``"use_existing"`` returns its handle (and result),
+          ``"reject"`` raises, ``"allow_after_failure"`` starts a new run if it failed, was
+          cancelled or terminated, ``"allow"`` always starts a new run.
+        ``timeout`` bounds the whole execution (a durable timer).
         """
         execution_id = check_execution_id(id or uuid.uuid4().hex)
         name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
@@ -74,14 +96,49 @@ class Client:
             raw = input_codec.check(input, what=f"input of workflow {name!r}")
         else:
             raw = msgspec.Raw(codec.encode(input))
-        await self.send(execution_id, StartWorkflow(workflow=name, input=raw), msg_id=f"start:{execution_id}")
-        return WorkflowHandle(self, execution_id, workflow if not isinstance(workflow, str) else None)
+        handle = WorkflowHandle(self, execution_id, workflow if not isinstance(workflow, str) else None)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        message = StartWorkflow(workflow=name, input=raw, timeout=seconds)
+        default_policy = on_conflict == "use_existing" and id_reuse == "use_existing"
+        # The default needs no read: the start's Nats-Msg-Id and the actor both ignore a second start.
+        existing = await handle._record() if id is not None and not default_policy else None
+        if existing is not None:
+            if existing.status not in TERMINAL_STATUSES:
+                if on_conflict == "fail":
+                    raise ExecutionAlreadyExists(f"execution {execution_id!r} is already {existing.status}")
+                return handle
+            if id_reuse == "reject":
+                raise ExecutionAlreadyExists(f"execution {execution_id!r} exists ({existing.status})")
+            failed = existing.status in ("FAILED", "CANCELLED", "TERMINATED")
+            if id_reuse == "use_existing" or (id_reuse == "allow_after_failure" and not failed):
+                return handle
+            new_run = msgspec.structs.replace(message, new_run=True)
+            await self.send(execution_id, new_run, msg_id=f"start:{execution_id}:after:{existing.run}")
+            return handle
+        ack = await self.send(execution_id, message, msg_id=f"start:{execution_id}")
+        if ack.duplicate and on_conflict == "fail":
+            # Started moments ago by someone else (the index may not show it yet).
+            raise ExecutionAlreadyExists(f"execution {execution_id!r} was already started")
+        return handle
 
     def get_handle(self, execution_id: str, workflow: Any = None) -> WorkflowHandle:
         return WorkflowHandle(self, check_execution_id(execution_id), workflow)
 
-    async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> None:
-        await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
+    async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> Ack:
+        """Publish ``message`` to the execution's inbox; returns once it is stored."""
+        return await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
+
+    async def signal(
+        self, execution_id: str, name: str, payload: Any = None, *, id: str | None = None
+    ) -> None:
+        """Send signal ``name`` to an execution; with ``id``, sending it again has no effect."""
+        await self.get_handle(execution_id).signal(name, payload, id=id)
+
+    async def cancel(self, execution_id: str, reason: str = "") -> None:
+        await self.get_handle(execution_id).cancel(reason)
+
+    async def terminate(self, execution_id: str, reason: str = "") -> None:
+        await self.get_handle(execution_id).terminate(reason)
 
     async def describe(self, execution_id: str) -> ExecutionDescription:
         return await self.get_handle(execution_id).describe()

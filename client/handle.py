@@ -15,10 +15,17 @@ from perdure.runtime.errors import (
     ExecutionNotFound,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowTerminated,
     from_info,
 )
 from perdure.runtime.events import AnyEvent, HistoryStep
-from perdure.runtime.messages import TERMINAL_STATUSES, CancelWorkflow, ExecutionRecord, SignalWorkflow
+from perdure.runtime.messages import (
+    TERMINAL_STATUSES,
+    CancelWorkflow,
+    ExecutionRecord,
+    SignalWorkflow,
+    TerminateWorkflow,
+)
 
 if TYPE_CHECKING:
     from .client import Client
@@ -141,6 +148,8 @@ class WorkflowHandle:
         cause = from_info(error)
         if record.status == "CANCELLED":
             raise WorkflowCancelled(f"execution {self.id!r} was cancelled", cause=cause)
+        if record.status == "TERMINATED":
+            raise WorkflowTerminated(f"execution {self.id!r} was terminated: {error.message}", cause=cause)
         raise WorkflowFailed(f"execution {self.id!r} failed: {error.type}: {error.message}", cause=cause)
 
     async def history_steps(self) -> list[HistoryStep]:
@@ -161,6 +170,10 @@ class WorkflowHandle:
     async def cancel(self, reason: str = "") -> None:
         """Ask the execution to stop: the workflow sees ``CancelledError`` at its current await."""
         await self._client.send(self.id, CancelWorkflow(reason=reason))
+
+    async def terminate(self, reason: str = "") -> None:
+        """End the execution now, without running any more workflow code (status TERMINATED)."""
+        await self._client.send(self.id, TerminateWorkflow(reason=reason))
 
     async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
         raw = msgspec.Raw(codec.encode(payload))

@@ -10,9 +10,11 @@ from .errors import (
     ActivityClosed,
     ActivityError,
     ActivityTimeout,
+    ChildWorkflowError,
     ConfigurationError,
     ConnectionLost,
     ErrorInfo,
+    ExecutionAlreadyExists,
     ExecutionNotFound,
     HeartbeatTimeout,
     InvalidPayload,
@@ -22,6 +24,8 @@ from .errors import (
     RemoteError,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowTerminated,
+    WorkflowTimedOut,
 )
 from .events import ActivityOptions, RetryPolicy
 from .settings import Settings
@@ -32,10 +36,12 @@ __all__ = [
     "ActivityError",
     "ActivityOptions",
     "ActivityTimeout",
+    "ChildWorkflowError",
     "ConfigurationError",
     "ConnectionLost",
     "EmbeddedServer",
     "ErrorInfo",
+    "ExecutionAlreadyExists",
     "ExecutionNotFound",
     "HeartbeatTimeout",
     "InvalidPayload",
@@ -47,4 +53,6 @@ __all__ = [
     "Settings",
     "WorkflowCancelled",
     "WorkflowFailed",
+    "WorkflowTerminated",
+    "WorkflowTimedOut",
 ]

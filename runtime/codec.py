@@ -22,6 +22,7 @@ from .messages import (
     FailRequest,
     HeartbeatRequest,
     Lease,
+    SignalRequest,
     TimerEntry,
 )
 
@@ -40,6 +41,7 @@ lease = msgspec.json.Decoder(Lease)
 complete_request = msgspec.json.Decoder(CompleteRequest)
 fail_request = msgspec.json.Decoder(FailRequest)
 heartbeat_request = msgspec.json.Decoder(HeartbeatRequest)
+signal_request = msgspec.json.Decoder(SignalRequest)
 api_reply = msgspec.json.Decoder(ApiReply)
 
 

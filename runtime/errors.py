@@ -10,7 +10,10 @@
     ├── ActivityClosed                   "activity.closed"
     ├── NonDeterminismError              "workflow.nondeterministic"
     ├── WorkflowFailed                   "workflow.failed"
-    │   └── WorkflowCancelled            "workflow.cancelled"
+    │   ├── WorkflowCancelled            "workflow.cancelled"
+    │   ├── WorkflowTerminated           "workflow.terminated"
+    │   ├── WorkflowTimedOut             "workflow.timeout"
+    │   └── ChildWorkflowError           "workflow.child_failed"
     ├── ActivityError                    "activity.failed"
     │   ├── ActivityTimeout              "activity.timeout"
     │   ├── HeartbeatTimeout             "activity.heartbeat_timeout"
@@ -113,6 +116,20 @@ class WorkflowCancelled(WorkflowFailed):
     code = "workflow.cancelled"
 
 
+class WorkflowTerminated(WorkflowFailed):
+    code = "workflow.terminated"
+
+
+class WorkflowTimedOut(WorkflowFailed):
+    code = "workflow.timeout"
+
+
+class ChildWorkflowError(WorkflowFailed):
+    """A child execution failed, was cancelled or terminated; ``cause`` says how."""
+
+    code = "workflow.child_failed"
+
+
 class ActivityError(PerdureError):
     """An activity failed; ``type``, ``message`` and ``remote_traceback`` come from the worker."""
 
@@ -159,6 +176,9 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         NonDeterminismError,
         WorkflowFailed,
         WorkflowCancelled,
+        WorkflowTerminated,
+        WorkflowTimedOut,
+        ChildWorkflowError,
         ActivityError,
         ActivityTimeout,
         HeartbeatTimeout,

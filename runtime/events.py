@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from .errors import ErrorInfo
+from .rawjson import NULL
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -64,8 +65,10 @@ class WorkflowStarted(Event, tag="workflow.started"):
     workflow: str
     input: msgspec.Raw
     run: int = 1
-    parent: str | None = None
-    timeout: float | None = None
+    parent: str | None = None  # the parent execution, for a child workflow
+    parent_run: int = 0
+    parent_seq: int = 0
+    timeout: float | None = None  # the whole execution (all runs)
 
 
 class ActivityCompleted(Event, tag="activity.completed"):
@@ -95,6 +98,25 @@ class SignalReceived(Event, tag="signal.received"):
 
 class CancelRequested(Event, tag="cancel.requested"):
     reason: str = ""
+
+
+class TerminateRequested(Event, tag="terminate.requested"):
+    reason: str = ""
+
+
+class ChildClosed(Event, tag="child.closed"):
+    seq: int
+    status: str  # COMPLETED, FAILED, CANCELLED, TERMINATED
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+
+
+class ActivityProgressed(Event, tag="activity.progressed"):
+    """A heartbeat's details, recorded because the workflow observes the activity's progress."""
+
+    seq: int
+    attempt: int
+    details: msgspec.Raw = NULL
 
 
 # ------------------------------------------------------------ decisions (facts the workflow caused)
@@ -150,23 +172,72 @@ class WorkflowCancelled(Event, tag="workflow.cancelled"):
     reason: str = ""
 
 
+class WorkflowTerminated(Event, tag="workflow.terminated"):
+    reason: str = ""
+
+
+class WorkflowContinuedAsNew(Event, tag="workflow.continued_as_new"):
+    """This run ended; the next run of the same execution starts with ``input``."""
+
+    input: msgspec.Raw
+
+
+class ChildStarted(Event, tag="child.started"):
+    seq: int
+    workflow: str
+    execution_id: str
+    input: msgspec.Raw
+
+
+class ChildCancelRequested(Event, tag="child.cancel_requested"):
+    seq: int
+
+
+class PatchMarked(Event, tag="patch.marked"):
+    """The code took the new branch of ``workflow.patched(patch)`` at this point."""
+
+    patch: str
+
+
+class ActivityObserved(Event, tag="activity.observed"):
+    """The workflow started watching this activity's progress: its heartbeats are recorded."""
+
+    seq: int
+
+
 InputEvent = (
-    WorkflowStarted | ActivityCompleted | ActivityFailed | TimerFired | SignalReceived | CancelRequested
+    WorkflowStarted
+    | ActivityCompleted
+    | ActivityFailed
+    | TimerFired
+    | SignalReceived
+    | CancelRequested
+    | TerminateRequested
+    | ChildClosed
+    | ActivityProgressed
 )
 Decision = (
     ActivityScheduled
     | ActivityRetrying
     | ActivityClosed
     | ActivityCancelRequested
+    | ActivityObserved
     | TimerStarted
     | TimerCancelled
+    | ChildStarted
+    | ChildCancelRequested
+    | PatchMarked
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowCancelled
+    | WorkflowTerminated
+    | WorkflowContinuedAsNew
 )
 AnyEvent = InputEvent | Decision
 
-CLOSING_DECISIONS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)
+ClosingDecision = (
+    WorkflowCompleted | WorkflowFailed | WorkflowCancelled | WorkflowTerminated | WorkflowContinuedAsNew
+)
 
 
 class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

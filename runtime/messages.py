@@ -25,7 +25,10 @@ class StartWorkflow(InboxMessage, tag="start"):
     workflow: str
     input: msgspec.Raw
     parent: str | None = None
+    parent_run: int = 0
+    parent_seq: int = 0
     timeout: float | None = None
+    new_run: bool = False  # start a new run even if the execution exists and is closed (id reuse)
 
 
 class ActivityResult(InboxMessage, tag="activity.result"):
@@ -55,7 +58,38 @@ class CancelWorkflow(InboxMessage, tag="cancel"):
     reason: str = ""
 
 
-AnyInboxMessage = StartWorkflow | ActivityResult | TimerExpired | SignalWorkflow | CancelWorkflow
+class TerminateWorkflow(InboxMessage, tag="terminate"):
+    reason: str = ""
+
+
+class ChildResult(InboxMessage, tag="child.result"):
+    """A child execution closed; sent to its parent's inbox."""
+
+    run: int
+    seq: int
+    status: str
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+
+
+class ActivityProgress(InboxMessage, tag="activity.progress"):
+    run: int
+    seq: int
+    attempt: int
+    nonce: str
+    details: msgspec.Raw = NULL
+
+
+AnyInboxMessage = (
+    StartWorkflow
+    | ActivityResult
+    | TimerExpired
+    | SignalWorkflow
+    | CancelWorkflow
+    | TerminateWorkflow
+    | ChildResult
+    | ActivityProgress
+)
 
 
 # -------------------------------------------------------------------------------- work
@@ -105,10 +139,11 @@ class ActivityRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     details: msgspec.Raw = NULL
     cancel_requested: bool = False
     closed: bool = False
+    observed: bool = False  # the workflow watches progress: heartbeats go to the inbox too
 
 
-Status = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "BLOCKED"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+Status = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TERMINATED", "BLOCKED"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TERMINATED"})
 
 
 class ExecutionRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -148,6 +183,13 @@ class RemoteFailure(msgspec.Struct, frozen=True, kw_only=True):
 class FailRequest(msgspec.Struct, frozen=True, kw_only=True):
     token: str
     error: RemoteFailure
+
+
+class SignalRequest(msgspec.Struct, frozen=True, kw_only=True):
+    execution_id: str
+    name: str
+    payload: msgspec.Raw = NULL
+    id: str = ""
 
 
 class HeartbeatRequest(msgspec.Struct, frozen=True, kw_only=True):
