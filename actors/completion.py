@@ -30,7 +30,16 @@ from perdure.runtime.errors import (
     InvalidToken,
     PerdureError,
 )
-from perdure.runtime.events import ActivityScheduled
+from perdure.runtime.events import (
+    ActivityClosed,
+    ActivityScheduled,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowContinuedAsNew,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowTerminated,
+)
 from perdure.runtime.messages import ActivityProgress, ActivityResult, ApiError, ApiReply, SignalWorkflow
 from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, Subscription
@@ -44,6 +53,7 @@ from .timers import TimerKey
 log = structlog.get_logger("perdure.completion")
 
 QUEUE_GROUP = "perdure-runtime"
+_RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
 
 
 def error_reply(exc: PerdureError) -> bytes:
@@ -67,7 +77,7 @@ class HeartbeatService:
         for _ in range(5):
             stored = await self._conn.get_last(self._timers_stream, subject)
             if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
-                return await self._no_record(token)
+                return await self._no_record(token, expired=stored is not None)
             record = codec.decode(codec.activity_record, stored.data, what="activity record")
             if record.nonce != token.nonce:
                 raise InvalidToken(
@@ -98,26 +108,36 @@ class HeartbeatService:
             msg_id=f"{token.execution_id}:{token.run}:p:{token.seq}:{token.attempt}:{revision}",
         )
 
-    async def _no_record(self, token: TokenData) -> ApiReply:
-        """No open record: the activity closed (and its closed record expired), or the token
-        names no activity at all. History tells which; this path is rare (late or forged)."""
+    async def _no_record(self, token: TokenData, *, expired: bool) -> ApiReply:
+        """No open record. History tells why: the token names no activity (``InvalidToken``);
+        the activity closed, or its record expired (a heartbeat timeout): closed; or the record
+        is not stored yet (the work item can reach a worker before the record reaches its
+        stream, and a fast activity heartbeats at once): still open. This path is rare."""
         names = self._names
         stored = await self._conn.read_subject(names.history_stream, names.history(token.execution_id))
         if not stored:
             raise_not_found(token)
+        scheduled = closed = False
+        run = 0
         for message in stored:
             step = codec.decode(codec.history_step, message.data, what=f"history of {token.execution_id}")
+            if step.inputs and isinstance(step.inputs[0], WorkflowStarted):
+                run = step.inputs[0].run  # runs after a continue-as-new share the subject
+            if run != token.run:
+                continue
             for decision in step.decisions:
-                if (
-                    isinstance(decision, ActivityScheduled)
-                    and decision.seq == token.seq
-                    and decision.nonce == token.nonce
+                if isinstance(decision, ActivityScheduled) and decision.seq == token.seq:
+                    scheduled = scheduled or decision.nonce == token.nonce
+                elif isinstance(decision, _RUN_ENDS) or (
+                    isinstance(decision, ActivityClosed) and decision.seq == token.seq
                 ):
-                    return ApiReply(ok=True, closed=True)
-        raise InvalidToken(
-            f"token does not match activity {token.seq} of {token.execution_id} "
-            "(no such activity, or wrong nonce)"
-        )
+                    closed = True
+        if not scheduled:
+            raise InvalidToken(
+                f"token does not match activity {token.seq} of {token.execution_id} "
+                "(no such activity, or wrong nonce)"
+            )
+        return ApiReply(ok=True, closed=closed or expired)
 
 
 def raise_not_found(token: TokenData) -> NoReturn:
@@ -180,7 +200,9 @@ class CompletionService:
             request = codec.decode(codec.heartbeat_request, data, what="heartbeat request")
             token = decode_token(request.token)
             answer = await self._heartbeats.beat(token, request.details)
-            await self._answer(reply, codec.encode(answer))
+            # Both flags always spelled out (ApiReply omits defaults): any language reads them.
+            status = {"ok": True, "cancel_requested": answer.cancel_requested, "closed": answer.closed}
+            await self._answer(reply, codec.encode(status))
         except PerdureError as exc:
             await self._answer(reply, error_reply(exc))
 

@@ -62,6 +62,12 @@ class ActivityContext:
     async def heartbeat(self, details: Any = None) -> HeartbeatStatus:
         """Say the activity is alive (resets its heartbeat timer) and record ``details`` as the
         checkpoint a retry resumes from. Raises ``ActivityGone`` if the result is no longer wanted.
+
+        Call it as often as you like: at most one heartbeat per 0.8 x the heartbeat timeout
+        goes to the server, the latest ``details`` always (the last ones are also sent when the
+        attempt fails). The status is that of the latest heartbeat sent, so a cancellation is
+        noticed within about one such interval. A heartbeat that cannot reach NATS is logged,
+        not raised: the heartbeat timeout is what tells a worker that really went away.
         """
         status = await self._heartbeat(details)
         if status.closed or status.cancel_requested:
