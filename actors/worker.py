@@ -42,7 +42,20 @@ from .timers import TimerService
 log = structlog.get_logger("perdure.worker")
 
 INBOX_ACK_WAIT = 30.0
-INBOX_CREDIT = 2000
+# Inbox messages one runtime handles at once, over all the partitions there are (each
+# partition's consumer gets its share as credit). Enough to keep the CPU busy (a step is a
+# few round trips), few enough that each step finishes well within the publish-ack timeout
+# and the inbox ack wait however large the backlog: with 2,000 per partition (24,000 in all)
+# a burst of 100,000 starts left every step waiting its turn for more than the 10 s ack
+# timeout, so they failed, were retried, conflicted with their own late appends and never
+# caught up (bench/population.py).
+INBOX_IN_FLIGHT = 1024
+INBOX_MIN_CREDIT = 32
+
+
+def inbox_credit(partitions: int) -> int:
+    """One partition's consumer credit."""
+    return max(INBOX_MIN_CREDIT, INBOX_IN_FLIGHT // max(1, partitions))
 
 
 @dataclass(slots=True)
@@ -95,17 +108,16 @@ class PartitionHost:
     async def _consume(self) -> None:
         services = self._worker.services
         names, p = services.names, self.partition
+        credit = inbox_credit(services.settings.partitions)
         await recreate_consumer(
             services.conn,
             stream=names.inbox_stream,
             name=names.inbox_consumer(p),
             filter_subject=names.inbox_partition(p),
             ack_wait=INBOX_ACK_WAIT,
-            max_ack_pending=INBOX_CREDIT * 4,
+            max_ack_pending=credit * 4,
         )
-        consumer = PullConsumer(
-            services.conn, names.inbox_stream, names.inbox_consumer(p), credit=INBOX_CREDIT
-        )
+        consumer = PullConsumer(services.conn, names.inbox_stream, names.inbox_consumer(p), credit=credit)
         self._consumer = consumer
         await consumer.start()
         await services.timers.watch_partition(p)

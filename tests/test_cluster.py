@@ -1,0 +1,537 @@
+"""A 3-node NATS JetStream cluster (R3) loses the node that leads the history stream (issue 5).
+
+``test_history_leader_lost_mid_run`` starts ``deploy/nats-cluster``'s three configs as
+``nats-server`` processes on free loopback ports and temporary stores (the rewrite is copied
+from ``test_deploy.py``), two runtime processes and a client, all given the three seed URLs,
+with ``--replicas 3``. Mid-run it SIGKILLs the node leading ``<NS>_HISTORY``: the stream
+elects a new leader on the remaining two nodes, the runtimes and the client reconnect, and
+every workflow still completes with its result, each activity result applied exactly once.
+
+The other tests pin, as strict xfails, bugs outside the ownership code that a failover
+exposes (each reason says where and why): timers lost while the inbox refuses publishes,
+a pull consumer stalled by a 503, client reads that give up during a failover, and two
+runtimes provisioning a fresh namespace at once on a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import copy
+import itertools
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perdure import Client, EmbeddedServer, Settings, Worker
+from perdure.runtime import codec
+from perdure.runtime.embedded import find_nats_server
+from perdure.runtime.errors import ExecutionNotFound
+from perdure.runtime.events import ActivityClosed, ActivityCompleted, HistoryStep, TimerStarted
+from perdure.runtime.nats_admin import ensure_consumer, ensure_stream
+from perdure.runtime.nats_client import Connection
+from perdure.runtime.nats_consumer import PullConsumer
+from perdure.runtime.provision import Provisioner
+
+from support import TESTS_DIR, RuntimeProcess, watch_history
+from workflows import busy, busy_expected, sleeper
+
+CLUSTER_DIR = TESTS_DIR.parent / "deploy" / "nats-cluster"
+NODE_CONFS = ("n1.conf", "n2.conf", "n3.conf")
+WORKFLOWS = 100
+
+
+# ------------------------------------------------- the cluster (after test_deploy.py)
+
+
+def conf_facts(text: str) -> dict[str, Any]:
+    def one(pattern: str) -> str:
+        m = re.search(pattern, text, re.MULTILINE | re.DOTALL)
+        assert m, f"{pattern!r} not found"
+        return m.group(1)
+
+    cluster_block = one(r"^cluster\s*\{(.*?)^\}")
+    return {
+        "server_name": one(r"^server_name:\s*(\S+)"),
+        "client_port": int(one(r"^listen:\s*[\w.]+:(\d+)")),
+        "monitor_port": int(one(r"^http:\s*[\w.]+:(\d+)")),
+        "cluster_port": int(re.search(r"listen:\s*[\w.]+:(\d+)", cluster_block).group(1)),
+    }
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports free on loopback below the ephemeral range (see ``test_deploy.free_ports``)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise AssertionError(f"fewer than {n} free ports below {low}")
+
+
+def rewrite_cluster(tmp_path: Path) -> list[dict[str, Any]]:
+    """Copy the cluster configs onto free ports and a temporary store; each node's facts."""
+    originals = {c: (CLUSTER_DIR / c).read_text() for c in NODE_CONFS}
+    facts = {c: conf_facts(t) for c, t in originals.items()}
+    old_ports = [f[k] for f in facts.values() for k in ("client_port", "cluster_port", "monitor_port")]
+    mapping = dict(zip(old_ports, free_ports(len(old_ports)), strict=True))
+    pattern = re.compile(r"(?<!\d)(" + "|".join(str(p) for p in old_ports) + r")(?!\d)")
+    nodes = []
+    for conf, text in originals.items():
+        store = tmp_path / "store" / conf.removesuffix(".conf")
+        text = pattern.sub(lambda m: str(mapping[int(m.group(1))]), text)
+        text = re.sub(r"(store_dir:\s*)\"?[^\"\n]+\"?", lambda m, s=store: f'{m.group(1)}"{s}"', text)
+        path = tmp_path / conf
+        path.write_text(text)
+        node = conf_facts(text)
+        node["conf"], node["log"] = path, tmp_path / f"{conf}.log"
+        node["url"] = f"nats://127.0.0.1:{node['client_port']}"
+        nodes.append(node)
+    return nodes
+
+
+async def http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await writer.drain()
+        return int((await asyncio.wait_for(reader.readline(), 2)).split()[1])
+    finally:
+        writer.close()
+
+
+async def connection_names(node: dict[str, Any]) -> set[str]:
+    """The names of the clients connected to a node (its monitoring endpoint's /connz)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", node["monitor_port"]), 1)
+    try:
+        writer.write(b"GET /connz?limit=1000 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    return {c.get("name", "") for c in body.get("connections") or []}
+
+
+def start_node(node: dict[str, Any], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [find_nats_server(), "-c", str(node["conf"]), "-l", str(node["log"])],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@contextlib.asynccontextmanager
+async def nats_cluster(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[list[dict[str, Any]], dict[str, subprocess.Popen]]]:
+    """Three nats-server processes in one cluster, each healthy (JetStream has a meta leader)."""
+    nodes = rewrite_cluster(tmp_path)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for node in nodes:
+            procs[node["server_name"]] = start_node(node, tmp_path)
+        deadline = time.monotonic() + 20
+        for node in nodes:
+            while True:
+                assert procs[node["server_name"]].poll() is None, f"{node['server_name']} exited"
+                with contextlib.suppress(OSError, TimeoutError, IndexError, ValueError):
+                    if await http_status(node["monitor_port"], "/healthz") == 200:
+                        break
+                assert time.monotonic() < deadline, f"{node['server_name']} never became healthy"
+                await asyncio.sleep(0.1)
+        yield nodes, procs
+    except BaseException:
+        for node in nodes:
+            if node["log"].exists():
+                print(
+                    f"--- {node['log'].name} (tail)\n" + "\n".join(node["log"].read_text().splitlines()[-30:])
+                )
+        raise
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def assert_applied_once(events: list[object], execution_id: str) -> None:
+    completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
+    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
+    assert all(n == 1 for n in completed.values()), (execution_id, completed)
+    assert all(n == 1 for n in closed.values()), (execution_id, closed)
+    assert set(completed) == set(closed), execution_id
+
+
+async def explain(client: Client, handles: list, runtimes: list[RuntimeProcess]) -> None:
+    """On a failure: where the unfinished executions stand, and what the runtimes complained of."""
+    for handle in handles:
+        with contextlib.suppress(Exception):
+            d = await handle.describe()
+            if d.status != "COMPLETED":
+                steps = await handle.history_steps()
+                print(
+                    f"{handle.id}: {d.status}, {len(steps)} steps, last by {steps[-1].runtime}: {steps[-1]}"
+                )
+    for runtime in runtimes:
+        noisy = [ln for ln in runtime.lines if "[info" not in ln]
+        print(f"--- {runtime.name}: {len(noisy)} warnings or worse\n" + "".join(noisy[-40:]))
+
+
+def runtime_env(name: str) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PERDURE_NAME": name, "PYTHONPATH": path}
+
+
+# ----------------------------------------------------------------- stream leaders
+
+
+async def stream_leader(client: Client, stream: str) -> str:
+    """The stream's leader (stream info may time out while leadership moves: ask again)."""
+    js = client.conn.raw.jetstream(timeout=2)
+    for _ in range(20):
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(stream)
+            if info.cluster is not None and info.cluster.leader:
+                return str(info.cluster.leader)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{stream} has no leader")
+
+
+async def settled_streams(client: Client, streams: list[str], timeout: float = 15.0) -> None:
+    """Every stream has a leader and two current followers (a just-created R3 stream may not)."""
+    js = client.conn.raw.jetstream(timeout=2)
+    deadline = time.monotonic() + timeout
+    for stream in streams:
+        while True:
+            with contextlib.suppress(Exception):
+                c = (await js.stream_info(stream)).cluster
+                if (
+                    c
+                    and c.leader
+                    and c.replicas
+                    and len(c.replicas) == 2
+                    and all(r.current for r in c.replicas)
+                ):
+                    break
+            assert time.monotonic() < deadline, f"{stream} never settled"
+            await asyncio.sleep(0.1)
+
+
+async def place_leader(client: Client, stream: str, node: str) -> None:
+    """Move the stream's leadership to ``node`` (a stepdown naming the preferred peer)."""
+    body = json.dumps({"placement": {"preferred": node}}).encode()
+    for _ in range(10):
+        if await stream_leader(client, stream) == node:
+            return
+        with contextlib.suppress(Exception):
+            await client.conn.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=2)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"could not move the leader of {stream} to {node}")
+
+
+def all_streams(client: Client) -> list[str]:
+    n = client.names
+    return [
+        n.history_stream,
+        n.inbox_stream,
+        n.work_stream,
+        *(f"KV_{b}" for b in (n.timers_bucket, n.executions_bucket, n.leases_bucket)),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def perdure_on(
+    nodes: list[dict[str, Any]], names: tuple[str, ...]
+) -> AsyncIterator[tuple[Client, list[RuntimeProcess]]]:
+    """Runtimes (``--replicas 3``) and a client on the cluster, all given the three seed URLs."""
+    namespace = "c" + uuid.uuid4().hex[:12]
+    seeds = ",".join(n["url"] for n in nodes)
+    runtimes = [
+        RuntimeProcess(seeds, namespace, name, extra_args=("--replicas", "3"), env=runtime_env(name))
+        for name in names
+    ]
+    client: Client | None = None
+    try:
+        for runtime in runtimes:  # one after the other: see test_concurrent_provisioning_... below
+            await runtime.astart(timeout=30)
+        client = await Client.connect(seeds, namespace=namespace)
+        # Wait for every stream to settle (a read of a just-created stream may find no responder).
+        await settled_streams(client, all_streams(client))
+        yield client, runtimes
+    finally:
+        if client is not None:
+            await client.close()
+        for runtime in runtimes:
+            runtime.kill()
+
+
+@contextlib.asynccontextmanager
+async def history_steps(client: Client) -> AsyncIterator[list[tuple[float, str, HistoryStep]]]:
+    """Every history step appended, with when this process saw it."""
+    steps: list[tuple[float, str, HistoryStep]] = []
+    sub, messages = await client.conn.subscribe(client.names.history_wildcard)
+
+    async def pump() -> None:
+        async for msg in messages:
+            steps.append(
+                (time.monotonic(), msg.subject.rsplit(".", 1)[1], codec.history_step.decode(msg.data))
+            )
+
+    task = asyncio.ensure_future(pump())
+    try:
+        yield steps
+    finally:
+        task.cancel()
+        await sub.stop()
+
+
+async def until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+# -------------------------------------------------------------------------- tests
+
+
+async def test_history_leader_lost_mid_run(tmp_path: Path) -> None:
+    """Kill the node leading ``<NS>_HISTORY`` (R3) mid-run: all workflows complete, nothing lost.
+
+    The history stream's leadership is first moved to a node no runtime is connected to, and
+    the inbox stream's leadership away from it: a timer firing while its runtime's publish to
+    the inbox is lost (the runtime's own node dies) or refused (the inbox stream elects a
+    leader) is lost, a bug outside the ownership code pinned by
+    ``test_timer_fired_while_the_inbox_refuses_is_kept`` below. What is left to show here is the
+    history stream failing over: appends refused or unanswered during the election are retried.
+    """
+    began = time.monotonic()
+    async with (
+        nats_cluster(tmp_path) as (nodes, procs),
+        perdure_on(nodes, ("cl-a", "cl-b")) as (client, runtimes),
+    ):
+        history, inbox = client.names.history_stream, client.names.inbox_stream
+        hosting = {n["server_name"]: await connection_names(n) for n in nodes}
+        leader = next(
+            name for name, conns in hosting.items() if not any(c.startswith("perdure-runtime") for c in conns)
+        )
+        await place_leader(client, history, leader)
+        if await stream_leader(client, inbox) == leader:
+            await place_leader(client, inbox, next(n for n in procs if n != leader))
+        leaders = {s: await stream_leader(client, s) for s in all_streams(client)}
+        lost = sorted(s for s, node in leaders.items() if node == leader)
+        client_there = "perdure-client" in hosting[leader]
+        assert leaders[history] == leader and leaders[inbox] != leader, leaders
+
+        async with history_steps(client) as steps:
+            handles = list(
+                await asyncio.gather(*(client.start(busy, i, id=f"cl-{i}") for i in range(WORKFLOWS)))
+            )
+            # A service awaits its results all along (handle.result() watches the index entry).
+            results_future = asyncio.gather(*(h.result(timeout=50) for h in handles))
+            await until(
+                lambda: len({e for _, e, _ in steps}) == WORKFLOWS and len(steps) >= 3 * WORKFLOWS,
+                30,
+                "mid-run: every execution started, about a third of the steps written",
+            )
+            killed_at = time.monotonic()
+            procs[leader].kill()
+            procs[leader].wait()
+            written_before = len(steps)
+            try:
+                results = await results_future
+            except BaseException:
+                await explain(client, handles, runtimes)
+                raise
+            finished = time.monotonic() - killed_at
+            # The failover pause: the longest silence in history appends after the kill.
+            after = [killed_at, *sorted(t for t, _, _ in steps[written_before:])]
+            pause, resumed = max((b - a, b) for a, b in itertools.pairwise(after))
+        new_leader = await stream_leader(client, history)
+
+        assert results == [busy_expected(i) for i in range(WORKFLOWS)]
+        assert new_leader in procs and new_leader != leader, new_leader
+        for handle in handles:
+            assert_applied_once(await handle.history(), handle.id)
+        running = await client.list_executions(status="RUNNING")
+        if running:
+            js = client.conn.raw.jetstream(timeout=5)
+            bucket = client.names.executions_bucket
+            for d in running[:5]:
+                msg = await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{d.execution_id}")
+                steps_ = await client.get_handle(d.execution_id).history_steps()
+                print(
+                    "LEFTOVER",
+                    d,
+                    "\n  leader's copy:",
+                    msg.data,
+                    msg.seq,
+                    "\n  last step:",
+                    steps_[-1].decisions,
+                    [s_.runtime for s_ in steps_],
+                )
+        assert running == []
+        conflicts = sum(r.output().count("execution.conflict") for r in runtimes)
+        print(
+            f"\n[cluster] killed {leader}, leader of {', '.join(lost)} (R3; the client "
+            f"{'was' if client_there else 'was not'} connected to it), with {WORKFLOWS} workflows "
+            f"mid-run ({written_before} steps written): history appends paused {pause:.2f} s (up to "
+            f"{resumed - killed_at:.2f} s after the kill), new leader {new_leader}; all {WORKFLOWS} "
+            f"completed with the right results {finished:.1f} s after the kill, no activity result "
+            f"applied twice ({conflicts} append conflicts resolved); test took {time.monotonic() - began:.1f} s"
+        )
+
+
+# What a failover does to the engine, shown deterministically on one server: the inbox stream
+# refusing publishes for a few seconds is what its leader election looks like to a runtime, and a
+# pull request answered 503 is what a consumer whose leader is not elected yet answers.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="actors/timers.py TimerService loses a timer that fires while the inbox stream refuses "
+    "publishes (its leader election after a node loss, ~4-7 s): _publish_fired (in-memory path) fails "
+    "with 'no JetStream stream stores <ns>.inbox.<id>' (503) and only un-quiets the key, counting on "
+    "the KV expiry marker; the marker (TTL rounded up to 1 s) arrives while the inbox still refuses, "
+    "_on_expired's publish fails the same way, and nothing retries: the execution stays RUNNING until "
+    "its partition changes owner (the new owner's watcher replays the marker). The same loss happens "
+    "when the runtime's own node dies with the publish in flight: the ack times out after 10 s, long "
+    "after the marker was skipped because the key was 'quiet' (seen in test_history_leader_lost_mid_run "
+    "about 1 run in 4 before its placement rule). Fix: retry the TimerExpired publish (idempotent by "
+    "Nats-Msg-Id) until it is stored, and keep the key quiet only once the publish is acked.",
+)
+async def test_timer_fired_while_the_inbox_refuses_is_kept(settings: Settings, client: Client) -> None:
+    async with Worker([sleeper], settings=settings):
+        js = client.conn.raw.jetstream()
+        inbox = client.names.inbox_stream
+        async with watch_history(client) as watch:
+            handles = [await client.start(sleeper, 1.0, id=f"refused-{i}") for i in range(10)]
+            await watch.wait_for(
+                lambda w: all(any(isinstance(e, TimerStarted) for e in w.events(h.id)) for h in handles)
+            )
+        config = (await js.stream_info(inbox)).config
+        refusing = copy.deepcopy(config)
+        refusing.subjects, refusing.subject_transform = [f"{client.names.namespace}.refused.*"], None
+        await js.update_stream(refusing)  # publishes to <ns>.inbox.* now get 503, as in an election
+        try:
+            await asyncio.sleep(2.5)  # the 1 s timers fire, in memory and by their KV markers
+        finally:
+            await js.update_stream(config)
+        results = await asyncio.gather(*(h.result(timeout=5) for h in handles))
+        assert all(r >= 1.0 for r in results)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/nats_consumer.py PullConsumer._on_status treats a 503 answer to a pull request "
+    "(no responders: the consumer has no leader yet, e.g. an R3 inbox consumer just recreated by "
+    "PartitionHost on a cluster, or one whose leader is moving) as unknown: it logs consumer.status and "
+    "keeps the request counted as outstanding, so nothing is pulled until the idle-heartbeat watchdog "
+    "(2.5 x 5 s) resets it: the partition stalls ~15 s (seen at runtime start on the 3-node cluster "
+    "about 1 start in 2). Fix: on 503, drop the outstanding count and re-pull after a short delay.",
+)
+async def test_pull_after_a_503_recovers_quickly(nats_server: EmbeddedServer, namespace: str) -> None:
+    conn = await Connection.connect(nats_server.url)
+    stream = namespace.upper() + "_PULL"
+    try:
+        await ensure_stream(conn, name=stream, subjects=[f"{namespace}.pull.>"], replicas=1, work_queue=True)
+        consumer = PullConsumer(conn, stream, "late", credit=10)
+        await consumer.start()  # its first pull meets no consumer: 503
+        await asyncio.sleep(0.2)
+        await ensure_consumer(
+            conn,
+            stream=stream,
+            name="late",
+            filter_subject=f"{namespace}.pull.>",
+            ack_wait=30,
+            max_ack_pending=100,
+        )
+        await conn.publish(f"{namespace}.pull.one", b"hello")
+        try:
+            batch = await asyncio.wait_for(consumer.next_batch(), 3)
+        finally:
+            await consumer.stop()
+        assert [d.data for d in batch] == [b"hello"]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="client/handle.py (and every client read: describe, result's first read, history) gives up "
+    "on the first failure: a direct get sent just as the client's node dies is lost with the "
+    "connection, and after 5 s the call raises ConnectionLost ('read $KV.<NS>_EXECUTIONS.<id>: NATS "
+    "did not answer in time') although the client reconnected to another seed within ~0.25 s; "
+    "likewise a read of a just-created R3 bucket raises ConfigurationError ('no JetStream stream or "
+    "service answers') for a moment. Fix: retry idempotent reads (after reconnect) within the call's "
+    "timeout.",
+)
+async def test_client_read_when_its_node_dies(tmp_path: Path) -> None:
+    async with nats_cluster(tmp_path) as (nodes, procs):
+        seeds = ",".join(n["url"] for n in nodes)
+        settings = Settings(url=seeds, namespace="c" + uuid.uuid4().hex[:12], replicas=3)
+        conn = await Connection.connect(seeds)
+        client = await Client.connect(seeds, namespace=settings.namespace)
+        try:
+            await Provisioner(conn, settings).provision()
+            await settled_streams(client, all_streams(client))
+            port = client.conn.connected_url.rsplit(":", 1)[1]
+            node = next(n["server_name"] for n in nodes if n["url"].endswith(f":{port}"))
+            procs[node].kill()
+            procs[node].wait()
+            with pytest.raises(ExecutionNotFound):
+                await client.describe("no-such-execution")
+        finally:
+            await client.close()
+            await conn.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/provision.py + nats_admin.ensure_stream race on a JetStream cluster: when two "
+    "runtimes provision a fresh namespace at once, one's add_stream is still being applied when the "
+    "other's stream_info finds the stream and sends update_stream; nats-server (2.15, clustered) "
+    "then answers neither request, both time out after 5 s ('provision stream <NS>_INBOX: NATS did "
+    "not answer in time') and both runtimes exit. A single server is not affected. Fix in "
+    "ensure_stream: create with add_stream (idempotent for an identical config) before trying "
+    "update_stream, or retry the update after a timeout.",
+)
+async def test_concurrent_provisioning_of_a_fresh_namespace(tmp_path: Path) -> None:
+    """Two runtimes starting at once on a new namespace (a Deployment's pods do) both start."""
+    async with nats_cluster(tmp_path) as (nodes, _):
+        seeds = ",".join(n["url"] for n in nodes)
+        settings = Settings(url=seeds, namespace="c" + uuid.uuid4().hex[:12], replicas=3)
+        conns = [await Connection.connect(seeds) for _ in range(2)]
+        try:
+            await asyncio.gather(*(Provisioner(c, settings).provision() for c in conns))
+        finally:
+            for conn in conns:
+                await conn.close()
