@@ -1,39 +1,39 @@
 """Perdure itself, as one more system in the table.
 
->>> PERDURE: NOT YET WIRED. <<<
-
-To wire it (left to the engine's author):
-1. write bench/peers/perdure_peer.py: a `common.Driver` subclass (see dbos_peer.py for the
-   smallest example) whose setup() starts a nats-server in the workdir it is given
-   (`self.servers.start(...)`, so it is always stopped) and a Perdure runtime, and whose
-   wf1/wf10/sleep_probe/start_ballast/async_completion/heartbeats/replay use the public
-   API (`Client.start`, `handle.result()`, `client.complete_activity`, ...);
-2. here, turn Perdure into a PeerScript that runs that script with the project's own
-   interpreter: delete `setup`/`run` below and keep
-
-       class Perdure(PeerScript):
-           name = "perdure"
-           script = "perdure_peer.py"
-
-           def python(self) -> Path:
-               return Path(sys.executable)  # the project venv: perdure is installed there
-
-           def setup(self) -> None:
-               ...  # e.g. check `import perdure` works in that interpreter
+The driver is bench/peers/perdure_peer.py, run with the interpreter running run.py (the
+project venv, where perdure is installed editable): it starts a nats-server
+(perdure.EmbeddedServer, file storage in its workdir), one `perdure worker` runtime process
+hosting bench/peers/perdure_app.py, and drives them with perdure.Client. Nothing to install.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import subprocess
+import sys
+from pathlib import Path
 
-from .base import RunConfig, System, Unavailable
+from .base import PeerScript, Unavailable
 
 
-class Perdure(System):
+class Perdure(PeerScript):
     name = "perdure"
+    script = "perdure_peer.py"
+
+    def python(self) -> Path:
+        return Path(sys.executable)  # the project venv: perdure is installed there
 
     def setup(self) -> None:
-        raise Unavailable("not yet wired: see bench/systems/perdure.py")
-
-    def run(self, cfg: RunConfig) -> dict[str, Any]:
-        raise Unavailable("not yet wired: see bench/systems/perdure.py")
+        probe = subprocess.run(
+            [
+                str(self.python()),
+                "-c",
+                "import perdure, uvloop; from perdure.runtime.embedded import find_nats_server; find_nats_server()",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode != 0:
+            raise Unavailable(
+                f"perdure is not importable by {self.python()} (run bench/run.py from the project venv): "
+                + probe.stderr.strip()[-300:]
+            )
