@@ -90,9 +90,9 @@ class ActivityActor:
             log.error("activity.bad_work_item", error=str(exc))
             await delivery.term()
             return
-        if delivery.num_delivered > 1 and (task.options.timeout or task.options.heartbeat):
-            # Redelivered after a worker died: the workflow's timeout/heartbeat timers own
-            # the retry (with the right attempt number), so this copy is not run again.
+        if delivery.num_delivered > 1 and await self._retried_elsewhere(task):
+            # Redelivered after a worker died mid-attempt: the workflow's timeout/heartbeat
+            # timers own the retry (with the right attempt number), so this copy is not run.
             log.info("activity.redelivery_skipped", execution_id=task.execution_id, seq=task.seq)
             await delivery.ack()
             return
@@ -113,6 +113,16 @@ class ActivityActor:
                     msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
                 )
             await delivery.ack()
+
+    async def _retried_elsewhere(self, task: ActivityTask) -> bool:
+        """A redelivered attempt is run again unless a timer of the workflow covers it: a
+        start-to-close timeout, or a heartbeat timer that the dead worker had armed."""
+        if task.options.timeout is not None:
+            return True
+        if task.options.heartbeat is None:
+            return False
+        token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
+        return await self._services.heartbeats.attempt_started(token)
 
     async def _execute(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from perdure.runtime.codec import PayloadCodec
 from perdure.runtime.errors import ActivityCancelled, ErrorInfo, from_info
 from perdure.runtime.events import (
     ActivityCancelRequested,
@@ -56,6 +57,7 @@ class ActivityState:
     observed: bool = False
     progress: collections.deque[msgspec.Raw] = field(default_factory=collections.deque)
     progress_waiter: asyncio.Future[None] | None = None
+    result_codec: PayloadCodec | None = None  # the declared result type, to refuse bad outside results
 
     def wake_progress(self) -> None:
         if self.progress_waiter is not None and not self.progress_waiter.done():

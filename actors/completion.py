@@ -85,17 +85,33 @@ class HeartbeatService:
                 )
             if record.closed:
                 return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
-            updated = record if is_null(details) else msgspec.structs.replace(record, details=details)
+            updated = record if record.started else msgspec.structs.replace(record, started=True)
             try:
                 ack = await self._conn.publish(
                     subject, codec.encode(updated), expected_last_subject_seq=stored.seq, ttl=record.heartbeat
                 )
             except HistoryConflict:
                 continue  # the actor closed or cancelled it meanwhile: read again
-            if record.observed and details is not None and not is_null(details):
-                await self._report_progress(token, details, ack.seq)
+            if details is not None and not is_null(details):
+                await self._conn.publish(self._timers_prefix + key.checkpoint().key(), bytes(details))
+                if record.observed:
+                    await self._report_progress(token, details, ack.seq)
             return ApiReply(ok=True, cancel_requested=record.cancel_requested)
         return ApiReply(ok=True, closed=True)
+
+    async def attempt_started(self, token: TokenData) -> bool:
+        """Whether a worker started this attempt (armed its heartbeat timer), or it closed."""
+        key = TimerKey(
+            partition_of(token.execution_id, self._partitions),
+            token.execution_id,
+            token.run,
+            record_timer(token.seq, token.attempt),
+        )
+        stored = await self._conn.get_last(self._timers_stream, self._timers_prefix + key.key())
+        if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+            return True  # expired (its timer fired) or gone: not ours to run
+        record = codec.decode(codec.activity_record, stored.data, what="activity record")
+        return record.started or record.closed
 
     async def _report_progress(self, token: TokenData, details: msgspec.Raw, revision: int) -> None:
         """The workflow watches this activity: its checkpoint goes to the inbox (and history)."""

@@ -26,7 +26,7 @@ from perdure.runtime.messages import (
 )
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
-from perdure.runtime.rawjson import NULL, is_null
+from perdure.runtime.rawjson import NULL
 from perdure.runtime.tokens import TokenData, encode_token
 
 from .effects import (
@@ -41,6 +41,7 @@ from .effects import (
     StartChild,
     StartTimer,
     UpdateIndex,
+    checkpoint_key,
     record_timer,
     retry_timer,
     schedule_to_close_timer,
@@ -125,13 +126,15 @@ class EffectRunner:
         options = d.options
         checkpoint = None
         if effect.carry_from:
-            checkpoint = await self._read_details(ref, effect.carry_from)
+            # A retry: it resumes from the activity's checkpoint (kept without a TTL), and the
+            # previous attempt's record is closed so its late heartbeats are told so.
+            checkpoint = await self._read_checkpoint(ref, d.seq)
             closed = ActivityRecord(nonce=d.nonce, closed=True)
             out.append(await self._put_record(ref, effect.carry_from, closed, ttl=CLOSED_RECORD_TTL))
-        record = ActivityRecord(
-            nonce=d.nonce, heartbeat=options.heartbeat, details=checkpoint or NULL, observed=effect.observed()
-        )
-        out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=options.heartbeat))
+        # No TTL yet: the heartbeat timer starts with the attempt's first heartbeat, which the
+        # worker sends when it starts the attempt, so time spent queued is not silence.
+        record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, observed=effect.observed())
+        out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
         if options.timeout is not None:
             key = self._key(ref, timeout_timer(d.seq, d.attempt))
             out.append(await self._timers.put(key, effect.time + options.timeout))
@@ -164,13 +167,8 @@ class EffectRunner:
     async def _pause_attempt(
         self, ref: ExecutionRef, effect: PauseAttempt, out: list[asyncio.Future[Any]]
     ) -> None:
-        # Keep the failed attempt's details (the next attempt's checkpoint) without its TTL,
-        # so they outlive the back-off; and stop its timeout timer.
-        record_key = record_timer(effect.seq, effect.failed_attempt)
-        stored = await self._read_record(ref, record_key)
-        if stored is not None:
-            frozen = msgspec.structs.replace(stored, heartbeat=None)
-            out.append(await self._put_record(ref, record_key, frozen, ttl=None))
+        """The failed attempt's timers stop; the back-off timer starts. Its checkpoint stays in
+        the activity's checkpoint key, which has no TTL, for the next attempt."""
         if effect.options.timeout is not None:
             out.append(
                 await self._timers.cancel(self._key(ref, timeout_timer(effect.seq, effect.failed_attempt)))
@@ -200,6 +198,9 @@ class EffectRunner:
                 )
             )
             self._timers.disarm(self._key(ref, retry_timer(effect.seq, effect.attempt)).key())
+        # The checkpoint is no longer needed; a short TTL removes it without a tombstone.
+        checkpoint = self._timers_prefix + self._key(ref, checkpoint_key(effect.seq)).key()
+        out.append(await self._conn.publish_nowait(checkpoint, b"null", ttl=1))
 
     async def _observe(
         self, ref: ExecutionRef, effect: ObserveActivity, out: list[asyncio.Future[Any]]
@@ -265,9 +266,17 @@ class EffectRunner:
         except msgspec.DecodeError:
             return None
 
-    async def _read_details(self, ref: ExecutionRef, timer: str) -> msgspec.Raw | None:
-        record = await self._read_record(ref, timer)
-        return None if record is None or is_null(record.details) else record.details
+    async def _read_checkpoint(self, ref: ExecutionRef, seq: int) -> msgspec.Raw | None:
+        subject = self._timers_prefix + self._key(ref, checkpoint_key(seq)).key()
+        stored = await self._conn.get_last(self._timers_stream, subject)
+        if (
+            stored is None
+            or not stored.data
+            or stored.headers.get("Nats-Marker-Reason")
+            or stored.data == b"null"
+        ):
+            return None
+        return msgspec.Raw(stored.data)
 
     # --------------------------------------------------------------------- index
 

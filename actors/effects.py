@@ -122,5 +122,10 @@ def retry_timer(seq: int, attempt: int) -> str:
     return f"a.{seq}.{attempt}.retry"
 
 
+def checkpoint_key(seq: int) -> str:
+    """The latest heartbeat details of any attempt: no TTL, so a retry finds them after a timeout."""
+    return f"a.{seq}.cp"
+
+
 def schedule_to_close_timer(seq: int) -> str:
     return f"a.{seq}.s2c"

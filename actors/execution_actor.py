@@ -343,6 +343,14 @@ class ExecutionActor:
                 message=f"token does not match activity {message.seq} of {self.execution_id} (wrong nonce)",
             )
             return None
+        if message.ok and REPLY_HEADER in item.delivery.headers and state.result_codec is not None:
+            # A result from outside (a token completion): it must decode as the declared type,
+            # or it is refused and the activity stays open for a correct answer.
+            try:
+                state.result_codec.decode(message.result, what=f"result of activity {state.name!r}")
+            except InvalidPayload as exc:
+                item.refusal = ApiError(code=InvalidPayload.code, message=exc.message)
+                return None
         if message.ok:
             return ActivityCompleted(
                 seq=message.seq, attempt=message.attempt, result=message.result or codec.NULL

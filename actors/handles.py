@@ -35,6 +35,7 @@ class ActivityHandle(Generic[R]):
     ) -> None:
         self.definition = definition
         self._state: ActivityState = instance.schedule_activity(definition.name, input, options)
+        self._state.result_codec = definition.result_codec
 
     @property
     def seq(self) -> int:

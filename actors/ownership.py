@@ -152,14 +152,24 @@ class PartitionOwnership:
     async def _tick(self) -> None:
         put_at = time.time()
         await self._put(f"member.{self._name}", Lease(owner=self._name, acquired_at=put_at), None)
-        await self._renew()
+        lapsed = await self._renew()
         members, leases, stamps = await self._read_state()
         self._next_expiry = _next_expiry(stamps, self._name, put_at)
         if self._name not in members:
             members.append(self._name)
         mine = {p for p, m in assign(members, self._settings.partitions).items() if m == self._name}
+        for partition in lapsed:
+            # Renewed too late (a busy or paused process) or with a stale revision (an ack
+            # lost): if nobody else holds it, take it back and keep its host running. If
+            # someone held it meanwhile, it recreated the consumer and the host restarts.
+            if partition in mine and await self._claim(
+                partition, leases.get(partition), members, lapsed=True
+            ):
+                continue
+            log.warning("partition.lost", partition=partition, runtime=self._name)
+            await self._on_release(partition)
         await self._let_go(sorted(set(self.owned) - mine))
-        wanted = sorted(mine - set(self.owned))
+        wanted = sorted(mine - set(self.owned) - set(lapsed))
         claimed = await asyncio.gather(*(self._claim(p, leases.get(p), members) for p in wanted))
         if not all(claimed):
             # We joined (or came back): tell the current holders now rather than at their next tick.
@@ -186,9 +196,12 @@ class PartitionOwnership:
                 leases[int(key.split(".", 1)[1])] = msg
         return members, leases, stamps
 
-    async def _claim(self, partition: int, current: StoredMessage | None, members: list[str]) -> bool:
+    async def _claim(
+        self, partition: int, current: StoredMessage | None, members: list[str], *, lapsed: bool = False
+    ) -> bool:
         """Take the partition's lease if it is free, ours from a previous life, or held by a runtime
-        that is no longer a member (dead: its member key expired); True if taken."""
+        that is no longer a member (dead: its member key expired); True if taken. ``lapsed``: we
+        still run its host (our renewal failed), so there is nothing to start."""
         lease = _decode(current) if current is not None else None
         if lease is not None and lease.owner and lease.owner != self._name and lease.owner in members:
             return False  # its live owner releases it when it sees the new assignment
@@ -202,29 +215,43 @@ class PartitionOwnership:
             return False  # someone else got it first (or its owner just renewed it)
         self.owned[partition] = revision
         previous = lease.owner if lease is not None and lease.owner != self._name else ""
+        if lapsed:
+            log.warning("partition.retaken", partition=partition, runtime=self._name, previous=previous)
+            return True
         log.info("partition.acquired", partition=partition, runtime=self._name, previous=previous)
         await self._on_acquire(partition)
         return True
 
-    async def _renew(self) -> None:
-        """Re-put every lease we hold with its expected revision, pipelined (one round trip)."""
+    async def _renew(self) -> list[int]:
+        """Re-put every lease we hold with its expected revision, pipelined (one round trip).
+
+        Returns the partitions whose renewal conflicted (the lease expired, or our revision is
+        stale); they are no longer counted as owned, and the tick decides what becomes of them.
+        """
         now = time.time()
         owned = list(self.owned.items())
         sends = [
             await self._put_nowait(f"partition.{p}", Lease(owner=self._name, acquired_at=now), revision)
             for p, revision in owned
         ]
+        lapsed: list[int] = []
+        failure: BaseException | None = None
         for (partition, _), outcome in zip(
             owned, await asyncio.gather(*sends, return_exceptions=True), strict=True
         ):
             if isinstance(outcome, HistoryConflict):
-                log.warning("partition.lost", partition=partition, runtime=self._name)
                 self.owned.pop(partition, None)
-                await self._on_release(partition)
+                lapsed.append(partition)
             elif isinstance(outcome, BaseException):
-                raise outcome
+                failure = failure or outcome
             else:
                 self.owned[partition] = outcome.seq  # type: ignore[attr-defined]
+        if failure is not None:
+            for partition in lapsed:  # the tick stops here: let the hosts go as before
+                log.warning("partition.lost", partition=partition, runtime=self._name)
+                await self._on_release(partition)
+            raise failure
+        return lapsed
 
     async def still_owns(self, partition: int) -> bool:
         """Whether the stored lease is still ours (a deleted consumer may mean it is not)."""

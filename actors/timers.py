@@ -43,6 +43,11 @@ class TimerKey(msgspec.Struct, frozen=True):
             return None
         return cls(int(parts[0]), parts[1], int(parts[2]), parts[3])
 
+    def checkpoint(self) -> TimerKey:
+        """The checkpoint key of the activity this attempt key belongs to."""
+        seq = self.timer.split(".")[1]
+        return TimerKey(self.partition, self.execution_id, self.run, f"a.{seq}.cp")
+
     @property
     def msg_id(self) -> str:
         return f"{self.execution_id}:{self.run}:timer:{self.timer}"
@@ -139,8 +144,8 @@ class TimerService:
     async def _on_entry(self, msg: StoredMessage) -> None:
         k = msg.subject[len(self._prefix) :]
         key = TimerKey.parse(k)
-        if key is None or not self._owned(key.partition):
-            return
+        if key is None or key.timer.endswith(".cp") or not self._owned(key.partition):
+            return  # checkpoints are data, not timers
         if msg.headers.get("Nats-Marker-Reason") == "MaxAge":
             await self._on_expired(key, k)
             return

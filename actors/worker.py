@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ INBOX_ACK_WAIT = 30.0
 # caught up (bench/population.py).
 INBOX_IN_FLIGHT = 1024
 INBOX_MIN_CREDIT = 32
+EVICT_LOOKAHEAD = 32  # busy actors skipped at the head of the LRU order before giving up
 
 
 def inbox_credit(partitions: int) -> int:
@@ -337,15 +339,18 @@ class Worker:
         return actor
 
     def _evict(self) -> None:
+        """Drop the least recently used idle actors beyond ``cache_size``.
+
+        Only the head of the LRU order is looked at (``excess`` plus a few, skipping busy
+        actors): this runs for every new actor, and copying the whole cache's keys each time
+        (as it did) took 40% of a runtime's CPU with 100,000 executions and a full cache.
+        """
         excess = len(self._actors) - self.settings.cache_size
         if excess <= 0:
             return
-        for execution_id in list(self._actors)[: excess * 2]:
-            if excess <= 0:
-                break
-            if self._actors[execution_id].idle:
-                del self._actors[execution_id]
-                excess -= 1
+        head = itertools.islice(self._actors.items(), excess + EVICT_LOOKAHEAD)
+        for execution_id in [eid for eid, actor in head if actor.idle][:excess]:
+            del self._actors[execution_id]
 
     @property
     def cached_executions(self) -> int:

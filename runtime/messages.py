@@ -129,7 +129,9 @@ class TimerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class ActivityRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Value of ``...a.<seq>.<attempt>.hb``: an open attempt. Its TTL is the heartbeat timeout.
 
-    Heartbeats re-put it (resetting the TTL) with the latest ``details``. When the activity
+    It is stored without a TTL when the attempt is scheduled; the worker's first heartbeat
+    arms it, and every heartbeat re-puts it, resetting the TTL. Details (the checkpoint) go
+    to the activity's ``...a.<seq>.cp`` key, which has no TTL, so they survive a timeout. When the activity
     closes the execution actor re-puts it ``closed`` (and ``cancel_requested`` if it was
     cancelled) with a TTL of its own, so late heartbeats learn it and no tombstone remains.
     """
@@ -140,6 +142,7 @@ class ActivityRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     cancel_requested: bool = False
     closed: bool = False
     observed: bool = False  # the workflow watches progress: heartbeats go to the inbox too
+    started: bool = False  # a worker sent the attempt's first heartbeat: the TTL (timer) is armed
 
 
 Status = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TERMINATED", "BLOCKED"]
