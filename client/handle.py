@@ -26,6 +26,7 @@ from perdure.runtime.messages import (
     SignalWorkflow,
     TerminateWorkflow,
 )
+from perdure.runtime.nats_client import StoredMessage
 
 if TYPE_CHECKING:
     from .client import Client
@@ -101,40 +102,24 @@ class WorkflowHandle:
             yield ExecutionDescription.of(record)
 
     async def _records(self) -> AsyncIterator[ExecutionRecord]:
-        conn = self._client.conn
-        recheck = asyncio.Event()
-        sub, messages = await conn.subscribe(self._index_subject)
-        conn.on_reconnect(recheck.set)
-        # One pending read of the subscription, kept across wake-ups: cancelling a read of
-        # an async generator would end it.
-        next_message: asyncio.Future[Any] | None = None
+        """The index entry, then every change, from an ordered consumer on its KV subject.
+
+        A core subscription plus a read would leave a gap: a put can reach subscribers before
+        it is stored, and land between the two. The stream has no such gap.
+        """
+        queue: asyncio.Queue[StoredMessage] = asyncio.Queue()
+
+        async def on_entry(message: StoredMessage) -> None:
+            queue.put_nowait(message)
+
+        bucket = self._client.names.executions_bucket
+        sub = await self._client.conn.watch(f"KV_{bucket}", self._index_subject, on_entry)
         try:
-            record = await self._record()  # after subscribing: no change can slip between
-            if record is not None:
-                yield record
             while True:
-                if next_message is None:
-                    next_message = asyncio.ensure_future(anext(messages))
-                reconnected = asyncio.ensure_future(recheck.wait())
-                try:
-                    await asyncio.wait({next_message, reconnected}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    reconnected.cancel()
-                if next_message.done():
-                    message, next_message = next_message.result(), None
-                    if message.data:
-                        yield codec.decode(
-                            codec.execution_record, message.data, what=f"index entry of {self.id}"
-                        )
-                if recheck.is_set():  # we may have missed changes while disconnected
-                    recheck.clear()
-                    record = await self._record()
-                    if record is not None:
-                        yield record
+                message = await queue.get()
+                if message.data and "KV-Operation" not in message.headers:
+                    yield codec.decode(codec.execution_record, message.data, what=f"index entry of {self.id}")
         finally:
-            if next_message is not None:
-                next_message.cancel()
-            conn.remove_reconnect_listener(recheck.set)
             await sub.stop()
 
     def _outcome(self, record: ExecutionRecord) -> Any:
