@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
+from perdure.runtime.errors import PerdureError
 from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
@@ -108,14 +109,22 @@ class TimerService:
         asyncio.get_running_loop().create_task(self._publish_fired(key))
 
     async def _publish_fired(self, key: TimerKey) -> None:
-        message = TimerExpired(run=key.run, timer=key.timer)
-        try:
-            await self._conn.publish(
-                self._names.inbox(key.execution_id), codec.encode(message), msg_id=key.msg_id
-            )
-        except Exception as exc:  # the KV marker is the backstop
-            self._quiet.discard(key.key())
-            log.warning("timer.publish_failed", key=key.key(), error=str(exc))
+        """Put the firing in the inbox, retrying until it is stored (the Nats-Msg-Id makes
+        retries harmless): the inbox may refuse for seconds while its leader is elected, and
+        the expiry marker is quieted by then. Gives up only when the partition moves away,
+        since the new owner's watcher replays the marker."""
+        message = codec.encode(TimerExpired(run=key.run, timer=key.timer))
+        delay = 0.1
+        while True:
+            try:
+                await self._conn.publish(self._names.inbox(key.execution_id), message, msg_id=key.msg_id)
+                return
+            except PerdureError as exc:
+                log.warning("timer.publish_failed", key=key.key(), error=str(exc), retry_in=delay)
+            if not self._owned(key.partition):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------ watching
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from typing import Any
 
 import nats.js.errors
 import structlog
@@ -17,12 +19,13 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConnectionLost
 from .nats_client import Connection, map_errors
 
 log = structlog.get_logger("perdure.admin")
 
 STREAM_NOT_FOUND = 10059
+STREAM_NAME_IN_USE = 10058
 CONSUMER_NOT_FOUND = 10014
 
 
@@ -61,20 +64,35 @@ async def ensure_stream(
         _count, src, dest = partition
         config.subject_transform = SubjectTransform(src=src, dest=dest)
     js = conn.raw.jetstream()
-    with map_errors(f"provision stream {name}"):
+    for attempt in range(5):
         try:
-            info = await js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(config)
-            log.info("stream.created", stream=name, replicas=replicas)
+            with map_errors(f"provision stream {name}"):
+                await _create_or_update(js, config, name, replicas)
             return
-        current, wanted = info.config.subject_transform, config.subject_transform
-        if current is not None and wanted is not None and current.dest != wanted.dest:
-            raise ConfigurationError(
-                f"stream {name} is partitioned as {current.dest}, not {wanted.dest}; "
-                "the partition count of a namespace cannot change in place"
-            )
-        await js.update_stream(config)
+        except ConnectionLost:
+            # On a cluster, two runtimes provisioning at once can leave a request unanswered
+            # while the other's create is applied; the next attempt finds the stream.
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+
+
+async def _create_or_update(js: Any, config: StreamConfig, name: str, replicas: int) -> None:
+    try:
+        await js.add_stream(config)  # idempotent when the stream exists with this config
+        log.info("stream.ready", stream=name, replicas=replicas)
+        return
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+    info = await js.stream_info(name)  # it exists with another config: check, then update
+    current, wanted = info.config.subject_transform, config.subject_transform
+    if current is not None and wanted is not None and current.dest != wanted.dest:
+        raise ConfigurationError(
+            f"stream {name} is partitioned as {current.dest}, not {wanted.dest}; "
+            "the partition count of a namespace cannot change in place"
+        )
+    await js.update_stream(config)
 
 
 async def ensure_kv_stream(

@@ -290,17 +290,46 @@ class Connection:
 
     # ---------------------------------------------------------------- direct reads
 
-    async def get_last(self, stream: str, subject: str, timeout: float = 5.0) -> StoredMessage | None:
-        """The last message stored on ``subject`` (direct get), or None."""
+    async def get_last(self, stream: str, subject: str, timeout: float = 10.0) -> StoredMessage | None:
+        """The last message stored on ``subject`` (direct get), or None.
+
+        A read is idempotent, so it is retried (briefly, within ``timeout``) when the request
+        is lost with a dying node or meets a stream whose leader is being elected.
+        """
         body = json.dumps({"last_by_subj": subject}).encode()
-        with map_errors(f"read {subject}"):
-            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=timeout)
-        return _stored(msg)
+        deadline = asyncio.get_running_loop().time() + timeout
+        attempt_timeout = 2.0
+        while True:
+            try:
+                with map_errors(f"read {subject}"):
+                    msg = await self._nc.request(
+                        f"$JS.API.DIRECT.GET.{stream}", body, timeout=min(attempt_timeout, timeout)
+                    )
+                return _stored(msg)
+            except (ConnectionLost, ConfigurationError):
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0.25:
+                    raise
+                await asyncio.sleep(0.25)
+                attempt_timeout = min(remaining, attempt_timeout * 2)
 
     async def read_subject(
         self, stream: str, subject: str, *, start_seq: int = 1, batch: int = 1000, timeout: float = 10.0
     ) -> list[StoredMessage]:
-        """Every message on ``subject`` from ``start_seq``, by batched direct gets."""
+        """Every message on ``subject`` from ``start_seq``, by batched direct gets (retried
+        like ``get_last``)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                return await self._read_all(stream, subject, start_seq, batch, min(timeout, 5.0))
+            except (ConnectionLost, ConfigurationError):
+                if deadline - asyncio.get_running_loop().time() <= 0.25:
+                    raise
+                await asyncio.sleep(0.25)
+
+    async def _read_all(
+        self, stream: str, subject: str, start_seq: int, batch: int, timeout: float
+    ) -> list[StoredMessage]:
         out: list[StoredMessage] = []
         seq = start_seq
         while True:

@@ -185,6 +185,12 @@ class PullConsumer:
             self._closed = True
             self._queue.put_nowait(ConsumerGone(f"consumer {self.name} was deleted"))
             return
+        if status == "503":
+            # No responders: the consumer has no leader yet (just created on a cluster, or
+            # its leader is moving). Ask again shortly rather than waiting for the watchdog.
+            self._outstanding = 0
+            asyncio.get_running_loop().call_later(0.25, self._reset)
+            return
         if status in ("404", "408", "409"):
             # No messages / request timeout without counts / leadership change: re-pull from scratch.
             self._outstanding = 0

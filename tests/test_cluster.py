@@ -7,10 +7,10 @@ with ``--replicas 3``. Mid-run it SIGKILLs the node leading ``<NS>_HISTORY``: th
 elects a new leader on the remaining two nodes, the runtimes and the client reconnect, and
 every workflow still completes with its result, each activity result applied exactly once.
 
-The other tests pin, as strict xfails, bugs outside the ownership code that a failover
-exposes (each reason says where and why): timers lost while the inbox refuses publishes,
-a pull consumer stalled by a 503, client reads that give up during a failover, and two
-runtimes provisioning a fresh namespace at once on a cluster.
+The other tests cover what a failover does to the engine: a timer that fires while the
+inbox refuses publishes (its leader election) is kept, a pull answered 503 (a consumer
+without a leader yet) recovers at once, a client read whose node dies is retried on another
+seed, and two runtimes provisioning a fresh namespace at once on a cluster both start.
 """
 
 from __future__ import annotations
@@ -415,19 +415,6 @@ async def test_history_leader_lost_mid_run(tmp_path: Path) -> None:
 # pull request answered 503 is what a consumer whose leader is not elected yet answers.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors/timers.py TimerService loses a timer that fires while the inbox stream refuses "
-    "publishes (its leader election after a node loss, ~4-7 s): _publish_fired (in-memory path) fails "
-    "with 'no JetStream stream stores <ns>.inbox.<id>' (503) and only un-quiets the key, counting on "
-    "the KV expiry marker; the marker (TTL rounded up to 1 s) arrives while the inbox still refuses, "
-    "_on_expired's publish fails the same way, and nothing retries: the execution stays RUNNING until "
-    "its partition changes owner (the new owner's watcher replays the marker). The same loss happens "
-    "when the runtime's own node dies with the publish in flight: the ack times out after 10 s, long "
-    "after the marker was skipped because the key was 'quiet' (seen in test_history_leader_lost_mid_run "
-    "about 1 run in 4 before its placement rule). Fix: retry the TimerExpired publish (idempotent by "
-    "Nats-Msg-Id) until it is stored, and keep the key quiet only once the publish is acked.",
-)
 async def test_timer_fired_while_the_inbox_refuses_is_kept(settings: Settings, client: Client) -> None:
     async with Worker([sleeper], settings=settings):
         js = client.conn.raw.jetstream()
@@ -449,15 +436,6 @@ async def test_timer_fired_while_the_inbox_refuses_is_kept(settings: Settings, c
         assert all(r >= 1.0 for r in results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/nats_consumer.py PullConsumer._on_status treats a 503 answer to a pull request "
-    "(no responders: the consumer has no leader yet, e.g. an R3 inbox consumer just recreated by "
-    "PartitionHost on a cluster, or one whose leader is moving) as unknown: it logs consumer.status and "
-    "keeps the request counted as outstanding, so nothing is pulled until the idle-heartbeat watchdog "
-    "(2.5 x 5 s) resets it: the partition stalls ~15 s (seen at runtime start on the 3-node cluster "
-    "about 1 start in 2). Fix: on 503, drop the outstanding count and re-pull after a short delay.",
-)
 async def test_pull_after_a_503_recovers_quickly(nats_server: EmbeddedServer, namespace: str) -> None:
     conn = await Connection.connect(nats_server.url)
     stream = namespace.upper() + "_PULL"
@@ -484,16 +462,6 @@ async def test_pull_after_a_503_recovers_quickly(nats_server: EmbeddedServer, na
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/handle.py (and every client read: describe, result's first read, history) gives up "
-    "on the first failure: a direct get sent just as the client's node dies is lost with the "
-    "connection, and after 5 s the call raises ConnectionLost ('read $KV.<NS>_EXECUTIONS.<id>: NATS "
-    "did not answer in time') although the client reconnected to another seed within ~0.25 s; "
-    "likewise a read of a just-created R3 bucket raises ConfigurationError ('no JetStream stream or "
-    "service answers') for a moment. Fix: retry idempotent reads (after reconnect) within the call's "
-    "timeout.",
-)
 async def test_client_read_when_its_node_dies(tmp_path: Path) -> None:
     async with nats_cluster(tmp_path) as (nodes, procs):
         seeds = ",".join(n["url"] for n in nodes)
@@ -514,16 +482,6 @@ async def test_client_read_when_its_node_dies(tmp_path: Path) -> None:
             await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/provision.py + nats_admin.ensure_stream race on a JetStream cluster: when two "
-    "runtimes provision a fresh namespace at once, one's add_stream is still being applied when the "
-    "other's stream_info finds the stream and sends update_stream; nats-server (2.15, clustered) "
-    "then answers neither request, both time out after 5 s ('provision stream <NS>_INBOX: NATS did "
-    "not answer in time') and both runtimes exit. A single server is not affected. Fix in "
-    "ensure_stream: create with add_stream (idempotent for an identical config) before trying "
-    "update_stream, or retry the update after a timeout.",
-)
 async def test_concurrent_provisioning_of_a_fresh_namespace(tmp_path: Path) -> None:
     """Two runtimes starting at once on a new namespace (a Deployment's pods do) both start."""
     async with nats_cluster(tmp_path) as (nodes, _):
