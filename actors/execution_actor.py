@@ -50,6 +50,7 @@ from perdure.runtime.messages import (
     ApiReply,
     CancelWorkflow,
     ChildResult,
+    QueryReply,
     SignalWorkflow,
     StartWorkflow,
     TerminateWorkflow,
@@ -97,6 +98,7 @@ class ExecutionActor:
         self.busy = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._lock = asyncio.Lock()  # a step and a query never interleave
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
         self._loaded = False
@@ -126,7 +128,8 @@ class ExecutionActor:
         try:
             while self.mailbox:
                 batch, self.mailbox = self.mailbox, []
-                await self._handle(batch)
+                async with self._lock:
+                    await self._handle(batch)
         finally:
             self.busy = False
             self._idle.set()
@@ -176,6 +179,35 @@ class ExecutionActor:
         self._absorbed.clear()
         self._step_effects.clear()
         self.blocked = None
+
+    async def query(self, name: str, args: msgspec.Raw) -> QueryReply:
+        """Answer a query from live state (replaying history first if needed); writes nothing."""
+        async with self._lock:
+            if not self._loaded:
+                await self._load()
+            instance = self.instance
+            if instance is None:
+                return QueryReply(
+                    ok=False,
+                    error=ApiError(code="execution.not_found", message=f"no execution {self.execution_id!r}"),
+                )
+            handler = instance.queries.get(name)
+            if handler is None:
+                known = ", ".join(sorted(instance.queries)) or "none"
+                return QueryReply(
+                    ok=False,
+                    error=ApiError(code="query.unknown", message=f"no query {name!r} (known: {known})"),
+                )
+            try:
+                decoded = msgspec.json.decode(args)
+                value = handler(
+                    *(decoded if isinstance(decoded, list) else [] if decoded is None else [decoded])
+                )
+                return QueryReply(ok=True, result=msgspec.Raw(codec.encode(value)))
+            except Exception as exc:
+                return QueryReply(
+                    ok=False, error=ApiError(code="query.failed", message=f"{type(exc).__name__}: {exc}")
+                )
 
     # ------------------------------------------------------------------- one step
 

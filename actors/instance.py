@@ -112,6 +112,7 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         self._signal_ids: set[str] = set()
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[bool]]] = []
         self._patches: dict[str, bool] = {}
+        self.queries: dict[str, Callable[..., Any]] = {}
         self._workflow_timer = False
         ChildMachine.__init__(self)
 

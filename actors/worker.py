@@ -23,8 +23,10 @@ from typing import Any
 
 import structlog
 
+from perdure.runtime import codec
 from perdure.runtime.errors import PerdureError
-from perdure.runtime.naming import Names
+from perdure.runtime.messages import ApiError, QueryReply
+from perdure.runtime.naming import Names, check_execution_id
 from perdure.runtime.nats_admin import recreate_consumer
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.nats_consumer import PullConsumer
@@ -123,13 +125,33 @@ class PartitionHost:
         self._consumer = consumer
         await consumer.start()
         await services.timers.watch_partition(p)
+        queries = await services.conn.serve(
+            names.api(f"query.{p}"), self._answer_query, queue="perdure-query"
+        )
         try:
             while True:
                 for delivery in await consumer.next_batch():
                     execution_id = delivery.subject.rsplit(".", 1)[1]
                     self._worker.actor(execution_id, p, consumer.release).deliver(delivery)
         finally:
+            await queries.stop()
             await consumer.stop()
+
+    async def _answer_query(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+        """Queries go to the partition's owner, where the execution's live state is."""
+        services = self._worker.services
+        try:
+            request = codec.decode(codec.query_request, data, what="query request")
+            check_execution_id(request.execution_id)
+            consumer = self._consumer
+            release = consumer.release if consumer is not None else (lambda n: None)
+            answer = await self._worker.actor(request.execution_id, self.partition, release).query(
+                request.name, request.args
+            )
+        except PerdureError as exc:
+            answer = QueryReply(ok=False, error=ApiError(code=exc.code, message=exc.message))
+        if reply:
+            await services.conn.publish_core(reply, codec.encode(answer))
 
     async def stop(self, timeout: float) -> None:
         """Stop taking messages, let the steps under way finish, forget this partition's actors."""

@@ -107,6 +107,18 @@ class _Workflow:
         history was recorded before the patch, False at the points they had already passed."""
         return require_instance("workflow.patched()").patched(patch)
 
+    def query(self, name: str) -> Callable[[F], F]:
+        """Register a query handler from workflow code: ``@workflow.query("status")`` on a
+        function reading the workflow's state. Queries are answered by the owning runtime
+        from live state and never write history; a handler must not change state or await."""
+        instance = require_instance("workflow.query()")
+
+        def register(handler: F) -> F:
+            instance.queries[name] = handler
+            return handler
+
+        return register
+
     def start_child(
         self, child: WorkflowDefinition[Any, Any], input: Any = None, *, id: str | None = None
     ) -> Any:

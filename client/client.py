@@ -46,6 +46,7 @@ class Client:
         self.conn = conn
         self.names = names
         self.request_timeout = request_timeout
+        self._partitions: int | None = None
 
     @classmethod
     async def connect(cls, url: str | None = None, *, namespace: str = "perdure") -> Client:
@@ -139,6 +140,12 @@ class Client:
 
     async def terminate(self, execution_id: str, reason: str = "") -> None:
         await self.get_handle(execution_id).terminate(reason)
+
+    async def partitions(self) -> int:
+        """The namespace's inbox partition count (read once from the stream's subject transform)."""
+        if self._partitions is None:
+            self._partitions = await self.conn.partition_count(self.names.inbox_stream)
+        return self._partitions
 
     async def describe(self, execution_id: str) -> ExecutionDescription:
         return await self.get_handle(execution_id).describe()

@@ -11,6 +11,7 @@ import msgspec
 
 from perdure.runtime import codec
 from perdure.runtime.errors import (
+    ConfigurationError,
     ErrorInfo,
     ExecutionNotFound,
     WorkflowCancelled,
@@ -23,9 +24,11 @@ from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     CancelWorkflow,
     ExecutionRecord,
+    QueryRequest,
     SignalWorkflow,
     TerminateWorkflow,
 )
+from perdure.runtime.naming import partition_of
 from perdure.runtime.nats_client import StoredMessage
 
 if TYPE_CHECKING:
@@ -155,6 +158,30 @@ class WorkflowHandle:
     async def cancel(self, reason: str = "") -> None:
         """Ask the execution to stop: the workflow sees ``CancelledError`` at its current await."""
         await self._client.send(self.id, CancelWorkflow(reason=reason))
+
+    async def query(self, name: str, *args: Any) -> Any:
+        """Ask the runtime that owns the execution; the handler reads live state, writes nothing."""
+        partition = partition_of(self.id, await self._client.partitions())
+        body = QueryRequest(execution_id=self.id, name=name, args=msgspec.Raw(codec.encode(list(args))))
+        subject = self._client.names.api(f"query.{partition}")
+        deadline = asyncio.get_running_loop().time() + self._client.request_timeout
+        while True:
+            try:
+                data = await self._client.conn.request(
+                    subject, codec.encode(body), timeout=self._client.request_timeout
+                )
+                break
+            except ConfigurationError:
+                # No runtime serves the partition at this instant (starting, or handing it
+                # over): ask again until the timeout.
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        reply = codec.decode(codec.query_reply, data, what=f"reply to query {name!r}")
+        if not reply.ok:
+            assert reply.error is not None
+            raise from_info(ErrorInfo(code=reply.error.code, message=reply.error.message))
+        return msgspec.json.decode(reply.result)
 
     async def terminate(self, reason: str = "") -> None:
         """End the execution now, without running any more workflow code (status TERMINATED)."""

@@ -22,6 +22,8 @@ from .messages import (
     FailRequest,
     HeartbeatRequest,
     Lease,
+    QueryReply,
+    QueryRequest,
     SignalRequest,
     TimerEntry,
 )
@@ -42,6 +44,8 @@ complete_request = msgspec.json.Decoder(CompleteRequest)
 fail_request = msgspec.json.Decoder(FailRequest)
 heartbeat_request = msgspec.json.Decoder(HeartbeatRequest)
 signal_request = msgspec.json.Decoder(SignalRequest)
+query_request = msgspec.json.Decoder(QueryRequest)
+query_reply = msgspec.json.Decoder(QueryReply)
 api_reply = msgspec.json.Decoder(ApiReply)
 
 

@@ -195,6 +195,12 @@ class SignalRequest(msgspec.Struct, frozen=True, kw_only=True):
     id: str = ""
 
 
+class QueryRequest(msgspec.Struct, frozen=True, kw_only=True):
+    execution_id: str
+    name: str
+    args: msgspec.Raw = NULL  # a JSON list of arguments for the handler
+
+
 class HeartbeatRequest(msgspec.Struct, frozen=True, kw_only=True):
     token: str
     details: msgspec.Raw = NULL
@@ -210,3 +216,9 @@ class ApiReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     error: ApiError | None = None
     closed: bool = False
     cancel_requested: bool = False
+
+
+class QueryReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ok: bool
+    result: msgspec.Raw = NULL
+    error: ApiError | None = None

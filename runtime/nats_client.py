@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -441,6 +442,16 @@ class Connection:
                 yield StoredMessage(msg.subject, 0, msg.data, dict(msg.headers or {}))
 
         return Subscription(sub), messages()
+
+    async def partition_count(self, stream: str) -> int:
+        """N of the stream's ``partition(N, ...)`` subject transform."""
+        with map_errors(f"read stream {stream}"):
+            info = await self._nc.jetstream().stream_info(stream)
+        transform = info.config.subject_transform
+        match = re.search(r"partition\((\d+)", transform.dest if transform else "")
+        if match is None:
+            raise ConfigurationError(f"stream {stream} is not partitioned; is it a Perdure inbox?")
+        return int(match.group(1))
 
     async def flush(self, timeout: float = 5.0) -> None:
         with map_errors("flush"):

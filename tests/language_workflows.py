@@ -110,3 +110,23 @@ async def gate(x: int) -> bool:
 async def long_sleep(seconds: float) -> str:
     await sleep(seconds)
     return "woke"
+
+
+@workflow
+async def tally(n: int) -> int:
+    """Counts "add" signals; its running total can be queried at any time."""
+    total = 0
+    received = 0
+
+    @workflow.query("total")
+    def current_total() -> int:
+        return total
+
+    @workflow.query("progress")
+    def progress(of: int) -> str:
+        return f"{received}/{of}"
+
+    while received < n:
+        total += await workflow.wait_signal("add", type=int)
+        received += 1
+    return total

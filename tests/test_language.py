@@ -24,6 +24,7 @@ from language_workflows import (
     parent_of_sleepers,
     parent_of_twenty,
     square,
+    tally,
     waits_forever,
 )
 
@@ -31,6 +32,7 @@ from perdure import (
     Client,
     EmbeddedServer,
     ExecutionAlreadyExists,
+    PerdureError,
     Settings,
     Worker,
     WorkflowCancelled,
@@ -219,3 +221,26 @@ async def test_start_policies(settings: Settings, client: Client) -> None:
         async for description in again.watch():
             if description.run == 2 and description.status == "COMPLETED":
                 break
+
+
+async def test_queries_read_live_state_without_writing_history(settings: Settings, client: Client) -> None:
+    async with Worker([tally], settings=settings), watch_history(client) as watch:
+        handle = await client.start(tally, 3, id="tally")
+        await handle.signal("add", 5)
+        await handle.signal("add", 7)
+        await watch.wait_for(lambda w: len(signals_of(w.events("tally"))) == 2)
+        before = len(await handle.history())
+        assert await handle.query("total") == 12
+        assert await handle.query("progress", 3) == "2/3"
+        with pytest.raises(PerdureError, match="no query 'nope'"):
+            await handle.query("nope")
+        assert len(await handle.history()) == before  # queries write nothing
+        await handle.signal("add", 1)
+        assert await handle.result(timeout=30) == 13
+    # Served from replayed state too: a fresh runtime answers for the closed execution.
+    async with Worker([tally], settings=settings):
+        assert await handle.query("total") == 13
+
+
+def signals_of(events: list[object]) -> list[object]:
+    return [e for e in events if isinstance(e, SignalReceived)]
