@@ -348,21 +348,47 @@ class Connection:
             stream, {"multi_last": subjects, "batch": 10_000}, what=", ".join(subjects), timeout=timeout
         )
 
-    async def scan_last(self, stream: str, subject: str) -> list[StoredMessage]:
-        """The last message of every subject under ``subject``, in batches of 1,000 subjects."""
-        out: list[StoredMessage] = []
-        up_to = 0
-        while True:
-            request: dict[str, Any] = {"multi_last": [subject], "batch": 1000}
-            if up_to:
-                request["up_to_seq"] = up_to
-            chunk: list[StoredMessage] = []
-            more = await self._direct_batch(stream, request, chunk, what=subject, timeout=30.0)
-            out.extend(chunk)
-            if not more or not chunk:
-                return out
-            up_to = 0  # multi_last pages are not resumable by sequence; one page is the limit
-            return out
+    async def scan_last(self, stream: str, subject: str, timeout: float = 60.0) -> list[StoredMessage]:
+        """The last message of every subject under ``subject`` (a KV listing), however many.
+
+        An ordered consumer delivering the last message per subject, read until the server
+        says nothing is pending.
+        """
+        from nats.js.api import DeliverPolicy
+
+        js = self._nc.jetstream()
+        with map_errors(f"list {subject}"):
+            info = await js.stream_info(stream)
+            if info.state.messages == 0:
+                return []
+            queue: asyncio.Queue[_Msg] = asyncio.Queue()
+
+            async def collect(msg: _Msg) -> None:
+                queue.put_nowait(msg)
+
+            sub = await js.subscribe(
+                subject,
+                stream=stream,
+                cb=collect,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=False,
+            )
+            out: list[StoredMessage] = []
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        msg = await queue.get()
+                        meta = msg.metadata
+                        out.append(
+                            StoredMessage(
+                                msg.subject, meta.sequence.stream, msg.data, dict(msg.headers or {})
+                            )
+                        )
+                        if meta.num_pending == 0:
+                            return out
+            finally:
+                await sub.unsubscribe()
 
     async def _read_batch(
         self, stream: str, subject: str, seq: int, batch: int, timeout: float

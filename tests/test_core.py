@@ -144,3 +144,28 @@ async def test_timer_fires_on_time_while_the_runtime_lives(settings: Settings, c
         lateness = [await (await client.start(sleeper, 1.5)).result(timeout=30) for _ in range(3)]
     for elapsed in lateness:
         assert 1.5 <= elapsed <= 1.6, lateness
+
+
+async def test_listing_reads_past_the_first_thousand(settings: Settings, client: Client) -> None:
+    from perdure.runtime import codec
+    from perdure.runtime.messages import ExecutionRecord
+    from perdure.runtime.provision import Provisioner
+
+    await Provisioner(client.conn, settings).provision()
+    bucket = client.names.executions_bucket
+    acks = [
+        await client.conn.publish_nowait(
+            f"$KV.{bucket}.e{i}",
+            codec.encode(
+                ExecutionRecord(
+                    execution_id=f"e{i}", workflow="w", status="COMPLETED" if i % 2 else "RUNNING"
+                )
+            ),
+        )
+        for i in range(1_500)
+    ]
+    await asyncio.gather(*acks)
+    listed = await client.list_executions()
+    assert len(listed) == 1_500
+    running = await client.list_executions(status="RUNNING")
+    assert sorted(int(d.execution_id[1:]) for d in running) == list(range(0, 1_500, 2))
