@@ -61,7 +61,10 @@ class TimerService:
         self._bucket = names.timers_bucket
         self._prefix = f"$KV.{self._bucket}."
         self._armed: dict[str, asyncio.TimerHandle] = {}
-        self._quiet: set[str] = set()  # keys whose coming expiry marker must not fire
+        self._quiet: set[str] = set()
+        self._firing: set[asyncio.Task[None]] = (
+            set()
+        )  # firings being published (owned here)  # keys whose coming expiry marker must not fire
         self._watchers: dict[int, Subscription] = {}
         self._owned: Callable[[int], bool] = lambda p: True
 
@@ -106,7 +109,14 @@ class TimerService:
         k = key.key()
         self._armed.pop(k, None)
         self._quiet.add(k)  # the KV marker will follow; the inbox already has this firing
-        asyncio.get_running_loop().create_task(self._publish_fired(key))
+        self._spawn_firing(key)
+
+    def _spawn_firing(self, key: TimerKey) -> None:
+        """Publish a firing in a task the service owns (it may retry for a while; ``stop()``
+        cancels it), so neither a timer callback nor the watcher waits on the inbox."""
+        task = asyncio.get_running_loop().create_task(self._publish_fired(key), name=f"timer:{key.key()}")
+        self._firing.add(task)
+        task.add_done_callback(self._firing.discard)
 
     async def _publish_fired(self, key: TimerKey) -> None:
         """Put the firing in the inbox, retrying until it is stored (the Nats-Msg-Id makes
@@ -149,6 +159,10 @@ class TimerService:
             await self.unwatch_partition(partition)
         for k in list(self._armed):
             self.disarm(k)
+        for task in list(self._firing):
+            task.cancel()
+        if self._firing:
+            await asyncio.wait(set(self._firing), timeout=2.0)
 
     async def _on_entry(self, msg: StoredMessage) -> None:
         k = msg.subject[len(self._prefix) :]
@@ -190,4 +204,4 @@ class TimerService:
         if k in self._quiet:
             self._quiet.discard(k)
             return
-        await self._publish_fired(key)
+        self._spawn_firing(key)
