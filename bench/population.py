@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,8 @@ def spawn_runtime(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from perdure import Client, EmbeddedServer
 
+    # SIGTERM cancels the run, so that the runtime and the server are stopped on the way out.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     workdir = Path(tempfile.mkdtemp(prefix="perdure-population-"))
     server = None
     url = args.url

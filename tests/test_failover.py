@@ -24,14 +24,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from perdure import Client, EmbeddedServer
+from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.actors.ownership import assign
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityClosed, ActivityCompleted
 from perdure.runtime.naming import partition_of
 
 from support import TESTS_DIR, RuntimeProcess
-from workflows import busy, busy_expected
+from workflows import busy, busy_expected, double
 
 PARTITIONS = 12
 LEASE_TTL = 3.0
@@ -220,6 +220,32 @@ def test_assignment_moves_little_when_a_member_leaves_or_joins() -> None:
         joined = assign([*members, f"rt-{trial}-new"], PARTITIONS)
         moved_between_others += sum(1 for p, m in before.items() if joined[p] not in (m, f"rt-{trial}-new"))
     assert moved_between_others / 100 < 1.5, moved_between_others  # 12 partitions; minimum is 0
+
+
+async def test_a_lapsed_lease_is_taken_back_without_restarting_its_partition(
+    settings: Settings, client: Client
+) -> None:
+    """A runtime that renews too late (paused longer than the TTL) finds its lease gone: with
+    nobody else holding it, it takes it back and keeps the partition's consumer and actors."""
+    async with Worker([busy, double], settings=settings) as worker:
+        host = worker._hosts[0]
+        bucket = client.names.leases_bucket
+        js = client.conn.raw.jetstream()
+        await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.partition.0")  # as if it expired
+        assert worker._ownership is not None
+        worker._ownership.wake()
+        for _ in range(100):
+            lease = await client.conn.get_last(f"KV_{bucket}", f"$KV.{bucket}.partition.0")
+            if lease is not None and json.loads(lease.data)["owner"] == settings.name:
+                break
+            await asyncio.sleep(0.02)
+        assert lease is not None and json.loads(lease.data)["owner"] == settings.name
+        assert worker._hosts.get(0) is host and worker.owned_partitions == list(range(settings.partitions))
+        execution = next(
+            f"lapsed-{i}" for i in range(1000) if partition_of(f"lapsed-{i}", settings.partitions) == 0
+        )
+        handle = await client.start(busy, 7, id=execution)
+        assert await handle.result(timeout=30) == busy_expected(7)
 
 
 # -------------------------------------------------------------------------- tests
