@@ -46,7 +46,7 @@ from perdure.runtime.nats_client import Connection, Subscription
 from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
 
-from .effects import record_timer
+from .effects import CHECKPOINT_TTL, record_timer
 from .execution_actor import REPLY_HEADER
 from .timers import TimerKey
 
@@ -93,7 +93,9 @@ class HeartbeatService:
             except HistoryConflict:
                 continue  # the actor closed or cancelled it meanwhile: read again
             if details is not None and not is_null(details):
-                await self._conn.publish(self._timers_prefix + key.checkpoint().key(), bytes(details))
+                await self._conn.publish(
+                    self._timers_prefix + key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL
+                )
                 if record.observed:
                     await self._report_progress(token, details, ack.seq)
             return ApiReply(ok=True, cancel_requested=record.cancel_requested)

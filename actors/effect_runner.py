@@ -198,9 +198,6 @@ class EffectRunner:
                 )
             )
             self._timers.disarm(self._key(ref, retry_timer(effect.seq, effect.attempt)).key())
-        # The checkpoint is no longer needed; a short TTL removes it without a tombstone.
-        checkpoint = self._timers_prefix + self._key(ref, checkpoint_key(effect.seq)).key()
-        out.append(await self._conn.publish_nowait(checkpoint, b"null", ttl=1))
 
     async def _observe(
         self, ref: ExecutionRef, effect: ObserveActivity, out: list[asyncio.Future[Any]]

@@ -122,8 +122,13 @@ def retry_timer(seq: int, attempt: int) -> str:
     return f"a.{seq}.{attempt}.retry"
 
 
+CHECKPOINT_TTL = 30 * 24 * 3600.0  # outlives any attempt and back-off; then it goes by itself
+
+
 def checkpoint_key(seq: int) -> str:
-    """The latest heartbeat details of any attempt: no TTL, so a retry finds them after a timeout."""
+    """The latest heartbeat details of any attempt, kept (TTL ``CHECKPOINT_TTL``, not the
+    heartbeat timeout) so a retry finds them after a timeout. Nothing deletes it: closing an
+    activity costs no extra write, and the key expires on its own."""
     return f"a.{seq}.cp"
 
 
