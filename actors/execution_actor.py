@@ -108,7 +108,14 @@ class ExecutionActor:
         self._step_effects: collections.OrderedDict[int, list[Effect]] = collections.OrderedDict()
         self.blocked: str | None = None
         self._history_may_exist = False  # set after a conflict: never assume a fresh execution again
-        self._log = log.bind(execution_id=execution_id)
+        self._bound_log: Any = None
+
+    @property
+    def _log(self) -> Any:
+        """Bound on first use: most actors never log, and binding costs on the hot path."""
+        if self._bound_log is None:
+            self._bound_log = log.bind(execution_id=self.execution_id)
+        return self._bound_log
 
     @property
     def idle(self) -> bool:

@@ -133,6 +133,10 @@ class Connection:
         self._ack_sub: Any = None
         self._reconnect_listeners: list[Callable[[], None]] = []
         self._closing = False
+        self._reads: dict[bytes, asyncio.Queue[_Msg]] = {}
+        self._read_prefix = b""
+        self._read_counter = 0
+        self._read_sub: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,6 +180,7 @@ class Connection:
         conn = cls(nc)
         holder.append(conn)
         await conn._start_ack_mux()
+        await conn._start_read_mux()
         return conn
 
     async def close(self) -> None:
@@ -214,6 +219,18 @@ class Connection:
         return self._nc.new_inbox()
 
     # ------------------------------------------------------------ JetStream publish
+
+    async def _start_read_mux(self) -> None:
+        """One subscription for the replies of every batched read (a history replay must not
+        cost a SUB/UNSUB of its own): replies are routed by the token ending their subject."""
+        inbox = self._nc.new_inbox()
+        self._read_prefix = (inbox + ".").encode()
+        self._read_sub = await self._nc.subscribe(inbox + ".*", cb=self._on_read)
+
+    async def _on_read(self, msg: _Msg) -> None:
+        queue = self._reads.get(msg.subject.encode()[len(self._read_prefix) :])
+        if queue is not None:
+            queue.put_nowait(msg)
 
     async def _start_ack_mux(self) -> None:
         inbox = self._nc.new_inbox()
@@ -409,17 +426,16 @@ class Connection:
         self, stream: str, request: dict[str, Any], out: list[StoredMessage], *, what: str, timeout: float
     ) -> bool:
         """Send a batched direct get; collect replies until end-of-batch. True if more remain."""
-        inbox = self._nc.new_inbox()
+        self._read_counter += 1
+        token = str(self._read_counter).encode()
         queue: asyncio.Queue[_Msg] = asyncio.Queue()
-
-        async def collect(msg: _Msg) -> None:
-            queue.put_nowait(msg)
-
+        self._reads[token] = queue
         with map_errors(f"read {what}"):
-            sub = await self._nc.subscribe(inbox, cb=collect)
             try:
                 await self._nc.publish(
-                    f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+                    f"$JS.API.DIRECT.GET.{stream}",
+                    json.dumps(request).encode(),
+                    reply=(self._read_prefix + token).decode(),
                 )
                 async with asyncio.timeout(timeout):
                     while True:
@@ -435,7 +451,7 @@ class Connection:
                         if stored is not None:
                             out.append(stored)
             finally:
-                await sub.unsubscribe()
+                self._reads.pop(token, None)
 
     # ------------------------------------------------------------ request / reply
 
