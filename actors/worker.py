@@ -54,6 +54,7 @@ INBOX_ACK_WAIT = 30.0
 # caught up (bench/population.py).
 INBOX_IN_FLIGHT = 1024
 INBOX_MIN_CREDIT = 32
+ACTIVITY_GRACE = 2.0  # seconds a stopping runtime gives running activity attempts to finish
 EVICT_LOOKAHEAD = 32  # busy actors skipped at the head of the LRU order before giving up
 
 
@@ -188,6 +189,7 @@ class Worker:
         self._hosts: dict[int, PartitionHost] = {}
         self._ownership: PartitionOwnership | None = None
         self._completion: CompletionService | None = None
+        self._activity_intake: list[asyncio.Task[None]] = []
         self._conn: Connection | None = None
         self.ready = asyncio.Event()
 
@@ -219,12 +221,14 @@ class Worker:
         )
         self._completion = CompletionService(conn, names, heartbeats)
         await self._completion.start()
-        for definition in self.registry.activities.values():
+        self._activity_intake = [
             supervisor.spawn(
                 ActivityActor(self.services, definition).run(),
                 name=f"activities:{definition.name}",
                 critical=True,
             )
+            for definition in self.registry.activities.values()
+        ]
         if self._host_workflows and self.registry.workflows:
             self._ownership = PartitionOwnership(
                 conn, self.settings, on_acquire=self._acquire, on_release=self._release
@@ -280,11 +284,31 @@ class Worker:
                 log.warning("runtime.release_failed", error=str(exc))
         if self._completion is not None:
             await self._completion.stop()
+        await self._drain_activities(timeout)
         await services.supervisor.stop(timeout=timeout)
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
         log.info("runtime.stopped", runtime=self.settings.name)
+
+    async def _drain_activities(self, timeout: float) -> None:
+        """Take no more work, and give the attempts under way ``ACTIVITY_GRACE`` to finish.
+
+        Cancelled, an attempt that was about to report is retried only when its timeout
+        fires (or its work item's ack wait ends); finished, its result is in the inbox. A
+        longer attempt is cancelled as before (its heartbeat or timeout moves it elsewhere).
+        """
+        timeout = min(timeout, ACTIVITY_GRACE)
+        intake, self._activity_intake = self._activity_intake, []
+        for task in intake:
+            task.cancel()
+        if intake:
+            await asyncio.wait(intake, timeout=timeout)
+        prefix = f"{self.services.supervisor.name}:activity:"
+        running = {t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()}
+        if running:
+            log.info("runtime.finishing_activities", runtime=self.settings.name, attempts=len(running))
+            await asyncio.wait(running, timeout=timeout)
 
     async def kill(self) -> None:
         """Stop without handing anything over (tests: what a crash looks like to the others)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.actors.ownership import assign
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityClosed, ActivityCompleted
+from perdure.runtime.events import ActivityClosed, ActivityCompleted, ActivityScheduled
 from perdure.runtime.naming import partition_of
 
 from support import TESTS_DIR, RuntimeProcess
@@ -144,6 +144,21 @@ async def assert_nothing_stuck(client: Client, handles: list, live: set[str]) ->
             break
         await asyncio.sleep(0.2)
     assert info.state.messages == 0, info.state
+
+
+async def retried_attempts(handles: list) -> int:
+    """Activity attempts after the first (a lost attempt is retried once its 3 s timeout fires)."""
+    total = 0
+    for handle in handles:
+        total += sum(1 for e in await handle.history() if isinstance(e, ActivityScheduled) and e.attempt > 1)
+    return total
+
+
+def explain(runtimes: list[RuntimeProcess]) -> None:
+    """On a failure: what each runtime logged last (shown by pytest)."""
+    for runtime in runtimes:
+        code = runtime.proc.poll() if runtime.proc is not None else None
+        print(f"--- {runtime.name} (exit code {code}), last lines:\n" + "".join(runtime.lines[-25:]))
 
 
 def conflicts(runtimes: list[RuntimeProcess]) -> int:
@@ -287,11 +302,15 @@ async def test_sigkill_one_of_three_runtimes(
             f"{len(orphans)} of {WORKFLOWS} executions): leases taken over after "
             f"{min(takeover):.2f}-{max(takeover):.2f} s, first step by another runtime after "
             f"{resume:.2f} s (lease TTL {LEASE_TTL} s); all {WORKFLOWS} done {finished:.1f} s after the kill, "
-            f"{conflicts(runtimes)} append conflicts resolved"
+            f"{conflicts(runtimes)} append conflicts resolved, {await retried_attempts(handles)} activity "
+            "attempts retried"
         )
         assert results == [busy_expected(i) for i in range(WORKFLOWS)]
         assert resume < RESUME_LIMIT, resume
         await assert_nothing_stuck(client, handles, survivors)
+    except BaseException:
+        explain(runtimes)
+        raise
     finally:
         for runtime in runtimes:
             runtime.kill()
@@ -339,12 +358,16 @@ async def test_sigterm_hands_partitions_over_at_once(
             f"all taken over after {handover:.3f} s (first {min(acquired.values()):.3f} s; "
             f"lease TTL {LEASE_TTL} s), first step by another runtime after {resume - term_at:.3f} s, "
             f"process exited after {exit_time:.2f} s; all {WORKFLOWS} done {finished:.1f} s after SIGTERM, "
-            f"{conflicts(runtimes)} append conflicts resolved"
+            f"{conflicts(runtimes)} append conflicts resolved, {await retried_attempts(handles)} activity "
+            "attempts retried"
         )
         assert results == [busy_expected(i) for i in range(WORKFLOWS)]
         assert handover < HANDOVER_LIMIT, handover
         await assert_nothing_stuck(client, handles, survivors)
         assert "partition.released" in leaving.output()
+    except BaseException:
+        explain(runtimes)
+        raise
     finally:
         for runtime in runtimes:
             runtime.kill()
