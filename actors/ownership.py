@@ -3,7 +3,10 @@
 Why this design: every execution's inbox messages land in one of N partitions (the inbox
 stream's ``partition(N)`` subject transform). A runtime owns a partition through a lease,
 a key in the leases bucket with a TTL, renewed every ``lease_ttl / 3`` with an expected
-revision (a failed renewal means someone else holds it now: stop at once). Every runtime
+revision. A renewal that conflicts means the lease lapsed (renewed too late by a busy or
+paused process, or an ack was lost) or someone else holds it: a lapsed lease nobody else
+took is taken back in place, the partition's consumer and actors untouched; one held by a
+live runtime is let go at once. Every runtime
 also re-puts ``member.<name>`` with the same TTL, and computes the same assignment of
 partitions to live members without talking to the others (``assign``: rendezvous hashing
 with bounded loads, so each member gets ``N // M`` or ``N // M + 1`` partitions and a
