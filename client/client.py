@@ -25,6 +25,7 @@ from perdure.runtime.naming import Names, check_execution_id
 from perdure.runtime.nats_client import Ack, Connection
 
 from .handle import ExecutionDescription, WorkflowHandle
+from .index_watch import IndexWatch
 
 OnConflict = Literal["use_existing", "fail"]
 IdReuse = Literal["use_existing", "reject", "allow_after_failure", "allow"]
@@ -47,6 +48,7 @@ class Client:
         self.names = names
         self.request_timeout = request_timeout
         self._partitions: int | None = None
+        self.index_watch = IndexWatch(conn, names)
 
     @classmethod
     async def connect(cls, url: str | None = None, *, namespace: str = "perdure") -> Client:
@@ -55,6 +57,7 @@ class Client:
         return cls(conn, names)
 
     async def close(self) -> None:
+        await self.index_watch.close()
         await self.conn.close()
 
     async def __aenter__(self) -> Client:

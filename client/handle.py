@@ -29,7 +29,6 @@ from perdure.runtime.messages import (
     TerminateWorkflow,
 )
 from perdure.runtime.naming import partition_of
-from perdure.runtime.nats_client import StoredMessage
 
 if TYPE_CHECKING:
     from .client import Client
@@ -105,25 +104,15 @@ class WorkflowHandle:
             yield ExecutionDescription.of(record)
 
     async def _records(self) -> AsyncIterator[ExecutionRecord]:
-        """The index entry, then every change, from an ordered consumer on its KV subject.
-
-        A core subscription plus a read would leave a gap: a put can reach subscribers before
-        it is stored, and land between the two. The stream has no such gap.
-        """
-        queue: asyncio.Queue[StoredMessage] = asyncio.Queue()
-
-        async def on_entry(message: StoredMessage) -> None:
-            queue.put_nowait(message)
-
-        bucket = self._client.names.executions_bucket
-        sub = await self._client.conn.watch(f"KV_{bucket}", self._index_subject, on_entry)
-        try:
+        """The index entry now, then every change (see ``IndexWatch``: no gap, no polling)."""
+        async with self._client.index_watch.changes(self.id) as queue:
+            record = await self._record()  # after registering: a later change cannot slip by
+            if record is not None:
+                yield record
             while True:
                 message = await queue.get()
                 if message.data and "KV-Operation" not in message.headers:
                     yield codec.decode(codec.execution_record, message.data, what=f"index entry of {self.id}")
-        finally:
-            await sub.stop()
 
     def _outcome(self, record: ExecutionRecord) -> Any:
         if record.status == "COMPLETED":

@@ -169,3 +169,12 @@ async def test_listing_reads_past_the_first_thousand(settings: Settings, client:
     assert len(listed) == 1_500
     running = await client.list_executions(status="RUNNING")
     assert sorted(int(d.execution_id[1:]) for d in running) == list(range(0, 1_500, 2))
+
+
+async def test_a_thousand_concurrent_results(settings: Settings, client: Client) -> None:
+    """Waiters share one index watch: a thousand result() calls at once do not each need a
+    consumer of their own (the server's limit), and none misses its execution's close."""
+    async with Worker([catches, explode], settings=settings):
+        handles = await asyncio.gather(*[client.start(catches, i, id=f"many-{i}") for i in range(1_000)])
+        results = await asyncio.gather(*[h.result(timeout=120) for h in handles])
+    assert results == [f"ValueError: bad value {i}" for i in range(1_000)]
