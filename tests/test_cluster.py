@@ -298,6 +298,14 @@ async def test_history_leader_lost_mid_run(tmp_path: Path) -> None:
                 await explain(client, handles, runtimes)
                 raise
             finished = time.monotonic() - killed_at
+            if finished > 30:  # the slow tail (about 1 run in 10): say what the runtimes went through
+                for runtime in runtimes:
+                    events = collections.Counter(
+                        ln.split("]", 1)[1].split()[0]
+                        for ln in runtime.lines
+                        if "[warning" in ln or "[error" in ln
+                    )
+                    print(f"\n[cluster] slow: {runtime.name} warnings {dict(events)}")
             # The failover pause: the longest silence in history appends after the kill.
             after = [killed_at, *sorted(t for t, _, _ in steps[written_before:])]
             pause, resumed = max((b - a, b) for a, b in itertools.pairwise(after))
