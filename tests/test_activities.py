@@ -46,16 +46,6 @@ from perdure.runtime.events import (
 
 from support import HistoryWatch, RuntimeProcess, watch_history
 
-CHECKPOINT_LOST = (
-    "actors/effect_runner.py EffectRunner._pause_attempt/_start_attempt read the failed attempt's "
-    "checkpoint from its record key a.<seq>.<attempt>.hb, but after a heartbeat timeout that key has "
-    "expired (its TTL IS the heartbeat timer; the server deleted the message and left a MaxAge "
-    "marker), so _read_record returns None and the retry gets ctx.checkpoint=None: the last "
-    "heartbeat's details are lost exactly when a crashed worker needs them. The details must outlive "
-    "the TTL, e.g. kept in a checkpoint key without TTL that HeartbeatService writes beside the "
-    "record, _pause_attempt/_start_attempt read, TimerService ignores and CloseActivity removes."
-)
-
 
 @dataclass
 class Beat:
@@ -197,7 +187,6 @@ def test_retry_after_a_crash_finishes_the_job_on_another_runtime(killed_counting
     assert sum(isinstance(e, ActivityCompleted) for s in k.steps for e in s.inputs) == 1
 
 
-
 def test_retry_after_a_heartbeat_timeout_resumes_from_the_last_checkpoint(
     killed_counting: KilledCounting,
 ) -> None:
@@ -305,19 +294,6 @@ async def test_the_heartbeat_timeout_counts_from_the_attempts_start(
     1.4 s since it was scheduled, but only 0.6 s since it started, so it does not time out."""
     result = await _run_after_waiting_in_the_queue(settings, client, "short-queue", queued_for=0.8, work=0.6)
     assert result == "done on attempt 1"
-
-
-QUEUE_TIME_IS_SILENCE = (
-    "actors/effect_runner.py EffectRunner._start_attempt puts the attempt's record "
-    "a.<seq>.<attempt>.hb with ttl=options.heartbeat when the activity is SCHEDULED, so the "
-    "heartbeat timer runs while the work item waits in the queue: an attempt that waits longer "
-    "than its heartbeat timeout for a free worker (all busy, or none running) fails with "
-    "HeartbeatTimeout before it ever starts (and its retries likewise). The heartbeat timeout "
-    "should count from the attempt's start: put the record without a TTL (timeouts and "
-    "schedule_to_close bound the queue wait) and let the activity actor's first heartbeat at "
-    "start (ActivityActor._execute already sends one) arm it."
-)
-
 
 
 async def test_an_attempt_queued_longer_than_its_heartbeat_timeout_still_runs(
