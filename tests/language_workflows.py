@@ -9,6 +9,7 @@ from perdure import ActivityContext, ActivityGone, activity, sleep, workflow
 
 heartbeat_log: list[str] = []  # what the heartbeating activity saw (in-process runtimes only)
 activity_gone = asyncio.Event()  # set when a heartbeat told the activity it is no longer wanted
+activity_running = asyncio.Event()  # set once the activity has heartbeated: it is really running
 
 
 @workflow
@@ -26,6 +27,7 @@ async def grind(seconds: float, ctx: ActivityContext) -> str:
     try:
         while loop.time() < deadline:
             await ctx.heartbeat()
+            activity_running.set()
             await asyncio.sleep(0.2)
     except ActivityGone as gone:
         heartbeat_log.append(f"gone cancel_requested={gone.cancel_requested}")

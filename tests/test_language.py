@@ -12,6 +12,7 @@ import time
 import pytest
 from language_workflows import (
     activity_gone,
+    activity_running,
     cancellable,
     child_square,
     collector,
@@ -124,13 +125,12 @@ async def test_cancel_reaches_a_heartbeating_activity_and_runs_compensation(
 ) -> None:
     heartbeat_log.clear()
     activity_gone.clear()
-    async with Worker([cancellable, grind, compensate], settings=settings), watch_history(client) as watch:
+    activity_running.clear()
+    async with Worker([cancellable, grind, compensate], settings=settings):
         handle = await client.start(cancellable, 30.0, id="cancel-me")
-        await watch.wait_for(
-            lambda w: any(
-                isinstance(e, ActivityScheduled) and e.name == "grind" for e in w.events("cancel-me")
-            )
-        )
+        # Blocked on a heartbeating activity: it runs. (Cancelled before it starts, an
+        # attempt is not run at all, and has no heartbeat to raise in.)
+        await asyncio.wait_for(activity_running.wait(), 30)
         started = time.monotonic()
         await handle.cancel("changed my mind")
         with pytest.raises(WorkflowCancelled):
