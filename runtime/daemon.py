@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -107,6 +108,16 @@ def start_embedded_server(store_dir: str | None) -> EmbeddedServer:
     return server
 
 
+def tune_gc() -> None:
+    """A runtime keeps thousands of long-lived objects (cached workflow instances), which the
+    cyclic GC's default thresholds rescan constantly: 27% of a busy runtime's samples, and a
+    106 ms pause per full collection at 10,000 cached executions (bench/PROFILE.md). Freeze
+    what start-up made and collect far less often: +55% throughput measured (+118% with a full
+    cache). The daemon owns its process, so it decides; an embedded ``Worker`` does not."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1_000)
+
+
 async def _worker(args: argparse.Namespace) -> None:
     from perdure.actors import Registry, Worker
 
@@ -123,6 +134,7 @@ async def _worker(args: argparse.Namespace) -> None:
         lease_ttl=args.lease_ttl,
     )
     worker = Worker(registry=registry, settings=settings)
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
