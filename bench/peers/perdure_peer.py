@@ -53,6 +53,7 @@ class PerdureDriver(common.Driver):
         super().__init__()
         self.extra: dict[str, Any] = {}
         self.runtime_starts = 0
+        self.namespace = NAMESPACE
         self.token_waiters: dict[str, asyncio.Future[str]] = {}
 
     # ----------------------------------------------------------------- processes
@@ -65,7 +66,7 @@ class PerdureDriver(common.Driver):
         self._adopt(self.server)
         self.url = self.server.url
         await self._start_runtime()
-        self.client = await Client.connect(self.url, namespace=NAMESPACE)
+        self.client = await Client.connect(self.url, namespace=self.namespace)
         self.nc = await nats.connect(self.url, name="bench-driver-tokens")
         await self.nc.subscribe(app.TOKENS_SUBJECT, cb=self._on_token)
         await self.nc.flush()
@@ -81,20 +82,26 @@ class PerdureDriver(common.Driver):
 
     async def _start_runtime(self) -> None:
         self.runtime_starts += 1
+        namespace = self.namespace
         log = self.workdir / f"runtime-{self.runtime_starts}.log"
         env = {**os.environ, "BENCH_NATS_URL": self.url, "PYTHONPATH": str(APP.parent)}
         cmd = [sys.executable, "-m", "perdure.runtime.daemon", "worker", str(APP)]
-        cmd += ["--url", self.url, "--namespace", NAMESPACE, "--name", f"bench-rt-{self.runtime_starts}"]
+        cmd += ["--url", self.url, "--namespace", namespace, "--name", f"bench-rt-{self.runtime_starts}"]
         self.runtime = self.servers.start(cmd, log, env=env)
         await common.wait_until(lambda: "runtime.started" in log.read_text(), 60, "perdure runtime")
 
-    async def _restart_runtime(self) -> None:
-        """SIGTERM (the runtime drains and hands its partitions over), then a fresh process."""
+    async def _restart_runtime(self, namespace: str | None = None) -> None:
+        """SIGTERM (the runtime drains and hands its partitions over), then a fresh process,
+        in another namespace if one is given (the client follows)."""
         old = self.runtime
         with contextlib.suppress(ProcessLookupError):
             os.killpg(old.pid, 15)
         await asyncio.to_thread(old.wait, 30)
         self.servers.procs.remove(old)
+        if namespace is not None and namespace != self.namespace:
+            self.namespace = namespace
+            await self.client.close()
+            self.client = await Client.connect(self.url, namespace=namespace)
         await self._start_runtime()
 
     async def until_runtime_idle(self, limit_s: float = 180.0) -> float:
@@ -259,12 +266,13 @@ class PerdureDriver(common.Driver):
             await self._until_waiting(h, REPLAY_ACTIVITIES if h is big else 0)
         await self._restart_runtime()
         await self.wf1()  # warm the fresh runtime's code paths, not the replayed execution
+        settled = await self.until_runtime_idle()  # it re-fires old timer markers first
         base_ms = await self._signal_and_wait(base)
         ms = await self._signal_and_wait(big)
         t0 = time.perf_counter()
         fetched = await big.history_steps()
         t1 = time.perf_counter()
-        report = replay_steps(Registry([app.journal, app.noop]), big.id, fetched)
+        report = replay_steps(Registry([app.journal, app.noop_untimed]), big.id, fetched)
         t2 = time.perf_counter()
         if not report.ok:
             raise RuntimeError(f"replay diverged: {report}")
@@ -276,6 +284,7 @@ class PerdureDriver(common.Driver):
             "baseline_ms": round(base_ms, 2),
             "fetch_ms": round((t1 - t0) * 1000, 2),
             "replay_ms": round((t2 - t1) * 1000, 2),
+            "fresh_runtime_settled_s": round(settled, 1),
         }
 
     async def _until_waiting(self, handle: Any, k: int) -> None:
@@ -332,18 +341,18 @@ class PerdureRunner(common.Runner):
         return out
 
     async def _w_memory(self) -> None:
-        """The runtime keeps up to Settings.cache_size (10,000) executions in memory, closed ones
-        included, so after the earlier workloads its cache is already full and sleeping
-        executions would only replace closed ones (RSS growth ~0). A fresh runtime process
-        (SIGTERM, new process, warm-up runs) makes `before` a runtime with nothing cached."""
+        """Measured on a fresh runtime process in a fresh namespace (same server). The runtime
+        keeps up to Settings.cache_size (10,000) executions in memory, closed ones included, so
+        after the earlier workloads its cache is full and sleeping executions would only
+        replace closed ones (RSS growth ~0); and a restarted runtime re-fires the expiry marker
+        of every timer cancelled in the last hour, loading each of those executions (after the
+        earlier workloads, thousands) - a fresh runtime in the old namespace is full at once.
+        timers_large then probes this runtime, with the ballast pending."""
         d = self.d
         assert isinstance(d, PerdureDriver)
-        await d._restart_runtime()
+        await d._restart_runtime(namespace=f"{NAMESPACE}mem")
         for _ in range(common.WARMUP_RUNS):
             await d.wf1()
-        # A new runtime first re-reads the last entry of every timer key of its partitions
-        # (closed-activity records live 300 s, expiry markers an hour: tens of thousands after
-        # the earlier workloads); let it finish before reading RSS and probing timers.
         settled = await d.until_runtime_idle()
         d.extra["memory_fresh_runtime_settled_s"] = round(settled, 1)
         await super()._w_memory()
