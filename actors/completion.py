@@ -128,14 +128,16 @@ class HeartbeatService:
 
     async def _no_record(self, token: TokenData, *, expired: bool) -> ApiReply:
         """No open record. History tells why: the token names no activity (``InvalidToken``);
-        the activity closed, or its record expired (a heartbeat timeout): closed; or the record
-        is not stored yet (the work item can reach a worker before the record reaches its
-        stream, and a fast activity heartbeats at once): still open. This path is rare."""
+        the activity closed (its keys are purged then), a later attempt replaced this one, or
+        its record expired (a heartbeat timeout): closed, and cancelled if the workflow
+        cancelled it; or the record is not stored yet (the work item can reach a worker before
+        the record reaches its stream): still open. Only late heartbeats take this path."""
         names = self._names
         stored = await self._conn.read_subject(names.history_stream, names.history(token.execution_id))
         if not stored:
             raise_not_found(token)
-        scheduled = closed = False
+        scheduled = closed = cancelled = False
+        latest_attempt = 0
         run = 0
         for message in stored:
             step = codec.decode(codec.history_step, message.data, what=f"history of {token.execution_id}")
@@ -146,16 +148,19 @@ class HeartbeatService:
             for decision in step.decisions:
                 if isinstance(decision, ActivityScheduled) and decision.seq == token.seq:
                     scheduled = scheduled or decision.nonce == token.nonce
-                elif isinstance(decision, _RUN_ENDS) or (
-                    isinstance(decision, ActivityClosed) and decision.seq == token.seq
-                ):
+                    latest_attempt = max(latest_attempt, decision.attempt)
+                elif isinstance(decision, ActivityClosed) and decision.seq == token.seq:
+                    closed = True
+                    cancelled = decision.outcome == "cancelled"
+                elif isinstance(decision, _RUN_ENDS):
                     closed = True
         if not scheduled:
             raise InvalidToken(
                 f"token does not match activity {token.seq} of {token.execution_id} "
                 "(no such activity, or wrong nonce)"
             )
-        return ApiReply(ok=True, closed=closed or expired)
+        superseded = latest_attempt > token.attempt
+        return ApiReply(ok=True, closed=closed or expired or superseded, cancel_requested=cancelled)
 
 
 def raise_not_found(token: TokenData) -> NoReturn:

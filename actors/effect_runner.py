@@ -15,7 +15,6 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityOptions
 from perdure.runtime.messages import (
     ActivityRecord,
     ActivityTask,
@@ -50,8 +49,6 @@ from .effects import (
 from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
-
-CLOSED_RECORD_TTL = 300.0  # how long late heartbeats of a closed activity are told "closed"
 
 
 @dataclass(slots=True)
@@ -93,7 +90,7 @@ class EffectRunner:
             case StartTimer():
                 out.append(await self._timers.put(self._key(ref, effect.timer), effect.fire_at))
             case CancelTimer():
-                out.append(await self._timers.cancel(self._key(ref, effect.timer)))
+                out.append(await self._timers.forget(self._key(ref, effect.timer)))
             case UpdateIndex():
                 out.append(await self._update_index(ref, effect))
             case ObserveActivity():
@@ -126,21 +123,32 @@ class EffectRunner:
         options = d.options
         checkpoint = None
         if effect.carry_from:
-            # A retry: it resumes from the activity's checkpoint (kept without a TTL), and the
-            # previous attempt's record is closed so its late heartbeats are told so.
+            # A retry: it resumes from the activity's checkpoint, and the previous attempt's
+            # record goes (its late heartbeats learn from history that it is closed).
             checkpoint = await self._read_checkpoint(ref, d.seq)
-            closed = ActivityRecord(nonce=d.nonce, closed=True)
-            out.append(await self._put_record(ref, effect.carry_from, closed, ttl=CLOSED_RECORD_TTL))
+            out.append(await self._timers.forget(self._key(ref, effect.carry_from)))
         # No TTL yet: the heartbeat timer starts with the attempt's first heartbeat, which the
         # worker sends when it starts the attempt, so time spent queued is not silence.
         record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, observed=effect.observed())
-        out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
+        if options.heartbeat is not None:
+            # Its first heartbeat comes at once and needs the record: store that first.
+            out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
+            out.append(await self._publish_work(ref, effect, checkpoint))
+        else:
+            # The work item is the only write on the critical path: send it first.
+            out.append(await self._publish_work(ref, effect, checkpoint))
+            out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
         if options.timeout is not None:
             key = self._key(ref, timeout_timer(d.seq, d.attempt))
             out.append(await self._timers.put(key, effect.time + options.timeout))
         if d.attempt == 1 and options.schedule_to_close is not None:
             key = self._key(ref, schedule_to_close_timer(d.seq))
             out.append(await self._timers.put(key, effect.time + options.schedule_to_close))
+
+    async def _publish_work(
+        self, ref: ExecutionRef, effect: StartAttempt, checkpoint: msgspec.Raw | None
+    ) -> asyncio.Future[Any]:
+        d = effect.decision
         token = encode_token(TokenData(ref.execution_id, ref.run, d.seq, d.attempt, d.nonce))
         task = ActivityTask(
             execution_id=ref.execution_id,
@@ -152,16 +160,14 @@ class EffectRunner:
             input=d.input,
             nonce=d.nonce,
             token=token,
-            options=options,
+            options=d.options,
             checkpoint=checkpoint or NULL,
             scheduled_at=effect.time,
         )
-        out.append(
-            await self._conn.publish_nowait(
-                self._names.work(d.name),
-                codec.encode(task),
-                msg_id=f"{ref.execution_id}:{ref.run}:a:{d.seq}:{d.attempt}",
-            )
+        return await self._conn.publish_nowait(
+            self._names.work(d.name),
+            codec.encode(task),
+            msg_id=f"{ref.execution_id}:{ref.run}:a:{d.seq}:{d.attempt}",
         )
 
     async def _pause_attempt(
@@ -171,33 +177,18 @@ class EffectRunner:
         the activity's checkpoint key, which has no TTL, for the next attempt."""
         if effect.options.timeout is not None:
             out.append(
-                await self._timers.cancel(self._key(ref, timeout_timer(effect.seq, effect.failed_attempt)))
+                await self._timers.forget(self._key(ref, timeout_timer(effect.seq, effect.failed_attempt)))
             )
         out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
 
     async def _close_activity(
         self, ref: ExecutionRef, effect: CloseActivity, out: list[asyncio.Future[Any]]
     ) -> None:
-        record = ActivityRecord(nonce=effect.nonce, closed=True, cancel_requested=effect.cancelled)
-        out.append(
-            await self._put_record(
-                ref, record_timer(effect.seq, effect.attempt), record, ttl=CLOSED_RECORD_TTL
-            )
-        )
-        options: ActivityOptions = effect.options
-        if options.timeout is not None:
-            out.append(await self._timers.cancel(self._key(ref, timeout_timer(effect.seq, effect.attempt))))
-        if options.schedule_to_close is not None:
-            out.append(await self._timers.cancel(self._key(ref, schedule_to_close_timer(effect.seq))))
-        if effect.attempt > 1:
-            # Closed during a back-off: the paused record of the previous attempt goes too.
-            previous = ActivityRecord(nonce=effect.nonce, closed=True, cancel_requested=effect.cancelled)
-            out.append(
-                await self._put_record(
-                    ref, record_timer(effect.seq, effect.attempt - 1), previous, ttl=CLOSED_RECORD_TTL
-                )
-            )
-            self._timers.disarm(self._key(ref, retry_timer(effect.seq, effect.attempt)).key())
+        """Every key of the activity goes in one purge: its attempts' records, its timers and
+        its checkpoint. Late heartbeats find no record and learn from history that it closed."""
+        seq, attempt = effect.seq, effect.attempt
+        armed = [timeout_timer(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
+        out.append(await self._timers.forget_activity(self._key(ref, f"a.{seq}"), armed))
 
     async def _observe(
         self, ref: ExecutionRef, effect: ObserveActivity, out: list[asyncio.Future[Any]]

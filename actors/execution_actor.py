@@ -62,6 +62,7 @@ from perdure.runtime.nats_consumer import Delivery
 from .effect_runner import ExecutionRef
 from .effects import Effect
 from .instance import WorkflowInstance
+from .timers import TimerKey
 
 if TYPE_CHECKING:
     from .worker import WorkerServices
@@ -246,6 +247,7 @@ class ExecutionActor:
             for item in fresh:
                 self._log.info("execution.message_for_unknown", type=type(item.message).__name__)
             await self._reply_all(fresh, accepted=set())
+            await self._forget_fired(incoming)
             await self._done(batch)
             return
         now = max(time.time(), self._last_time)
@@ -260,7 +262,20 @@ class ExecutionActor:
         await self._reply_all(fresh, accepted=accepted)
         if isinstance(instance.closing, WorkflowContinuedAsNew) and instance is self.instance:
             await self._next_run(instance.closing.input)
+        await self._forget_fired(incoming)
         await self._done(batch)
+
+    async def _forget_fired(self, incoming: list[_Incoming]) -> None:
+        """Purge the keys of the timers whose firings this step took in (applied, stale or
+        duplicate): once the firing is in history, its expiry marker must not fire again."""
+        fired = [
+            TimerKey(self.partition, self.execution_id, item.message.run, item.message.timer)
+            for item in incoming
+            if isinstance(item.message, TimerExpired)
+        ]
+        if fired:
+            timers = self._services.timers
+            await asyncio.gather(*[await timers.forget(key) for key in fired])
 
     async def _decode(self, batch: list[Delivery]) -> list[_Incoming]:
         out: list[_Incoming] = []

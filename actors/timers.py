@@ -8,6 +8,12 @@ same ``TimerExpired`` with the same ``Nats-Msg-Id``, so JetStream keeps only the
 
 On taking a partition over, a watcher delivers the last entry of every key: live timers
 are armed in memory, markers that expired while nobody owned the partition fire now.
+
+So a marker must mean "expired and not yet absorbed", and nothing else: a key whose timer
+is cancelled, or whose firing the execution has absorbed, is *purged* (``forget``), which
+leaves neither a tombstone nor a marker behind. (Re-putting it with a short TTL instead, as
+an earlier version did, left a marker that a restarted runtime could not tell from a real
+expiry: it re-fired every timer cancelled in the last hour.)
 """
 
 from __future__ import annotations
@@ -59,12 +65,11 @@ class TimerService:
         self._conn = conn
         self._names = names
         self._bucket = names.timers_bucket
+        self._stream = f"KV_{names.timers_bucket}"
         self._prefix = f"$KV.{self._bucket}."
         self._armed: dict[str, asyncio.TimerHandle] = {}
-        self._quiet: set[str] = set()
-        self._firing: set[asyncio.Task[None]] = (
-            set()
-        )  # firings being published (owned here)  # keys whose coming expiry marker must not fire
+        self._quiet: set[str] = set()  # fired from memory: their coming expiry marker must not fire
+        self._firing: set[asyncio.Task[None]] = set()  # firings being published (owned here)
         self._watchers: dict[int, Subscription] = {}
         self._owned: Callable[[int], bool] = lambda p: True
 
@@ -83,14 +88,23 @@ class TimerService:
             ttl=max(0.0, fire_at - time.time()),
         )  # type: ignore[return-value]
 
-    async def cancel(self, key: TimerKey) -> asyncio.Future[object]:
-        """Re-put as cancelled with a 1 s TTL: no tombstone stays, and its marker is ignored."""
+    async def forget(self, key: TimerKey) -> asyncio.Future[int]:
+        """The timer is cancelled, or its firing is absorbed: disarm it and purge its key (no
+        marker follows, so no runtime will ever fire it again)."""
         k = key.key()
         self.disarm(k)
-        self._quiet.add(k)
-        return await self._conn.publish_nowait(
-            self._prefix + k, codec.encode(TimerEntry(fire_at=0.0, cancelled=True)), ttl=1
-        )  # type: ignore[return-value]
+        self._quiet.discard(k)
+        return await self._conn.purge_nowait(self._stream, self._prefix + k)
+
+    async def forget_activity(self, key: TimerKey, timers: list[str]) -> asyncio.Future[int]:
+        """An activity closed: purge every key under ``a.<seq>.`` (its attempts' records and
+        timers, and its checkpoint) in one request. ``key.timer`` is ``a.<seq>``; ``timers``
+        are those that may be armed in memory."""
+        for timer in timers:
+            k = msgspec.structs.replace(key, timer=timer).key()
+            self.disarm(k)
+            self._quiet.discard(k)
+        return await self._conn.purge_nowait(self._stream, f"{self._prefix}{key.key()}.>")
 
     def arm(self, key: TimerKey, fire_at: float) -> None:
         k = key.key()
@@ -142,7 +156,7 @@ class TimerService:
         if partition in self._watchers:
             return
         self._watchers[partition] = await self._conn.watch(
-            f"KV_{self._bucket}", f"{self._prefix}{partition}.>", self._on_entry
+            self._stream, f"{self._prefix}{partition}.>", self._on_entry
         )
 
     async def unwatch_partition(self, partition: int) -> None:

@@ -118,8 +118,8 @@ class ActivityTask(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 class TimerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Value of a timer key; the key's TTL is the crash-safe backstop, ``fire_at`` the precise time.
 
-    A cancelled timer is re-put as ``cancelled`` with a short TTL rather than deleted, so no
-    tombstone outlives it; the timer service ignores the expiry marker that follows.
+    A cancelled timer's key is purged (no tombstone, no marker). ``cancelled`` is only read:
+    entries written by earlier versions, which re-put cancelled timers with a short TTL.
     """
 
     fire_at: float
@@ -131,9 +131,10 @@ class ActivityRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
     It is stored without a TTL when the attempt is scheduled; the worker's first heartbeat
     arms it, and every heartbeat re-puts it, resetting the TTL. Details (the checkpoint) go
-    to the activity's ``...a.<seq>.cp`` key, which has no TTL, so they survive a timeout. When the activity
-    closes the execution actor re-puts it ``closed`` (and ``cancel_requested`` if it was
-    cancelled) with a TTL of its own, so late heartbeats learn it and no tombstone remains.
+        to the activity's ``...a.<seq>.cp`` key (30-day TTL), so they survive a timeout. When the
+    activity closes, the execution actor purges every key of the activity; a late heartbeat
+    then finds no record and learns from history that the attempt is closed (or cancelled).
+    ``closed`` is only read: records written by earlier versions.
     """
 
     nonce: str

@@ -51,6 +51,15 @@ class _PubAckBody(msgspec.Struct):
 _pub_ack_decoder = msgspec.json.Decoder(_PubAckBody)
 
 
+class _PurgeBody(msgspec.Struct):
+    success: bool = False
+    purged: int = 0
+    error: _ApiErr | None = None
+
+
+_purge_decoder = msgspec.json.Decoder(_PurgeBody)
+
+
 @dataclass(frozen=True, slots=True)
 class Ack:
     stream: str
@@ -127,7 +136,9 @@ class Connection:
     def __init__(self, nc: _NatsClient, *, ack_timeout: float = 10.0) -> None:
         self._nc = nc
         self._ack_timeout = ack_timeout
-        self._acks: dict[bytes, tuple[asyncio.Future[Ack], str, asyncio.TimerHandle]] = {}
+        # Replies to pipelined requests (publish acks, purges), routed by the token ending
+        # their reply subject: (future, what it was for, its timeout, whether it is a purge).
+        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, asyncio.TimerHandle, bool]] = {}
         self._ack_prefix = b""
         self._ack_counter = 0
         self._ack_sub: Any = None
@@ -185,7 +196,7 @@ class Connection:
 
     async def close(self) -> None:
         self._closing = True
-        for fut, _, handle in self._acks.values():
+        for fut, _, handle, _purge in self._acks.values():
             handle.cancel()
             if not fut.done():
                 fut.set_exception(ConnectionLost("connection closed before the ack arrived"))
@@ -242,9 +253,12 @@ class Connection:
         entry = self._acks.pop(token, None)
         if entry is None:
             return
-        fut, subject, handle = entry
+        fut, subject, handle, is_purge = entry
         handle.cancel()
         if fut.done():
+            return
+        if is_purge:
+            self._on_purged(fut, subject, msg)
             return
         if msg.headers and msg.headers.get("Status") == "503":
             fut.set_exception(
@@ -260,6 +274,18 @@ class Connection:
             fut.set_exception(_api_error(subject, body.error))
         else:
             fut.set_result(Ack(body.stream, body.seq, body.duplicate))
+
+    @staticmethod
+    def _on_purged(fut: asyncio.Future[Any], subject: str, msg: _Msg) -> None:
+        try:
+            body = _purge_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            fut.set_exception(PerdureError(f"unreadable purge reply for {subject}: {exc}"))
+            return
+        if body.error is not None:
+            fut.set_exception(PerdureError(f"JetStream refused to purge {subject}: {body.error.description}"))
+        else:
+            fut.set_result(body.purged)
 
     def _expire_ack(self, token: bytes) -> None:
         entry = self._acks.pop(token, None)
@@ -284,7 +310,7 @@ class Connection:
         self._ack_counter += 1
         token = str(self._ack_counter).encode()
         handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
-        self._acks[token] = (fut, subject, handle)
+        self._acks[token] = (fut, subject, handle, False)
         hdrs = _headers(headers, msg_id, expected_last_subject_seq, ttl)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=hdrs)
@@ -292,6 +318,29 @@ class Connection:
             self._acks.pop(token, None)
             handle.cancel()
             with map_errors(f"publish to {subject}"):
+                raise
+        return fut
+
+    async def purge_nowait(self, stream: str, subject: str) -> asyncio.Future[int]:
+        """Remove every message of ``subject`` (wildcards allowed) from ``stream``; the future
+        resolves with how many went. Unlike a KV delete or a TTL expiry, a purge leaves no
+        tombstone and no delete marker behind (measured on nats-server 2.15)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._ack_counter += 1
+        token = str(self._ack_counter).encode()
+        handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
+        self._acks[token] = (fut, subject, handle, True)
+        try:
+            await self._nc.publish(
+                f"$JS.API.STREAM.PURGE.{stream}",
+                msgspec.json.encode({"filter": subject}),
+                reply=(self._ack_prefix + token).decode(),
+            )
+        except Exception:
+            self._acks.pop(token, None)
+            handle.cancel()
+            with map_errors(f"purge {subject}"):
                 raise
         return fut
 

@@ -12,6 +12,7 @@ import pytest
 from perdure import Client, EmbeddedServer, Worker
 from perdure.runtime.embedded import free_port
 from perdure.runtime.events import ActivityClosed, ActivityCompleted, TimerStarted
+from perdure.runtime.nats_client import StoredMessage
 
 from support import RuntimeProcess, watch_history
 from workflows import busy, busy_expected, sleeper, spread
@@ -117,3 +118,45 @@ async def test_in_process_worker_stop_is_clean(settings, client: Client, gracefu
     assert worker.owned_partitions == list(range(settings.partitions))
     await worker.stop()
     assert worker.owned_partitions == []
+
+
+async def test_restarted_runtime_fires_only_timers_that_expired_unabsorbed(
+    nats_server: EmbeddedServer, namespace: str, client: Client
+) -> None:
+    """A runtime taking partitions over fires the expiry marker of every timer key: so a timer
+    that was cancelled (each activity with a timeout cancels one when it closes) or whose
+    firing was absorbed must leave no marker, while one that expired with no runtime up fires."""
+    runtime = await RuntimeProcess(nats_server.url, namespace, "quiet").astart()
+    try:
+        handles = [await client.start(busy, i, id=f"quiet-{i}") for i in range(10)]
+        await asyncio.gather(*[h.result(timeout=60) for h in handles])  # 80 timers cancelled, 30 fired
+        async with watch_history(client) as watch:
+            control = await client.start(sleeper, 1.0, id="control")
+            await watch.wait_for(lambda w: any(isinstance(e, TimerStarted) for e in w.events("control")))
+        await runtime.aterminate()
+        # The control timer expires with no runtime up: wait for its marker (by then every
+        # earlier cancellation would have produced one too, had it been re-put with a TTL).
+        names, conn = client.names, client.conn
+        expired = asyncio.Event()
+
+        async def on_entry(msg: StoredMessage) -> None:
+            if msg.headers.get("Nats-Marker-Reason") == "MaxAge":
+                expired.set()
+
+        marker_watch = await conn.watch(
+            f"KV_{names.timers_bucket}", f"$KV.{names.timers_bucket}.*.control.>", on_entry
+        )
+        try:
+            await asyncio.wait_for(expired.wait(), timeout=10)
+        finally:
+            await marker_watch.stop()
+        inbox = conn.raw.jetstream()
+        before = (await inbox.stream_info(names.inbox_stream)).state.last_seq
+        await runtime.astart()
+        await control.result(timeout=30)
+        after = (await inbox.stream_info(names.inbox_stream)).state.last_seq
+    finally:
+        runtime.kill()
+    assert after - before == 1, (
+        f"{after - before} inbox messages after the restart; only the control timer's firing was due"
+    )
