@@ -114,6 +114,13 @@ class ActivityActor:
                 )
             await delivery.ack()
 
+    async def run_local(self, task: ActivityTask) -> ActivityResult | None:
+        """An eager attempt (``local_activities``): run it here; the caller routes the outcome."""
+        with structlog.contextvars.bound_contextvars(
+            execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
+        ):
+            return await self._execute(task)
+
     async def _retried_elsewhere(self, task: ActivityTask) -> bool:
         """A redelivered attempt is run again unless a timer of the workflow covers it: a
         start-to-close timeout, or a heartbeat timer that the dead worker had armed."""

@@ -101,6 +101,30 @@ class HeartbeatService:
             return ApiReply(ok=True, cancel_requested=record.cancel_requested)
         return ApiReply(ok=True, closed=True)
 
+    async def mark_started(self, token: TokenData) -> None:
+        """Flag the attempt's record ``started`` (an eager attempt handed its token over with
+        ``make_async()``: a runtime recovering lost eager attempts must leave it alone)."""
+        key = TimerKey(
+            partition_of(token.execution_id, self._partitions),
+            token.execution_id,
+            token.run,
+            record_timer(token.seq, token.attempt),
+        )
+        subject = self._timers_prefix + key.key()
+        for _ in range(5):
+            stored = await self._conn.get_last(self._timers_stream, subject)
+            if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+                return  # closed already (its keys are purged)
+            record = codec.decode(codec.activity_record, stored.data, what="activity record")
+            if record.started or record.closed:
+                return
+            updated = msgspec.structs.replace(record, started=True)
+            try:
+                await self._conn.publish(subject, codec.encode(updated), expected_last_subject_seq=stored.seq)
+                return
+            except HistoryConflict:
+                continue  # a heartbeat or the actor wrote meanwhile: read again
+
     async def attempt_started(self, token: TokenData) -> bool:
         """Whether a worker started this attempt (armed its heartbeat timer), or it closed."""
         key = TimerKey(

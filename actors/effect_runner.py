@@ -46,6 +46,7 @@ from .effects import (
     schedule_to_close_timer,
     timeout_timer,
 )
+from .local_activities import HeldAck, LocalActivities
 from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
@@ -71,18 +72,32 @@ class EffectRunner:
         self._timers_stream = f"KV_{names.timers_bucket}"
         self._timers_prefix = f"$KV.{names.timers_bucket}."
         self._executions_prefix = f"$KV.{names.executions_bucket}."
+        self.local: LocalActivities | None = None  # set by a worker that hosts activities
 
-    async def perform(self, ref: ExecutionRef, effects: list[Effect]) -> None:
+    async def perform(
+        self,
+        ref: ExecutionRef,
+        effects: list[Effect],
+        *,
+        eager: list[int] | None = None,
+        hold: HeldAck | None = None,
+    ) -> None:
+        """Send every effect, then await their acks. The attempts of the activities in
+        ``eager`` (slots reserved, recorded in the step) start here and now under ``hold``."""
         futures: list[asyncio.Future[Any]] = []
         for effect in effects:
-            await self._perform_one(ref, effect, futures)
+            if isinstance(effect, StartAttempt):
+                local = hold if eager and effect.decision.seq in eager else None
+                await self._start_attempt(ref, effect, futures, local)
+            else:
+                await self._perform_one(ref, effect, futures)
         if futures:
             await asyncio.gather(*futures)
 
     async def _perform_one(self, ref: ExecutionRef, effect: Effect, out: list[asyncio.Future[Any]]) -> None:
         match effect:
             case StartAttempt():
-                await self._start_attempt(ref, effect, out)
+                await self._start_attempt(ref, effect, out, None)
             case PauseAttempt():
                 await self._pause_attempt(ref, effect, out)
             case CloseActivity():
@@ -117,7 +132,7 @@ class EffectRunner:
     # ---------------------------------------------------------------- activities
 
     async def _start_attempt(
-        self, ref: ExecutionRef, effect: StartAttempt, out: list[asyncio.Future[Any]]
+        self, ref: ExecutionRef, effect: StartAttempt, out: list[asyncio.Future[Any]], hold: HeldAck | None
     ) -> None:
         d = effect.decision
         options = d.options
@@ -130,13 +145,17 @@ class EffectRunner:
         # No TTL yet: the heartbeat timer starts with the attempt's first heartbeat, which the
         # worker sends when it starts the attempt, so time spent queued is not silence.
         record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, observed=effect.observed())
+        task = self._activity_task(ref, effect, checkpoint)
         if options.heartbeat is not None:
             # Its first heartbeat comes at once and needs the record: store that first.
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
-            out.append(await self._publish_work(ref, effect, checkpoint))
+            out.append(await self._publish_work(ref, task))
+        elif hold is not None and self.local is not None and self.local.start(task, ref.partition, hold):
+            # Runs here and now (local_activities): the record and timers still go out.
+            out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
         else:
             # The work item is the only write on the critical path: send it first.
-            out.append(await self._publish_work(ref, effect, checkpoint))
+            out.append(await self._publish_work(ref, task))
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
         if options.timeout is not None:
             key = self._key(ref, timeout_timer(d.seq, d.attempt))
@@ -145,9 +164,9 @@ class EffectRunner:
             key = self._key(ref, schedule_to_close_timer(d.seq))
             out.append(await self._timers.put(key, effect.time + options.schedule_to_close))
 
-    async def _publish_work(
+    def _activity_task(
         self, ref: ExecutionRef, effect: StartAttempt, checkpoint: msgspec.Raw | None
-    ) -> asyncio.Future[Any]:
+    ) -> ActivityTask:
         d = effect.decision
         token = encode_token(TokenData(ref.execution_id, ref.run, d.seq, d.attempt, d.nonce))
         task = ActivityTask(
@@ -164,10 +183,13 @@ class EffectRunner:
             checkpoint=checkpoint or NULL,
             scheduled_at=effect.time,
         )
+        return task
+
+    async def _publish_work(self, ref: ExecutionRef, task: ActivityTask) -> asyncio.Future[Any]:
         return await self._conn.publish_nowait(
-            self._names.work(d.name),
+            self._names.work(task.name),
             codec.encode(task),
-            msg_id=f"{ref.execution_id}:{ref.run}:a:{d.seq}:{d.attempt}",
+            msg_id=f"{ref.execution_id}:{ref.run}:a:{task.seq}:{task.attempt}",
         )
 
     async def _pause_attempt(
@@ -243,7 +265,7 @@ class EffectRunner:
         subject = self._timers_prefix + self._key(ref, timer).key()
         return await self._conn.publish_nowait(subject, codec.encode(record), ttl=ttl)
 
-    async def _read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
+    async def read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
         stored = await self._conn.get_last(
             self._timers_stream, self._timers_prefix + self._key(ref, timer).key()
         )

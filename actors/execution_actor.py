@@ -60,8 +60,9 @@ from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_consumer import Delivery
 
 from .effect_runner import ExecutionRef
-from .effects import Effect
+from .effects import Effect, StartAttempt, record_timer
 from .instance import WorkflowInstance
+from .local_activities import HeldAck, LocalResult, attempt_id, spawner
 from .timers import TimerKey
 
 if TYPE_CHECKING:
@@ -79,9 +80,12 @@ class UnknownWorkflow(PerdureError):
     code = "workflow.unknown"
 
 
+Incoming = Delivery | LocalResult  # from the inbox, or an eager attempt's outcome from this process
+
+
 @dataclass(slots=True)
 class _Incoming:
-    delivery: Delivery
+    delivery: Incoming
     message: AnyInboxMessage
     event: InputEvent | None = None
     refusal: ApiError | None = None
@@ -95,7 +99,7 @@ class ExecutionActor:
         self.partition = partition
         self._services = services
         self._release = release
-        self.mailbox: list[Delivery] = []
+        self.mailbox: list[Incoming] = []
         self.busy = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -110,6 +114,7 @@ class ExecutionActor:
         self.blocked: str | None = None
         self._history_may_exist = False  # set after a conflict: never assume a fresh execution again
         self._bound_log: Any = None
+        self._hold: HeldAck | None = None  # the current step's inbox acks, if it started eager attempts
 
     @property
     def _log(self) -> Any:
@@ -125,7 +130,7 @@ class ExecutionActor:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def deliver(self, delivery: Delivery) -> None:
+    def deliver(self, delivery: Incoming) -> None:
         self.mailbox.append(delivery)
         if not self.busy:
             self.busy = True
@@ -142,7 +147,7 @@ class ExecutionActor:
             self.busy = False
             self._idle.set()
 
-    async def _handle(self, batch: list[Delivery]) -> None:
+    async def _handle(self, batch: list[Incoming]) -> None:
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
                 await self._step(batch)
@@ -168,15 +173,29 @@ class ExecutionActor:
                 return
         await self._nak(batch, delay=0.5)
 
-    async def _nak(self, batch: list[Delivery], *, delay: float) -> None:
+    async def _nak(self, batch: list[Incoming], *, delay: float) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.abandon()  # its deliveries are nak'd here; its attempts' outcomes settle nothing
         for delivery in batch:
             await delivery.nak(delay=delay)
-        self._release(len(batch))
+        self._release(_from_inbox(batch))
 
-    async def _done(self, batch: list[Delivery]) -> None:
-        for delivery in batch:
-            await delivery.ack()
-        self._release(len(batch))
+    async def _done(self, batch: list[Incoming]) -> None:
+        """The step is durable: ack its inbox messages; those of a step that started eager
+        attempts wait for their outcomes to be in history too (``HeldAck``)."""
+        hold, self._hold = self._hold, None
+        if hold is not None and hold.attempts:
+            # Outcomes in this batch pass their shares on to ``hold`` (its parents): the
+            # messages that scheduled them are acked with this step's own, at the chain's end.
+            for delivery in batch:
+                if isinstance(delivery, LocalResult):
+                    delivery.absorbed()
+            hold.step_done()
+        else:
+            for delivery in batch:
+                await delivery.ack()
+        self._release(_from_inbox(batch))
 
     def _forget(self) -> None:
         """Drop the in-memory state; the next step replays history."""
@@ -219,10 +238,10 @@ class ExecutionActor:
 
     # ------------------------------------------------------------------- one step
 
-    async def _step(self, batch: list[Delivery]) -> None:
+    async def _step(self, batch: list[Incoming]) -> None:
         incoming = await self._decode(batch)
         if not incoming:
-            self._release(len(batch))
+            self._release(_from_inbox(batch))
             return
         if not self._loaded:
             if isinstance(incoming[0].message, StartWorkflow) and not self._history_may_exist:
@@ -254,10 +273,16 @@ class ExecutionActor:
         candidates = [item.event for item in fresh if item.event is not None]
         activation = instance.activate(candidates, now)
         if activation.inputs or activation.decisions:
-            await self._append(now, activation, fresh)
+            eager = self._reserve_eager(activation.effects)
+            try:
+                await self._append(now, activation, fresh, eager)
+            except BaseException:
+                self._unreserve(eager)
+                raise
             assert self.ref is not None
             self.ref.history_length = instance.history_length
-            await self._services.effects.perform(self.ref, activation.effects)
+            hold = self._hold_for(batch) if eager else None
+            await self._services.effects.perform(self.ref, activation.effects, eager=eager, hold=hold)
         accepted = {id(event) for event in activation.inputs}
         await self._reply_all(fresh, accepted=accepted)
         if isinstance(instance.closing, WorkflowContinuedAsNew) and instance is self.instance:
@@ -277,9 +302,12 @@ class ExecutionActor:
             timers = self._services.timers
             await asyncio.gather(*[await timers.forget(key) for key in fired])
 
-    async def _decode(self, batch: list[Delivery]) -> list[_Incoming]:
+    async def _decode(self, batch: list[Incoming]) -> list[_Incoming]:
         out: list[_Incoming] = []
         for delivery in batch:
+            if isinstance(delivery, LocalResult):
+                out.append(_Incoming(delivery, delivery.message))
+                continue
             try:
                 message = codec.decode(
                     codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
@@ -292,13 +320,46 @@ class ExecutionActor:
             out.append(_Incoming(delivery, message))
         return out
 
-    async def _append(self, now: float, activation: Any, fresh: list[_Incoming]) -> None:
+    def _hold_for(self, batch: list[Incoming]) -> HeldAck:
+        """Whose acks wait for this step's eager attempts. A step that only absorbed outcomes
+        of one hold's attempts adds its own to that hold (a chain of eager attempts stays
+        under its first message's hold, however long); otherwise a new hold (``self._hold``,
+        settled by ``_done``) carries this step's inbox messages and the outcomes' holds."""
+        inbox = [d for d in batch if isinstance(d, Delivery)]
+        parents = [d.hold for d in batch if isinstance(d, LocalResult)]
+        if not inbox and parents and all(p is parents[0] for p in parents):
+            return parents[0]  # the outcomes are acked by _done, after this step's attempts joined
+        self._hold = HeldAck(inbox, parents, spawner(self._services.supervisor))
+        return self._hold
+
+    def _reserve_eager(self, effects: list[Effect]) -> list[int]:
+        """Activities whose new attempt will run here at once (slots taken now, before the
+        append that records them)."""
+        local = self._services.effects.local
+        if local is None:
+            return []
+        return [
+            effect.decision.seq
+            for effect in effects
+            if isinstance(effect, StartAttempt)
+            and local.reserve(effect.decision.name, effect.decision.options.heartbeat)
+        ]
+
+    def _unreserve(self, eager: list[int]) -> None:
+        local = self._services.effects.local
+        if local is not None and eager:
+            local.unreserve(len(eager))
+
+    async def _append(
+        self, now: float, activation: Any, fresh: list[_Incoming], eager: list[int] | None = None
+    ) -> None:
         step = HistoryStep(
             time=now,
             inputs=activation.inputs,
             decisions=activation.decisions,
-            absorbed=[item.delivery.stream_seq for item in fresh],
+            absorbed=[item.delivery.stream_seq for item in fresh if item.delivery.stream_seq],
             runtime=self._services.settings.name,
+            eager=eager or [],
         )
         ack = await self._services.conn.publish(
             self._services.names.history(self.execution_id),
@@ -435,6 +496,30 @@ class ExecutionActor:
     def _remember_absorbed(self, seq: int) -> None:
         self._absorbed[seq] = -1  # a redelivery needs no effects redone: the new run's step has them
 
+    async def _recover_eager(self, eager: dict[int, StartAttempt]) -> None:
+        """Attempts that started eagerly in the runtime that wrote them and are still open:
+        unless one runs here, that runtime is gone (or forgot them), so their work items go
+        out now (the ``Nats-Msg-Id`` of each makes a second copy harmless)."""
+        instance, local = self.instance, self._services.effects.local
+        assert instance is not None and self.ref is not None
+        lost = []
+        for seq, effect in eager.items():
+            state = instance.activities.get(seq)
+            attempt = effect.decision.attempt
+            if state is None or state.closed or state.waiting_retry or state.attempt != attempt:
+                continue
+            if local is not None and local.is_running(
+                attempt_id(self.execution_id, instance.run, seq, attempt)
+            ):
+                continue
+            record = await self._services.effects.read_record(self.ref, record_timer(seq, attempt))
+            if record is not None and record.started:
+                continue  # handed over with make_async(): its token holder finishes it
+            lost.append(effect)
+        if lost:
+            self._log.info("execution.eager_attempts_recovered", activities=[e.decision.seq for e in lost])
+            await self._services.effects.perform(self.ref, list(lost))
+
     async def _next_run(self, input: msgspec.Raw, *, start: StartWorkflow | None = None) -> None:
         """Start the next run of this execution (continue-as-new, or id reuse) on a fresh history.
 
@@ -529,10 +614,13 @@ class ExecutionActor:
         self.ref = ExecutionRef(
             self.execution_id, definition.name, started.run, self.partition, steps[0].time
         )
+        eager: dict[int, StartAttempt] = {}  # activity seq -> its latest eagerly started attempt
         try:
             for index, step in enumerate(steps):
                 activation = instance.activate(step.inputs, step.time, expected=step.decisions)
                 self._remember(index, step.absorbed, activation.effects)
+                if step.eager:
+                    eager.update(_started_attempts(activation.effects, step.eager))
         except NonDeterminismError as exc:
             self.blocked = str(exc)
             self._log.error("execution.nondeterministic", error=str(exc))
@@ -541,8 +629,23 @@ class ExecutionActor:
             instance.replaying = False
         self._last_seq, self._last_time = stored[-1].seq, steps[-1].time
         self.ref.history_length = instance.history_length
+        if eager and self.blocked is None:
+            await self._recover_eager(eager)
         if isinstance(instance.closing, WorkflowContinuedAsNew) and self.blocked is None:
             await self._next_run(instance.closing.input)  # the crash came before the next run began
+
+
+def _started_attempts(effects: list[Effect], seqs: list[int]) -> dict[int, StartAttempt]:
+    return {
+        effect.decision.seq: effect
+        for effect in effects
+        if isinstance(effect, StartAttempt) and effect.decision.seq in seqs
+    }
+
+
+def _from_inbox(batch: list[Incoming]) -> int:
+    """How many of ``batch`` came from the inbox consumer (and hold its credit)."""
+    return sum(1 for delivery in batch if isinstance(delivery, Delivery))
 
 
 def _last_run_start(steps: list[HistoryStep]) -> int:

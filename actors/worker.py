@@ -38,6 +38,7 @@ from .activity_actor import ActivityActor
 from .completion import CompletionService, HeartbeatService
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
+from .local_activities import LocalActivities, LocalResult, spawner
 from .ownership import PartitionOwnership
 from .registry import Registry
 from .timers import TimerService
@@ -88,6 +89,11 @@ class PartitionHost:
 
     def start(self) -> None:
         self._task = self._worker.services.supervisor.spawn(self._run(), name=f"partition:{self.partition}")
+
+    @property
+    def release(self) -> Callable[[int], None] | None:
+        """Gives inbox credit back to this partition's consumer (None when not consuming)."""
+        return self._consumer.release if self._consumer is not None else None
 
     async def _run(self) -> None:
         """Consume until stopped; on a failure (server restart, consumer lost) start over.
@@ -221,14 +227,22 @@ class Worker:
         )
         self._completion = CompletionService(conn, names, heartbeats)
         await self._completion.start()
+        activity_actors = {
+            name: ActivityActor(self.services, definition)
+            for name, definition in self.registry.activities.items()
+        }
         self._activity_intake = [
-            supervisor.spawn(
-                ActivityActor(self.services, definition).run(),
-                name=f"activities:{definition.name}",
-                critical=True,
-            )
-            for definition in self.registry.activities.values()
+            supervisor.spawn(actor.run(), name=f"activities:{name}", critical=True)
+            for name, actor in activity_actors.items()
         ]
+        if activity_actors and self.settings.eager_activities:
+            self.services.effects.local = LocalActivities(
+                activity_actors,
+                self._route_local,
+                spawner(supervisor),
+                self.settings.activity_concurrency,
+                heartbeats,
+            )
         if self._host_workflows and self.registry.workflows:
             self._ownership = PartitionOwnership(
                 conn, self.settings, on_acquire=self._acquire, on_release=self._release
@@ -373,6 +387,15 @@ class Worker:
             self._actors.pop(actor.execution_id, None)
 
     # ----------------------------------------------------------------- actor cache
+
+    def _route_local(self, execution_id: str, partition: int, result: LocalResult) -> None:
+        """An eager attempt's outcome goes to its execution's actor, if the partition is still ours."""
+        host = self._hosts.get(partition)
+        release = host.release if host is not None else None
+        if release is None:
+            result.drop()  # the partition moved: its next owner redoes the scheduling step
+            return
+        self.actor(execution_id, partition, release).deliver(result)
 
     def actor(self, execution_id: str, partition: int, release: Callable[[int], None]) -> ExecutionActor:
         actor = self._actors.get(execution_id)

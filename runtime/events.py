@@ -246,6 +246,9 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     ``time`` is the workflow clock for the step (epoch seconds). ``absorbed`` lists the
     inbox stream sequences the step consumed, so a redelivered inbox message is recognised.
     ``runtime`` names the runtime that wrote the step (for operators; replay ignores it).
+    ``eager`` lists the activities (seq) whose attempt scheduled in this step started in that
+    runtime without a work item (actors/local_activities.py): if the execution is loaded
+    elsewhere while such an attempt is still open, its work item is sent then.
     """
 
     time: float
@@ -253,3 +256,4 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     decisions: list[Decision] = []
     absorbed: list[int] = []
     runtime: str = ""
+    eager: list[int] = []

@@ -33,6 +33,9 @@ class Settings:
     lease_ttl: float = 3.0  # a dead runtime's partitions move after about this long
     cache_size: int = 10_000  # live executions kept in memory per runtime
     activity_concurrency: int = 64  # activity attempts running at once per runtime
+    # Attempts of activities hosted here start right after the step that schedules them,
+    # in this process (actors/local_activities.py); off: every attempt goes through the work stream.
+    eager_activities: bool = True
     marker_ttl: float = 3600.0  # how long timer expiry markers stay visible to a new owner
     history_warn_events: int = 10_000  # workflow.info().history_long turns true past this
 
@@ -43,6 +46,7 @@ class Settings:
             namespace=os.environ.get("PERDURE_NAMESPACE", "perdure"),
             replicas=_env_int("PERDURE_REPLICAS", 1),
             partitions=_env_int("PERDURE_PARTITIONS", 12),
+            eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
             **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from perdure import Client
 from perdure.runtime import codec
-from perdure.runtime.events import AnyEvent, HistoryStep
+from perdure.runtime.events import ActivityClosed, ActivityCompleted, AnyEvent, HistoryStep
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -145,3 +146,12 @@ async def watch_history(client: Client) -> AsyncIterator[HistoryWatch]:
     finally:
         task.cancel()
         await sub.stop()
+
+
+def assert_applied_once(events: list[object], execution_id: str) -> None:
+    """No activity result applied twice; every activity closed exactly once."""
+    completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
+    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
+    assert all(n == 1 for n in completed.values()), (execution_id, completed)
+    assert all(n == 1 for n in closed.values()), (execution_id, closed)
+    assert set(completed) == set(closed), execution_id

@@ -11,20 +11,11 @@ import pytest
 
 from perdure import Client, EmbeddedServer, Worker
 from perdure.runtime.embedded import free_port
-from perdure.runtime.events import ActivityClosed, ActivityCompleted, TimerStarted
+from perdure.runtime.events import TimerStarted
 from perdure.runtime.nats_client import StoredMessage
 
-from support import RuntimeProcess, watch_history
+from support import RuntimeProcess, assert_applied_once, watch_history
 from workflows import busy, busy_expected, sleeper, spread
-
-
-def assert_applied_once(events: list[object], execution_id: str) -> None:
-    """No activity result applied twice; every activity closed exactly once."""
-    completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
-    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
-    assert all(n == 1 for n in completed.values()), (execution_id, completed)
-    assert all(n == 1 for n in closed.values()), (execution_id, closed)
-    assert set(completed) == set(closed), execution_id
 
 
 async def test_sigkill_at_random_points_loses_nothing(

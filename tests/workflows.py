@@ -65,3 +65,23 @@ async def sleeper(seconds: float) -> float:
 @workflow
 async def spread(n: int) -> list[str]:
     return list(await asyncio.gather(*[runtime_name(n * 100 + i) for i in range(4)]))
+
+
+@activity  # no timeout: after a crash only the runtime's own recovery can run it again
+async def slow_double(x: int) -> int:
+    await asyncio.sleep(0.3)
+    return x * 2
+
+
+@workflow
+async def slow_chain(n: int) -> list[int]:
+    """Sequential activities without timeouts, then a parallel pair (eager attempts in flight
+    for most of the workflow's life)."""
+    a = await slow_double(n)
+    b = await slow_double(a)
+    pair = await asyncio.gather(slow_double(b), slow_double(b + 1))
+    return [a, b, *pair]
+
+
+def slow_chain_expected(n: int) -> list[int]:
+    return [2 * n, 4 * n, 8 * n, 2 * (4 * n + 1)]
