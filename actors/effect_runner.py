@@ -7,7 +7,9 @@ costs about one round trip for its effects whatever their number.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -64,6 +66,32 @@ class ExecutionRef:
     history_length: int = 0
 
 
+class Sent:
+    """A step's effects on their way: the writes sent (acks pending), and the purges, held
+    back until ``finish`` (the caller first lets the previous step's writes be stored: a
+    purge takes another path through the server than a put, and must not overtake the put
+    of the key it removes)."""
+
+    __slots__ = ("futures", "purges")
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+        self.purges: list[Callable[[], Awaitable[asyncio.Future[Any]]]] = []
+
+    def append(self, future: asyncio.Future[Any]) -> None:
+        self.futures.append(future)
+
+    def purge(self, send: Callable[[], Awaitable[asyncio.Future[Any]]]) -> None:
+        self.purges.append(send)
+
+    async def finish(self) -> None:
+        """Send the purges, then await every ack (raises the first failure)."""
+        for send in self.purges:
+            self.futures.append(await send())
+        if self.futures:
+            await asyncio.gather(*self.futures)
+
+
 class EffectRunner:
     def __init__(self, conn: Connection, names: Names, timers: TimerService) -> None:
         self._conn = conn
@@ -74,27 +102,36 @@ class EffectRunner:
         self._executions_prefix = f"$KV.{names.executions_bucket}."
         self.local: LocalActivities | None = None  # set by a worker that hosts activities
 
-    async def perform(
+    async def perform(self, ref: ExecutionRef, effects: list[Effect]) -> None:
+        """Send every effect, then await their acks."""
+        await (await self.send(ref, effects)).finish()
+
+    async def send(
         self,
         ref: ExecutionRef,
         effects: list[Effect],
         *,
         eager: list[int] | None = None,
         hold: HeldAck | None = None,
-    ) -> None:
-        """Send every effect, then await their acks. The attempts of the activities in
-        ``eager`` (slots reserved, recorded in the step) start here and now under ``hold``."""
-        futures: list[asyncio.Future[Any]] = []
+    ) -> Sent:
+        """Send every effect but the purges (``Sent.finish`` sends those and awaits all). The
+        attempts of the activities in ``eager`` (slots reserved, recorded in the step) start
+        here and now under ``hold``."""
+        out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
                 local = hold if eager and effect.decision.seq in eager else None
-                await self._start_attempt(ref, effect, futures, local)
+                await self._start_attempt(ref, effect, out, local)
             else:
-                await self._perform_one(ref, effect, futures)
-        if futures:
-            await asyncio.gather(*futures)
+                await self._perform_one(ref, effect, out)
+        return out
 
-    async def _perform_one(self, ref: ExecutionRef, effect: Effect, out: list[asyncio.Future[Any]]) -> None:
+    def forget_timers(self, keys: list[TimerKey], out: Sent) -> None:
+        """Purge timer keys with the step's other purges (fired timers, once absorbed)."""
+        for key in keys:
+            out.purge(functools.partial(self._timers.forget, key))
+
+    async def _perform_one(self, ref: ExecutionRef, effect: Effect, out: Sent) -> None:
         match effect:
             case StartAttempt():
                 await self._start_attempt(ref, effect, out, None)
@@ -105,7 +142,7 @@ class EffectRunner:
             case StartTimer():
                 out.append(await self._timers.put(self._key(ref, effect.timer), effect.fire_at))
             case CancelTimer():
-                out.append(await self._timers.forget(self._key(ref, effect.timer)))
+                out.purge(functools.partial(self._timers.forget, self._key(ref, effect.timer)))
             case UpdateIndex():
                 out.append(await self._update_index(ref, effect))
             case ObserveActivity():
@@ -132,7 +169,7 @@ class EffectRunner:
     # ---------------------------------------------------------------- activities
 
     async def _start_attempt(
-        self, ref: ExecutionRef, effect: StartAttempt, out: list[asyncio.Future[Any]], hold: HeldAck | None
+        self, ref: ExecutionRef, effect: StartAttempt, out: Sent, hold: HeldAck | None
     ) -> None:
         d = effect.decision
         options = d.options
@@ -141,7 +178,7 @@ class EffectRunner:
             # A retry: it resumes from the activity's checkpoint, and the previous attempt's
             # record goes (its late heartbeats learn from history that it is closed).
             checkpoint = await self._read_checkpoint(ref, d.seq)
-            out.append(await self._timers.forget(self._key(ref, effect.carry_from)))
+            out.purge(functools.partial(self._timers.forget, self._key(ref, effect.carry_from)))
         # No TTL yet: the heartbeat timer starts with the attempt's first heartbeat, which the
         # worker sends when it starts the attempt, so time spent queued is not silence.
         record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, observed=effect.observed())
@@ -150,9 +187,12 @@ class EffectRunner:
             # Its first heartbeat comes at once and needs the record: store that first.
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
             out.append(await self._publish_work(ref, task))
-        elif hold is not None and self.local is not None and self.local.start(task, ref.partition, hold):
+        elif hold is not None and self.local is not None:
             # Runs here and now (local_activities): the record and timers still go out.
-            out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
+            stored = await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None)
+            out.append(stored)
+            if not self.local.start(task, ref.partition, hold, stored):
+                out.append(await self._publish_work(ref, task))  # the runtime is stopping
         else:
             # The work item is the only write on the critical path: send it first.
             out.append(await self._publish_work(ref, task))
@@ -192,29 +232,22 @@ class EffectRunner:
             msg_id=f"{ref.execution_id}:{ref.run}:a:{task.seq}:{task.attempt}",
         )
 
-    async def _pause_attempt(
-        self, ref: ExecutionRef, effect: PauseAttempt, out: list[asyncio.Future[Any]]
-    ) -> None:
+    async def _pause_attempt(self, ref: ExecutionRef, effect: PauseAttempt, out: Sent) -> None:
         """The failed attempt's timers stop; the back-off timer starts. Its checkpoint stays in
         the activity's checkpoint key, which has no TTL, for the next attempt."""
         if effect.options.timeout is not None:
-            out.append(
-                await self._timers.forget(self._key(ref, timeout_timer(effect.seq, effect.failed_attempt)))
-            )
+            key = self._key(ref, timeout_timer(effect.seq, effect.failed_attempt))
+            out.purge(functools.partial(self._timers.forget, key))
         out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
 
-    async def _close_activity(
-        self, ref: ExecutionRef, effect: CloseActivity, out: list[asyncio.Future[Any]]
-    ) -> None:
+    async def _close_activity(self, ref: ExecutionRef, effect: CloseActivity, out: Sent) -> None:
         """Every key of the activity goes in one purge: its attempts' records, its timers and
         its checkpoint. Late heartbeats find no record and learn from history that it closed."""
         seq, attempt = effect.seq, effect.attempt
         armed = [timeout_timer(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
-        out.append(await self._timers.forget_activity(self._key(ref, f"a.{seq}"), armed))
+        out.purge(functools.partial(self._timers.forget_activity, self._key(ref, f"a.{seq}"), armed))
 
-    async def _observe(
-        self, ref: ExecutionRef, effect: ObserveActivity, out: list[asyncio.Future[Any]]
-    ) -> None:
+    async def _observe(self, ref: ExecutionRef, effect: ObserveActivity, out: Sent) -> None:
         """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""
         timer = record_timer(effect.seq, effect.attempt)
         subject = self._timers_prefix + self._key(ref, timer).key()

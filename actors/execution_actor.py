@@ -59,7 +59,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_consumer import Delivery
 
-from .effect_runner import ExecutionRef
+from .effect_runner import ExecutionRef, Sent
 from .effects import Effect, StartAttempt, record_timer
 from .instance import WorkflowInstance
 from .local_activities import HeldAck, LocalResult, attempt_id, spawner
@@ -115,6 +115,7 @@ class ExecutionActor:
         self._history_may_exist = False  # set after a conflict: never assume a fresh execution again
         self._bound_log: Any = None
         self._hold: HeldAck | None = None  # the current step's inbox acks, if it started eager attempts
+        self._settling: asyncio.Task[None] | None = None  # the last step's effects and acks, under way
 
     @property
     def _log(self) -> Any:
@@ -125,10 +126,13 @@ class ExecutionActor:
 
     @property
     def idle(self) -> bool:
-        return not self.busy and not self.mailbox
+        settling = self._settling is not None and not self._settling.done()
+        return not self.busy and not self.mailbox and not settling
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+        if self._settling is not None:
+            await asyncio.wait([self._settling])
 
     def deliver(self, delivery: Incoming) -> None:
         self.mailbox.append(delivery)
@@ -159,32 +163,59 @@ class ExecutionActor:
             except UnknownWorkflow as exc:
                 self._log.error("execution.unknown_workflow", error=str(exc))
                 self._forget()
-                await self._nak(batch, delay=5.0)
+                await self._nak(batch, delay=5.0, hold=self._take_hold())
                 return
             except (ConnectionLost, PerdureError) as exc:
                 self._log.warning("execution.step_failed", error=str(exc))
                 self._forget()
-                await self._nak(batch, delay=1.0)
+                await self._nak(batch, delay=1.0, hold=self._take_hold())
                 return
             except Exception:
                 self._log.exception("execution.step_crashed")
                 self._forget()
-                await self._nak(batch, delay=2.0)
+                await self._nak(batch, delay=2.0, hold=self._take_hold())
                 return
-        await self._nak(batch, delay=0.5)
+        await self._nak(batch, delay=0.5, hold=self._take_hold())
 
-    async def _nak(self, batch: list[Incoming], *, delay: float) -> None:
+    def _take_hold(self) -> HeldAck | None:
         hold, self._hold = self._hold, None
+        return hold
+
+    async def _nak(self, batch: list[Incoming], *, delay: float, hold: HeldAck | None) -> None:
         if hold is not None:
             hold.abandon()  # its deliveries are nak'd here; its attempts' outcomes settle nothing
         for delivery in batch:
             await delivery.nak(delay=delay)
         self._release(_from_inbox(batch))
 
-    async def _done(self, batch: list[Incoming]) -> None:
+    def _settle_later(self, batch: list[Incoming], sent: Sent) -> None:
+        """The step is in history and its writes are sent: the actor goes on to the next
+        step while a task waits for the acks (after the previous step's), then acks."""
+        hold, after = self._take_hold(), self._settling
+        try:
+            self._settling = self._services.supervisor.spawn(
+                self._settle(batch, hold, sent, after), name="settle"
+            )
+        except RuntimeError:  # stopping: unacked, the messages go to the partition's next owner
+            self._settling = None
+
+    async def _settle(
+        self, batch: list[Incoming], hold: HeldAck | None, sent: Sent, after: asyncio.Task[None] | None
+    ) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait([after])
+        try:
+            await sent.finish()
+        except PerdureError as exc:
+            # History has the step: its messages come back and their effects are redone.
+            self._log.warning("execution.effects_failed", error=str(exc))
+            await self._nak(batch, delay=1.0, hold=hold)
+            return
+        await self._done(batch, hold)
+
+    async def _done(self, batch: list[Incoming], hold: HeldAck | None) -> None:
         """The step is durable: ack its inbox messages; those of a step that started eager
         attempts wait for their outcomes to be in history too (``HeldAck``)."""
-        hold, self._hold = self._hold, None
         if hold is not None and hold.attempts:
             # Outcomes in this batch pass their shares on to ``hold`` (its parents): the
             # messages that scheduled them are acked with this step's own, at the chain's end.
@@ -255,7 +286,7 @@ class ExecutionActor:
             )
             for item in incoming:
                 await self._reply(item, blocked)
-            await self._nak(batch, delay=30.0)
+            await self._nak(batch, delay=30.0, hold=None)
             return
         fresh = await self._redo_duplicates(incoming)
         fresh = await self._start_new_runs(fresh)
@@ -266,8 +297,9 @@ class ExecutionActor:
             for item in fresh:
                 self._log.info("execution.message_for_unknown", type=type(item.message).__name__)
             await self._reply_all(fresh, accepted=set())
-            await self._forget_fired(incoming)
-            await self._done(batch)
+            sent = Sent()
+            self._services.effects.forget_timers(self._fired(incoming), sent)
+            self._settle_later(batch, sent)
             return
         now = max(time.time(), self._last_time)
         candidates = [item.event for item in fresh if item.event is not None]
@@ -282,25 +314,24 @@ class ExecutionActor:
             assert self.ref is not None
             self.ref.history_length = instance.history_length
             hold = self._hold_for(batch) if eager else None
-            await self._services.effects.perform(self.ref, activation.effects, eager=eager, hold=hold)
+            sent = await self._services.effects.send(self.ref, activation.effects, eager=eager, hold=hold)
+        else:
+            sent = Sent()
         accepted = {id(event) for event in activation.inputs}
         await self._reply_all(fresh, accepted=accepted)
         if isinstance(instance.closing, WorkflowContinuedAsNew) and instance is self.instance:
             await self._next_run(instance.closing.input)
-        await self._forget_fired(incoming)
-        await self._done(batch)
+        self._services.effects.forget_timers(self._fired(incoming), sent)
+        self._settle_later(batch, sent)
 
-    async def _forget_fired(self, incoming: list[_Incoming]) -> None:
-        """Purge the keys of the timers whose firings this step took in (applied, stale or
+    def _fired(self, incoming: list[_Incoming]) -> list[TimerKey]:
+        """The keys of the timers whose firings this step took in (applied, stale or
         duplicate): once the firing is in history, its expiry marker must not fire again."""
-        fired = [
+        return [
             TimerKey(self.partition, self.execution_id, item.message.run, item.message.timer)
             for item in incoming
             if isinstance(item.message, TimerExpired)
         ]
-        if fired:
-            timers = self._services.timers
-            await asyncio.gather(*[await timers.forget(key) for key in fired])
 
     async def _decode(self, batch: list[Incoming]) -> list[_Incoming]:
         out: list[_Incoming] = []
@@ -381,7 +412,9 @@ class ExecutionActor:
 
     async def _redo_duplicates(self, incoming: list[_Incoming]) -> list[_Incoming]:
         """A message already absorbed by a step came back: that step's effects may not have
-        happened (crash between append and ack), so perform them again, once per step."""
+        happened (crash between append and ack), so perform them again, once per step. So
+        are those of the steps after it that absorbed no inbox message (eager outcomes
+        only): their effects were covered by this message's held ack alone."""
         fresh: list[_Incoming] = []
         redone: set[int] = set()
         for item in incoming:
@@ -390,10 +423,19 @@ class ExecutionActor:
                 fresh.append(item)
                 continue
             if step_index not in redone and self.ref is not None:
-                redone.add(step_index)
-                await self._services.effects.perform(self.ref, self._step_effects.get(step_index, []))
+                for index in self._covered_by(step_index):
+                    redone.add(index)
+                    await self._services.effects.perform(self.ref, self._step_effects.get(index, []))
             await self._reply(item, ApiReply(ok=True))
         return fresh
+
+    def _covered_by(self, step_index: int) -> list[int]:
+        """``step_index`` and the steps right after it that absorbed no inbox message."""
+        absorbing = set(self._absorbed.values())
+        covered = [step_index]
+        while (following := covered[-1] + 1) in self._step_effects and following not in absorbing:
+            covered.append(following)
+        return covered
 
     # ------------------------------------------------------------- inbox -> inputs
 

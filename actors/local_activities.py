@@ -216,11 +216,14 @@ class LocalActivities:
         """Running here, or its outcome is on its way to the execution actor."""
         return attempt_id in self._running
 
-    def start(self, task: ActivityTask, partition: int, hold: HeldAck) -> bool:
-        """Start a reserved attempt; False (slot given back) if the runtime is stopping."""
+    def start(
+        self, task: ActivityTask, partition: int, hold: HeldAck, record_stored: asyncio.Future[Any]
+    ) -> bool:
+        """Start a reserved attempt; False (slot given back) if the runtime is stopping.
+        ``record_stored`` is the ack of the attempt's record put, sent just before."""
         attempt_id = _attempt_id(task)
         try:
-            self._spawn(self._run(task, partition, hold, attempt_id), f"eager:{attempt_id}")
+            self._spawn(self._run(task, partition, hold, attempt_id, record_stored), f"eager:{attempt_id}")
         except RuntimeError:
             self._free += 1
             return False
@@ -228,7 +231,14 @@ class LocalActivities:
         hold.add_attempt()
         return True
 
-    async def _run(self, task: ActivityTask, partition: int, hold: HeldAck, attempt_id: str) -> None:
+    async def _run(
+        self,
+        task: ActivityTask,
+        partition: int,
+        hold: HeldAck,
+        attempt_id: str,
+        record_stored: asyncio.Future[Any],
+    ) -> None:
         try:
             outcome = await self._actors[task.name].run_local(task)
         except BaseException:
@@ -239,8 +249,10 @@ class LocalActivities:
             self._free += 1
         if outcome is None:
             # Nothing to report: handed over (make_async), or its own deadline passed (the
-            # timeout timer reports it). Flag it started first, so that no recovery re-runs it.
+            # timeout timer reports it). Flag it started first, so that no recovery re-runs it
+            # (once its record is stored: the step's writes may still be on their way).
             try:
+                await record_stored
                 await self._heartbeats.mark_started(
                     TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
                 )

@@ -318,8 +318,8 @@ class Worker:
             task.cancel()
         if intake:
             await asyncio.wait(intake, timeout=timeout)
-        prefix = f"{self.services.supervisor.name}:activity:"
-        running = {t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()}
+        prefixes = (f"{self.services.supervisor.name}:activity:", f"{self.services.supervisor.name}:eager:")
+        running = {t for t in asyncio.all_tasks() if t.get_name().startswith(prefixes) and not t.done()}
         if running:
             log.info("runtime.finishing_activities", runtime=self.settings.name, attempts=len(running))
             await asyncio.wait(running, timeout=timeout)
