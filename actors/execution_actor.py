@@ -74,6 +74,7 @@ REPLY_HEADER = "Perdure-Reply"
 _KEPT_STEP_EFFECTS = 64
 _KEPT_ABSORBED = 4096
 _MAX_CONFLICT_RETRIES = 5
+DORMANT_HORIZON = 30.0  # seconds: an execution with nothing of its own due sooner is not cached
 
 
 class UnknownWorkflow(PerdureError):
@@ -93,12 +94,18 @@ class _Incoming:
 
 class ExecutionActor:
     def __init__(
-        self, services: WorkerServices, execution_id: str, partition: int, release: Callable[[int], None]
+        self,
+        services: WorkerServices,
+        execution_id: str,
+        partition: int,
+        release: Callable[[int], None],
+        on_dormant: Callable[[ExecutionActor], None] = lambda actor: None,
     ) -> None:
         self.execution_id = execution_id
         self.partition = partition
         self._services = services
         self._release = release
+        self._on_dormant = on_dormant
         self.mailbox: list[Incoming] = []
         self.busy = False
         self._idle = asyncio.Event()
@@ -150,6 +157,17 @@ class ExecutionActor:
         finally:
             self.busy = False
             self._idle.set()
+        self._maybe_dormant()
+
+    def _maybe_dormant(self) -> None:
+        """An idle execution with nothing due for a while leaves the cache (its history
+        replays when a timer or a message wakes it): a workflow waiting a week holds no
+        memory here but its timer."""
+        instance = self.instance
+        if instance is None or not self.idle:
+            return
+        if instance.dormant(time.time(), DORMANT_HORIZON):
+            self._on_dormant(self)
 
     async def _handle(self, batch: list[Incoming]) -> None:
         for _ in range(_MAX_CONFLICT_RETRIES):
@@ -212,6 +230,9 @@ class ExecutionActor:
             await self._nak(batch, delay=1.0, hold=hold)
             return
         await self._done(batch, hold)
+        if self._settling is asyncio.current_task():
+            self._settling = None
+            self._maybe_dormant()
 
     async def _done(self, batch: list[Incoming], hold: HeldAck | None) -> None:
         """The step is durable: ack its inbox messages; those of a step that started eager

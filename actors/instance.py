@@ -126,6 +126,18 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
     def cancel_requested(self) -> bool:
         return self._cancel_requested
 
+    def dormant(self, now: float, horizon: float) -> bool:
+        """Nothing of its own will happen within ``horizon`` seconds: closed, or waiting only
+        for timers due later (or for outside messages: signals, cancellation). Open
+        activities and children keep it awake."""
+        if self.closed:
+            return True
+        if any(not a.closed for a in self.activities.values()):
+            return False
+        if any(not c.closed for c in self.children.values()):
+            return False
+        return all(handle.when() > now + horizon for handle in self._timers.values())
+
     def activate(
         self, inputs: list[InputEvent], time: float, *, expected: list[Decision] | None = None
     ) -> Activation:

@@ -400,12 +400,16 @@ class Worker:
     def actor(self, execution_id: str, partition: int, release: Callable[[int], None]) -> ExecutionActor:
         actor = self._actors.get(execution_id)
         if actor is None:
-            actor = ExecutionActor(self.services, execution_id, partition, release)
+            actor = ExecutionActor(self.services, execution_id, partition, release, self._forget_dormant)
             self._actors[execution_id] = actor
             self._evict()
         else:
             self._actors.move_to_end(execution_id)
         return actor
+
+    def _forget_dormant(self, actor: ExecutionActor) -> None:
+        if self._actors.get(actor.execution_id) is actor:
+            del self._actors[actor.execution_id]
 
     def _evict(self) -> None:
         """Drop the least recently used idle actors beyond ``cache_size``.
@@ -423,7 +427,13 @@ class Worker:
 
     @property
     def cached_executions(self) -> int:
+        """Executions held in memory (dormant and evicted ones are replayed when woken)."""
         return len(self._actors)
+
+    async def wait_quiet(self) -> None:
+        """Until every cached execution has finished its steps and their acks."""
+        while busy := [a for a in self._actors.values() if not a.idle]:
+            await asyncio.wait([asyncio.ensure_future(a.wait_idle()) for a in busy])
 
 
 def _fields(settings: Settings) -> dict[str, Any]:

@@ -244,3 +244,26 @@ async def test_queries_read_live_state_without_writing_history(settings: Setting
 
 def signals_of(events: list[object]) -> list[object]:
     return [e for e in events if isinstance(e, SignalReceived)]
+
+
+async def test_waiting_executions_leave_the_cache_and_wake_on_signals(
+    settings: Settings, client: Client
+) -> None:
+    """An execution with nothing of its own due (here: waiting for signals) is not kept in
+    memory; a query or a signal replays it where it was."""
+    async with Worker([tally], settings=settings) as worker:
+        async with watch_history(client) as watch:
+            handles = [await client.start(tally, 2, id=f"dormant-{i}") for i in range(20)]
+            await watch.wait_for(lambda w: all(w.events(h.id) for h in handles))
+        await worker.wait_quiet()
+        assert worker.cached_executions == 0
+        await handles[0].signal("add", 5)
+        assert await handles[0].query("total") == 5
+        for handle in handles:
+            await handle.signal("add", 1)
+        for handle in handles[1:]:
+            await handle.signal("add", 2)
+        results = await asyncio.gather(*[h.result(timeout=30) for h in handles])
+        await worker.wait_quiet()
+        assert worker.cached_executions == 0  # closed executions are not kept either
+    assert results == [6] + [3] * 19
