@@ -270,10 +270,16 @@ class CompletionService:
             await self._answer(reply, error_reply(exc))
 
     async def _require_execution(self, execution_id: str) -> None:
+        """The execution exists: its index entry says so, or else its history does. (The
+        index is written with a step's effects, after the append: an eager activity can hand
+        its token over, and be completed, before the entry is stored.)"""
         index = await self._conn.get_last(
             self._executions_stream, f"$KV.{self._names.executions_bucket}.{execution_id}"
         )
-        if index is None:
+        if index is not None:
+            return
+        history = await self._conn.get_last(self._names.history_stream, self._names.history(execution_id))
+        if history is None:
             raise ExecutionNotFound(f"no execution {execution_id!r}")
 
     async def _forward(

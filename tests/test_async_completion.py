@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from activity_workflows import GONE, approval, approve, impatient, late_answer, patient, stubborn, tokens
 
-from perdure import ActivityClosed, Client, InvalidPayload, Settings, Worker
+from perdure import ActivityClosed, Client, ExecutionNotFound, InvalidPayload, Settings, Worker
 from perdure.runtime.events import (
     ActivityCancelRequested,
     ActivityCompleted,
@@ -319,3 +319,23 @@ async def test_a_heartbeat_before_the_attempts_record_is_stored_is_told_it_is_op
         assert await handle.result(timeout=10) == "approved"
         late = await client.heartbeat_activity(next_attempt)  # now it is closed in history
         assert (late.closed, late.cancel_requested) == (True, False)
+
+
+async def test_a_completion_needs_history_not_the_index_entry(settings: Settings, client: Client) -> None:
+    """The executions index is written with a step's effects, after its append: an eager
+    activity may hand its token over, and be completed, before the entry is stored. The
+    completion service goes by history, the source of truth (here: the entry is removed)."""
+    async with Worker([approval, approve], settings=settings):
+        handle = await client.start(approval, "budget", id="unindexed")
+        token = await next_token("unindexed")
+        names = client.names
+        purge = {"filter": f"$KV.{names.executions_bucket}.unindexed"}
+        await client.conn.request(
+            f"$JS.API.STREAM.PURGE.KV_{names.executions_bucket}", json.dumps(purge).encode()
+        )
+        await client.complete_activity(token, True)
+        assert await handle.result(timeout=10) == "approved"
+        # Neither index entry nor history: still refused.
+        unknown = msgspec.structs.replace(decode_token(token), execution_id="unknown-one")
+        with pytest.raises(ExecutionNotFound, match="unknown-one"):
+            await client.complete_activity(encode_token(unknown), True)
