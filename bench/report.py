@@ -18,11 +18,11 @@ PEER_NAMES = ("temporal", "restate", "dbos")
 # history append, a work publish and a result publish = 3, so 10 activities = 33.
 # Async completion: completion -> inbox, history append, KV put = 3. A heartbeat: one KV put.
 # Change these if Perdure's event model differs; the floor column follows.
-# Perdure (checked against stream sequences, bench/README.md "Perdure"): its critical path is
-# exactly these sequential writes, because each step's effects are pipelined (one round trip).
-# In all it persists more: 12 messages per 1-activity workflow (+8 per further activity, 5 of
-# them timer-KV writes), and a heartbeat is a direct get + a KV put; the throughput and
-# heartbeat floors below stay the minimal design's, the target to approach.
+# Perdure (checked against stream sequences, bench/README.md "Perdure"): with eager attempts
+# its critical path is shorter than this (start, append, append, index put: no work publish, no
+# result publish); in all it stores 7 messages per 1-activity workflow (+3 per further
+# activity), and a heartbeat is a direct get + a KV put. The floors below stay the minimal
+# work-stream design's.
 WRITES = {"wf1": 6, "wf10": 33, "async_completion": 3, "heartbeat": 1}
 
 
