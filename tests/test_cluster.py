@@ -35,14 +35,14 @@ from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.runtime import codec
 from perdure.runtime.embedded import find_nats_server
 from perdure.runtime.errors import ExecutionNotFound
-from perdure.runtime.events import ActivityClosed, ActivityCompleted, HistoryStep, TimerStarted
+from perdure.runtime.events import HistoryStep, TimerStarted
 from perdure.runtime.nats_admin import ensure_consumer, ensure_stream
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.nats_consumer import PullConsumer
 from perdure.runtime.provision import Provisioner
 
 from nats_cluster import http_status, rewrite_cluster
-from support import TESTS_DIR, RuntimeProcess, watch_history
+from support import TESTS_DIR, RuntimeProcess, assert_applied_once, watch_history
 from workflows import busy, busy_expected, sleeper
 
 WORKFLOWS = 100
@@ -110,14 +110,6 @@ async def nats_cluster(
 
 
 # ------------------------------------------------------------------------- checks
-
-
-def assert_applied_once(events: list[object], execution_id: str) -> None:
-    completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
-    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
-    assert all(n == 1 for n in completed.values()), (execution_id, completed)
-    assert all(n == 1 for n in closed.values()), (execution_id, closed)
-    assert set(completed) == set(closed), execution_id
 
 
 async def explain(client: Client, handles: list, runtimes: list[RuntimeProcess]) -> None:

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.actors.ownership import assign
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityClosed, ActivityCompleted, ActivityScheduled
+from perdure.runtime.events import ActivityScheduled
 from perdure.runtime.naming import partition_of
 
-from support import TESTS_DIR, RuntimeProcess
+from support import TESTS_DIR, RuntimeProcess, assert_applied_once
 from workflows import busy, busy_expected, double
 
 PARTITIONS = 12
@@ -114,15 +114,6 @@ async def watch_cluster(client: Client) -> AsyncIterator[ClusterWatch]:
 
 
 # ------------------------------------------------------------------------- checks
-
-
-def assert_applied_once(events: list[object], execution_id: str) -> None:
-    """No activity result applied twice; every activity closed exactly once."""
-    completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
-    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
-    assert all(n == 1 for n in completed.values()), (execution_id, completed)
-    assert all(n == 1 for n in closed.values()), (execution_id, closed)
-    assert set(completed) == set(closed), execution_id
 
 
 async def assert_nothing_stuck(client: Client, handles: list, live: set[str]) -> None:
