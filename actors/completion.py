@@ -70,13 +70,17 @@ class HeartbeatService:
         self._timers_stream = f"KV_{names.timers_bucket}"
         self._timers_prefix = f"$KV.{names.timers_bucket}."
 
-    async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
+    def _record_key(self, token: TokenData) -> TimerKey:
+        """The key of the attempt's record (its heartbeat timer)."""
         partition = partition_of(token.execution_id, self._partitions)
-        key = TimerKey(partition, token.execution_id, token.run, record_timer(token.seq, token.attempt))
+        return TimerKey(partition, token.execution_id, token.run, record_timer(token.seq, token.attempt))
+
+    async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
+        key = self._record_key(token)
         subject = self._timers_prefix + key.key()
         for _ in range(5):
             stored = await self._conn.get_last(self._timers_stream, subject)
-            if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+            if stored is None or not stored.is_value:
                 return await self._no_record(token, expired=stored is not None)
             record = codec.decode(codec.activity_record, stored.data, what="activity record")
             if record.nonce != token.nonce:
@@ -104,16 +108,10 @@ class HeartbeatService:
     async def mark_started(self, token: TokenData) -> None:
         """Flag the attempt's record ``started`` (an eager attempt handed its token over with
         ``make_async()``: a runtime recovering lost eager attempts must leave it alone)."""
-        key = TimerKey(
-            partition_of(token.execution_id, self._partitions),
-            token.execution_id,
-            token.run,
-            record_timer(token.seq, token.attempt),
-        )
-        subject = self._timers_prefix + key.key()
+        subject = self._timers_prefix + self._record_key(token).key()
         for _ in range(5):
             stored = await self._conn.get_last(self._timers_stream, subject)
-            if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+            if stored is None or not stored.is_value:
                 return  # closed already (its keys are purged)
             record = codec.decode(codec.activity_record, stored.data, what="activity record")
             if record.started or record.closed:
@@ -127,14 +125,10 @@ class HeartbeatService:
 
     async def attempt_started(self, token: TokenData) -> bool:
         """Whether a worker started this attempt (armed its heartbeat timer), or it closed."""
-        key = TimerKey(
-            partition_of(token.execution_id, self._partitions),
-            token.execution_id,
-            token.run,
-            record_timer(token.seq, token.attempt),
+        stored = await self._conn.get_last(
+            self._timers_stream, self._timers_prefix + self._record_key(token).key()
         )
-        stored = await self._conn.get_last(self._timers_stream, self._timers_prefix + key.key())
-        if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+        if stored is None or not stored.is_value:
             return True  # expired (its timer fired) or gone: not ours to run
         record = codec.decode(codec.activity_record, stored.data, what="activity record")
         return record.started or record.closed

@@ -252,7 +252,7 @@ class EffectRunner:
         timer = record_timer(effect.seq, effect.attempt)
         subject = self._timers_prefix + self._key(ref, timer).key()
         stored = await self._conn.get_last(self._timers_stream, subject)
-        if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+        if stored is None or not stored.is_value:
             return  # its StartAttempt is in flight in this same step, and carries the flag
         record = codec.activity_record.decode(stored.data)
         if record.observed or record.closed:
@@ -302,7 +302,7 @@ class EffectRunner:
         stored = await self._conn.get_last(
             self._timers_stream, self._timers_prefix + self._key(ref, timer).key()
         )
-        if stored is None or not stored.data or stored.headers.get("Nats-Marker-Reason"):
+        if stored is None or not stored.is_value:
             return None
         try:
             return codec.activity_record.decode(stored.data)
@@ -312,12 +312,7 @@ class EffectRunner:
     async def _read_checkpoint(self, ref: ExecutionRef, seq: int) -> msgspec.Raw | None:
         subject = self._timers_prefix + self._key(ref, checkpoint_key(seq)).key()
         stored = await self._conn.get_last(self._timers_stream, subject)
-        if (
-            stored is None
-            or not stored.data
-            or stored.headers.get("Nats-Marker-Reason")
-            or stored.data == b"null"
-        ):
+        if stored is None or not stored.is_value or stored.data == b"null":
             return None
         return msgspec.Raw(stored.data)
 

@@ -324,7 +324,7 @@ class PartitionOwnership:
 
 
 def _decode(msg: StoredMessage | None) -> Lease | None:
-    if msg is None or not msg.data or msg.headers.get("Nats-Marker-Reason"):
+    if msg is None or not msg.is_value:
         return None
     try:
         return codec.lease.decode(msg.data)

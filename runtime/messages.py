@@ -131,7 +131,7 @@ class ActivityRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
     It is stored without a TTL when the attempt is scheduled; the worker's first heartbeat
     arms it, and every heartbeat re-puts it, resetting the TTL. Details (the checkpoint) go
-        to the activity's ``...a.<seq>.cp`` key (30-day TTL), so they survive a timeout. When the
+    to the activity's ``...a.<seq>.cp`` key (30-day TTL), so they survive a timeout. When the
     activity closes, the execution actor purges every key of the activity; a late heartbeat
     then finds no record and learns from history that the attempt is closed (or cancelled).
     ``closed`` is only read: records written by earlier versions.

@@ -75,6 +75,11 @@ class StoredMessage:
     headers: dict[str, str] = field(default_factory=dict)
     time: str = ""
 
+    @property
+    def is_value(self) -> bool:
+        """A value: not an empty delete/purge entry, not the server's expiry marker."""
+        return bool(self.data) and "Nats-Marker-Reason" not in self.headers
+
 
 class SequenceConflict(HistoryConflict):
     """An append with an expected last sequence lost the race."""
@@ -305,42 +310,48 @@ class Connection:
         ttl: float | None = None,
     ) -> asyncio.Future[Ack]:
         """Send a JetStream publish; the returned future resolves with its ack."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Ack] = loop.create_future()
-        self._ack_counter += 1
-        token = str(self._ack_counter).encode()
-        handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
-        self._acks[token] = (fut, subject, handle, False)
         hdrs = _headers(headers, msg_id, expected_last_subject_seq, ttl)
-        try:
-            await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=hdrs)
-        except Exception:
-            self._acks.pop(token, None)
-            handle.cancel()
-            with map_errors(f"publish to {subject}"):
-                raise
-        return fut
+        return await self._send_expecting_reply(
+            subject, data, headers=hdrs, about=subject, purge=False, what=f"publish to {subject}"
+        )
 
     async def purge_nowait(self, stream: str, subject: str) -> asyncio.Future[int]:
         """Remove every message of ``subject`` (wildcards allowed) from ``stream``; the future
         resolves with how many went. Unlike a KV delete or a TTL expiry, a purge leaves no
         tombstone and no delete marker behind (measured on nats-server 2.15)."""
+        return await self._send_expecting_reply(
+            f"$JS.API.STREAM.PURGE.{stream}",
+            msgspec.json.encode({"filter": subject}),
+            headers=None,
+            about=subject,
+            purge=True,
+            what=f"purge {subject}",
+        )
+
+    async def _send_expecting_reply(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None,
+        about: str,
+        purge: bool,
+        what: str,
+    ) -> asyncio.Future[Any]:
+        """Send with a reply subject of the ack mux; the future resolves when ``_on_ack``
+        routes the reply (or fails after ``ack_timeout``)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._ack_counter += 1
         token = str(self._ack_counter).encode()
         handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
-        self._acks[token] = (fut, subject, handle, True)
+        self._acks[token] = (fut, about, handle, purge)
         try:
-            await self._nc.publish(
-                f"$JS.API.STREAM.PURGE.{stream}",
-                msgspec.json.encode({"filter": subject}),
-                reply=(self._ack_prefix + token).decode(),
-            )
+            await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
             self._acks.pop(token, None)
             handle.cancel()
-            with map_errors(f"purge {subject}"):
+            with map_errors(what):
                 raise
         return fut
 
