@@ -3,48 +3,89 @@
     from perdure import workflow, activity, ActivityContext, make_async, sleep, Client
 
 This facade re-exports the public API of ``perdure.actors`` (authoring, runtime) and
-``perdure.client`` (services). A service that only starts executions can import
-``perdure.client`` alone and never load the replay engine.
+``perdure.client`` (services). It loads lazily (a module ``__getattr__``, PEP 562): a name
+is imported from its home module on first use, so ``import perdure.client`` in a service
+never loads the replay engine in ``perdure.actors`` (``tests/test_boundaries.py`` checks).
 """
 
-from perdure.actors import (
-    ActivityContext,
-    ActivityGone,
-    ActivityHandle,
-    ChildHandle,
-    HeartbeatStatus,
-    Worker,
-    WorkflowInfo,
-    activity,
-    make_async,
-    sleep,
-    workflow,
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the static view for type checkers and IDEs; at run time see __getattr__
+    from perdure.actors import (
+        ActivityContext,
+        ActivityGone,
+        ActivityHandle,
+        ChildHandle,
+        HeartbeatStatus,
+        Worker,
+        WorkflowInfo,
+        activity,
+        make_async,
+        sleep,
+        workflow,
+    )
+    from perdure.client import Client, ExecutionDescription, WorkflowHandle
+    from perdure.runtime import (
+        ActivityCancelled,
+        ActivityClosed,
+        ActivityError,
+        ActivityTimeout,
+        ChildWorkflowError,
+        ConfigurationError,
+        ConnectionLost,
+        EmbeddedServer,
+        ExecutionAlreadyExists,
+        ExecutionNotFound,
+        HeartbeatTimeout,
+        InvalidPayload,
+        InvalidToken,
+        NonDeterminismError,
+        PayloadTooLarge,
+        PerdureError,
+        RemoteError,
+        RetryPolicy,
+        Settings,
+        WorkflowCancelled,
+        WorkflowFailed,
+        WorkflowTerminated,
+        WorkflowTimedOut,
+    )
+
+_ACTORS = (
+    "ActivityContext",
+    "ActivityGone",
+    "ActivityHandle",
+    "ChildHandle",
+    "HeartbeatStatus",
+    "Worker",
+    "WorkflowInfo",
+    "activity",
+    "make_async",
+    "sleep",
+    "workflow",
 )
-from perdure.client import Client, ExecutionDescription, WorkflowHandle
-from perdure.runtime import (
-    ActivityCancelled,
-    ActivityClosed,
-    ActivityError,
-    ActivityTimeout,
-    ChildWorkflowError,
-    ConfigurationError,
-    ConnectionLost,
-    EmbeddedServer,
-    ExecutionAlreadyExists,
-    ExecutionNotFound,
-    HeartbeatTimeout,
-    InvalidPayload,
-    InvalidToken,
-    NonDeterminismError,
-    PerdureError,
-    RemoteError,
-    RetryPolicy,
-    Settings,
-    WorkflowCancelled,
-    WorkflowFailed,
-    WorkflowTerminated,
-    WorkflowTimedOut,
-)
+_CLIENT = ("Client", "ExecutionDescription", "WorkflowHandle")
+_HOME: dict[str, str] = {
+    **dict.fromkeys(_ACTORS, "perdure.actors"),
+    **dict.fromkeys(_CLIENT, "perdure.client"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name, "perdure.runtime" if name in __all__ else None)
+    if module is None:
+        raise AttributeError(f"module 'perdure' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 
@@ -70,6 +111,7 @@ __all__ = [
     "InvalidPayload",
     "InvalidToken",
     "NonDeterminismError",
+    "PayloadTooLarge",
     "PerdureError",
     "RemoteError",
     "RetryPolicy",

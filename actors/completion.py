@@ -40,14 +40,20 @@ from perdure.runtime.events import (
     WorkflowStarted,
     WorkflowTerminated,
 )
-from perdure.runtime.messages import ActivityProgress, ActivityResult, ApiError, ApiReply, SignalWorkflow
+from perdure.runtime.messages import (
+    REPLY_HEADER,
+    ActivityProgress,
+    ActivityResult,
+    ApiError,
+    ApiReply,
+    SignalWorkflow,
+)
 from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, Subscription
 from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
 
 from .effects import CHECKPOINT_TTL, record_timer
-from .execution_actor import REPLY_HEADER
 from .timers import TimerKey
 
 log = structlog.get_logger("perdure.completion")

@@ -43,6 +43,7 @@ from perdure.runtime.events import (
     WorkflowStarted,
 )
 from perdure.runtime.messages import (
+    REPLY_HEADER,
     ActivityProgress,
     ActivityResult,
     AnyInboxMessage,
@@ -70,7 +71,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("perdure.execution")
 
-REPLY_HEADER = "Perdure-Reply"
 _KEPT_STEP_EFFECTS = 64
 _KEPT_ABSORBED = 4096
 _MAX_CONFLICT_RETRIES = 5

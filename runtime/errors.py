@@ -4,6 +4,7 @@
     ├── ConfigurationError               "config.invalid"
     ├── ConnectionLost                   "nats.unavailable"
     ├── InvalidPayload                   "payload.invalid"
+    │   └── PayloadTooLarge              "payload.too_large"
     ├── InvalidToken                     "token.invalid"
     ├── ExecutionNotFound                "execution.not_found"
     ├── ExecutionAlreadyExists           "execution.exists"
@@ -80,6 +81,18 @@ class ConnectionLost(PerdureError):
 
 class InvalidPayload(PerdureError):
     code = "payload.invalid"
+
+
+class PayloadTooLarge(InvalidPayload):
+    """A payload (input, result, signal, checkpoint, request body) does not fit in one NATS
+    message once its envelope and headers are counted; ``size`` and ``limit`` are in bytes."""
+
+    code = "payload.too_large"
+
+    def __init__(self, message: str = "", *, size: int = 0, limit: int = 0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.size = size
+        self.limit = limit
 
 
 class InvalidToken(PerdureError):
@@ -169,6 +182,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         ConfigurationError,
         ConnectionLost,
         InvalidPayload,
+        PayloadTooLarge,
         InvalidToken,
         ExecutionNotFound,
         ExecutionAlreadyExists,

@@ -14,6 +14,11 @@ from .errors import ErrorInfo
 from .events import ActivityOptions
 from .rawjson import NULL
 
+# A header on an inbox message: the core-NATS subject where the execution actor answers
+# once the message is absorbed (or refused), so a request (a token completion, a signal)
+# is answered only when its outcome is in history.
+REPLY_HEADER = "Perdure-Reply"
+
 # ------------------------------------------------------------------------------- inbox
 
 

@@ -1,0 +1,35 @@
+"""Payload size limits: what fits in one NATS message once the envelope is counted.
+
+nats-server refuses a message whose payload plus headers exceeds its ``max_payload``
+(1 MiB by default) and *closes the connection* that sent it; nats-py refuses one whose
+payload alone exceeds it before sending. Both are faults far from their cause, so every
+entry point checks the user's payload against ``payload_limit(max_payload)`` first and
+raises ``PayloadTooLarge`` naming the size, the limit and what was too large.
+
+The reserve covers Perdure's envelope around a user payload: the JSON of an inbox message
+or history step, the token, the ``Nats-Msg-Id``/``Perdure-Reply``/JetStream headers.
+"""
+
+from __future__ import annotations
+
+from .errors import PayloadTooLarge
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
+ENVELOPE_RESERVE = 16 * 1024  # bytes kept for Perdure's envelope and headers
+
+
+def payload_limit(max_payload: int | None) -> int:
+    """The largest user payload accepted, given the server's ``max_payload``."""
+    server = max_payload if max_payload and max_payload > 0 else DEFAULT_MAX_PAYLOAD
+    return max(server - ENVELOPE_RESERVE, 1024)
+
+
+def check_size(size: int, limit: int, *, what: str) -> None:
+    """Raise ``PayloadTooLarge`` if ``size`` bytes of ``what`` exceed ``limit``."""
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{what} is {size} bytes; the limit is {limit} bytes "
+            f"(the NATS server's max_payload less {ENVELOPE_RESERVE} bytes of envelope)",
+            size=size,
+            limit=limit,
+        )
