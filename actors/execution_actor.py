@@ -23,10 +23,14 @@ import structlog
 from perdure.runtime import codec
 from perdure.runtime.errors import (
     ConnectionLost,
+    ErrorInfo,
+    ExecutionBlocked,
     HistoryConflict,
+    HistoryUnreadable,
     InvalidPayload,
     NonDeterminismError,
     PerdureError,
+    UnknownWorkflow,
 )
 from perdure.runtime.events import (
     ActivityCompleted,
@@ -60,6 +64,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_consumer import Delivery
 
+from . import blocked as poison
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect, StartAttempt, record_timer
 from .instance import WorkflowInstance
@@ -75,10 +80,6 @@ _KEPT_STEP_EFFECTS = 64
 _KEPT_ABSORBED = 4096
 _MAX_CONFLICT_RETRIES = 5
 DORMANT_HORIZON = 30.0  # seconds: an execution with nothing of its own due sooner is not cached
-
-
-class UnknownWorkflow(PerdureError):
-    code = "workflow.unknown"
 
 
 Incoming = Delivery | LocalResult  # from the inbox, or an eager attempt's outcome from this process
@@ -178,19 +179,22 @@ class ExecutionActor:
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget()
                 self._history_may_exist = True
-            except UnknownWorkflow as exc:
-                self._log.error("execution.unknown_workflow", error=str(exc))
+            except (UnknownWorkflow, HistoryUnreadable, ExecutionBlocked) as exc:
+                # Poison (actors/blocked.py): parked in <NS>_DEAD, never retried in a loop.
                 self._forget()
-                await self._nak(batch, delay=5.0, hold=self._take_hold())
+                await self._park(batch, exc.to_info())
                 return
             except (ConnectionLost, PerdureError) as exc:
                 self._log.warning("execution.step_failed", error=str(exc))
                 self._forget()
                 await self._nak(batch, delay=1.0, hold=self._take_hold())
                 return
-            except Exception:
+            except Exception as exc:
                 self._log.exception("execution.step_crashed")
                 self._forget()
+                if poison.crashed_too_often(batch):  # Poison (actors/blocked.py): BLOCKED, parked
+                    await self._park(batch, poison.crash_reason(exc))
+                    return
                 await self._nak(batch, delay=2.0, hold=self._take_hold())
                 return
         await self._nak(batch, delay=0.5, hold=self._take_hold())
@@ -204,6 +208,16 @@ class ExecutionActor:
             hold.abandon()  # its deliveries are nak'd here; its attempts' outcomes settle nothing
         for delivery in batch:
             await delivery.nak(delay=delay)
+        self._release(_from_inbox(batch))
+
+    async def _park(self, batch: list[Incoming], reason: ErrorInfo) -> None:
+        """Poison (actors/blocked.py): park ``batch`` in <NS>_DEAD (acked out of the inbox, so a
+        blocked execution holds no consumer slot), or end the execution if it holds a terminate."""
+        hold = self._take_hold()
+        if hold is not None:
+            hold.abandon()
+        if await self._services.blocked.park(self.execution_id, self.partition, batch, reason):
+            self._forget()
         self._release(_from_inbox(batch))
 
     def _settle_later(self, batch: list[Incoming], sent: Sent) -> None:
@@ -301,13 +315,10 @@ class ExecutionActor:
             else:
                 await self._load()
         if self.blocked is not None:
-            # Keep the messages (a fixed deployment applies them) and say why nothing happens.
-            blocked = ApiReply(
-                ok=False, error=ApiError(code="workflow.nondeterministic", message=self.blocked)
-            )
-            for item in incoming:
-                await self._reply(item, blocked)
-            await self._nak(batch, delay=30.0, hold=None)
+            # Poison (actors/blocked.py): park the messages (a fixed deployment gets them back),
+            # answer why nothing happens; a terminate ends the execution.
+            reason = NonDeterminismError(self.blocked).to_info()
+            await self._park(batch, msgspec.structs.replace(reason, retryable=False))
             return
         fresh = await self._redo_duplicates(incoming)
         fresh = await self._start_new_runs(fresh)
@@ -365,9 +376,10 @@ class ExecutionActor:
                     codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
                 )
             except InvalidPayload as exc:
-                # Not something Perdure wrote: keep it out of the way, say why.
-                self._log.error("execution.bad_inbox_message", error=str(exc))
-                await delivery.term()
+                # Poison (actors/dead_letters.py): not something Perdure wrote: dead-lettered.
+                await self._services.blocked.dead.poison(
+                    delivery, execution_id=self.execution_id, reason=exc.to_info()
+                )
                 continue
             out.append(_Incoming(delivery, message))
         return out
@@ -650,12 +662,20 @@ class ExecutionActor:
         services = self._services
         subject = services.names.history(self.execution_id)
         stored = await services.conn.read_subject(services.names.history_stream, subject)
+        if not stored:
+            await services.blocked.check(self.execution_id)  # Poison: a blocked start is parked
         self._loaded = True
         if not stored:
             return
-        steps = [
-            codec.decode(codec.history_step, s.data, what=f"history of {self.execution_id}") for s in stored
-        ]
+        try:
+            steps = [
+                codec.decode(codec.history_step, s.data, what=f"history of {self.execution_id}")
+                for s in stored
+            ]
+        except InvalidPayload as exc:  # Poison (actors/blocked.py): BLOCKED, unless terminated since
+            if self._closed_while_blocked(stored):
+                return
+            raise HistoryUnreadable(exc.message) from None
         first = _last_run_start(steps)
         if first > 0:
             # A new run began but the old run's steps were not purged yet (crash in between).
@@ -667,10 +687,14 @@ class ExecutionActor:
             )
             steps = steps[first:]
         started = steps[0].inputs[0] if steps[0].inputs else None
+        if not isinstance(started, WorkflowStarted) and not self._closed_while_blocked(stored):
+            raise HistoryUnreadable(f"history of {self.execution_id} does not begin with workflow.started")
         if not isinstance(started, WorkflowStarted):
-            raise InvalidPayload(f"history of {self.execution_id} does not begin with workflow.started")
+            return
         definition = services.registry.workflow(started.workflow)
         if definition is None:
+            if self._closed_while_blocked(stored):  # Poison: terminated while not hosted
+                return
             raise UnknownWorkflow(f"workflow {started.workflow!r} is not hosted by this runtime")
         instance = WorkflowInstance(definition, self.execution_id, run=started.run)
         self.instance = instance
@@ -685,6 +709,8 @@ class ExecutionActor:
                 if step.eager:
                     eager.update(_started_attempts(activation.effects, step.eager))
         except NonDeterminismError as exc:
+            if self._closed_while_blocked(stored):  # Poison (actors/blocked.py): terminated since
+                return
             self.blocked = str(exc)
             self._log.error("execution.nondeterministic", error=str(exc))
             await services.effects.mark_blocked(self.ref, str(exc))
@@ -696,6 +722,15 @@ class ExecutionActor:
             await self._recover_eager(eager)
         if isinstance(instance.closing, WorkflowContinuedAsNew) and self.blocked is None:
             await self._next_run(instance.closing.input)  # the crash came before the next run began
+
+    def _closed_while_blocked(self, stored: list[Any]) -> bool:
+        """Poison (actors/blocked.py): a run terminated while blocked loads closed, without its code."""
+        closed = poison.closed_run(stored, self.execution_id, self.partition, self._services.registry)
+        if closed is None:
+            return False
+        self.instance, self.ref = closed
+        self._last_seq, self._loaded = stored[-1].seq, True
+        return True
 
 
 def _started_attempts(effects: list[Effect], seqs: list[int]) -> dict[int, StartAttempt]:

@@ -35,13 +35,16 @@ from perdure.runtime.settings import Settings
 from perdure.runtime.supervisor import Supervisor
 
 from .activity_actor import ActivityActor
+from .blocked import BlockedExecutions
 from .completion import CompletionService, HeartbeatService
+from .dead_letters import DeadLetters
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
 from .local_activities import LocalActivities, LocalResult, spawner
 from .ownership import PartitionOwnership
 from .registry import Registry
 from .timers import TimerService
+from .unhosted_work import UnhostedWork
 
 log = structlog.get_logger("perdure.worker")
 
@@ -76,6 +79,7 @@ class WorkerServices:
     effects: EffectRunner
     timers: TimerService
     heartbeats: HeartbeatService
+    blocked: BlockedExecutions  # poison messages: parked in <NS>_DEAD, resumed (actors/blocked.py)
 
 
 class PartitionHost:
@@ -224,6 +228,7 @@ class Worker:
             effects=EffectRunner(conn, names, timers),
             timers=timers,
             heartbeats=heartbeats,
+            blocked=BlockedExecutions(conn, names, self.settings, self.registry, DeadLetters(conn, names)),
         )
         self._completion = CompletionService(conn, names, heartbeats)
         await self._completion.start()
@@ -250,6 +255,7 @@ class Worker:
             timers.set_ownership(self._ownership.owns)
             await self._first_tick(self._ownership)
             supervisor.spawn(self._ownership.run(), name="ownership", critical=True)
+        supervisor.spawn(UnhostedWork(conn, names).run(), name="unhosted-work")  # poison: visible
         self.ready.set()
         log.info(
             "runtime.started",
@@ -354,6 +360,8 @@ class Worker:
         host = PartitionHost(self, partition)
         self._hosts[partition] = host
         host.start()
+        # Poison (actors/blocked.py): blocked executions of this partition get their messages back.
+        self.services.supervisor.spawn(self.services.blocked.resume(partition), name=f"resume:{partition}")
 
     async def _release(self, partition: int) -> None:
         host = self._hosts.pop(partition, None)

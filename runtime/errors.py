@@ -10,6 +10,10 @@
     ├── ExecutionAlreadyExists           "execution.exists"
     ├── ActivityClosed                   "activity.closed"
     ├── NonDeterminismError              "workflow.nondeterministic"
+    ├── UnknownWorkflow                  "workflow.unknown"   (no runtime here hosts it: BLOCKED)
+    ├── HistoryUnreadable                "history.invalid"    (a stored step does not decode: BLOCKED)
+    ├── StepCrashed                      "step.crashed"       (a step crashed on every delivery: BLOCKED)
+    ├── ExecutionBlocked                 "execution.blocked"  (carries the reason it is BLOCKED)
     ├── WorkflowFailed                   "workflow.failed"
     │   ├── WorkflowCancelled            "workflow.cancelled"
     │   ├── WorkflowTerminated           "workflow.terminated"
@@ -115,6 +119,39 @@ class NonDeterminismError(PerdureError):
     code = "workflow.nondeterministic"
 
 
+class UnknownWorkflow(PerdureError):
+    """A start names a workflow this runtime does not host; the execution is BLOCKED (its
+    messages parked in ``<NS>_DEAD``) until a runtime that hosts it takes its partition."""
+
+    code = "workflow.unknown"
+
+
+class HistoryUnreadable(PerdureError):
+    """A step stored on the execution's history subject does not decode (or the history does
+    not begin with ``workflow.started``): the execution is BLOCKED, never retried in a loop."""
+
+    code = "history.invalid"
+
+
+class StepCrashed(PerdureError):
+    """The execution's step raised on every one of several deliveries of the same message."""
+
+    code = "step.crashed"
+
+
+class ExecutionBlocked(PerdureError):
+    """The execution is BLOCKED; ``info`` is the reason (its code is the reason's code)."""
+
+    code = "execution.blocked"
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message, type=info.type)
+        self.info = info
+
+    def to_info(self) -> ErrorInfo:
+        return self.info
+
+
 class WorkflowFailed(PerdureError):
     """The execution ended in failure; ``cause`` is the error the workflow raised."""
 
@@ -188,6 +225,9 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         ExecutionAlreadyExists,
         ActivityClosed,
         NonDeterminismError,
+        UnknownWorkflow,
+        HistoryUnreadable,
+        StepCrashed,
         WorkflowFailed,
         WorkflowCancelled,
         WorkflowTerminated,

@@ -1,0 +1,399 @@
+"""BlockedExecutions: an execution that cannot run parks its messages, shows why, and can end.
+
+An execution is BLOCKED when its start names a workflow this runtime does not host
+(``UnknownWorkflow``), when a step on its history subject does not decode
+(``HistoryUnreadable``), when its code no longer replays its history
+(``NonDeterminismError``), or when its step crashed on ``MAX_STEP_CRASHES`` deliveries of
+the same message (``StepCrashed``). Then, for every message it gets:
+
+- a terminate ends it at once, without running workflow code: one history step records it
+  (with the parked start first, if it never started), the index says TERMINATED, a parent
+  hears of it, and its parked messages are dropped;
+- anything else is parked in ``<NS>_DEAD`` (actors/dead_letters.py) and only then acked out
+  of the inbox, so a blocked execution holds no inbox consumer slot and loses nothing; a
+  request waiting for it is answered with the reason;
+- the index entry says BLOCKED with the reason (written, and logged, once: when it becomes
+  BLOCKED or the reason changes).
+
+A runtime that takes a partition (``resume``) sends the parked messages of its blocked
+executions back to the inbox, in order, when it may be able to run them: it hosts the
+workflow, or (other reasons) it is new code. Messages that history already absorbed (a
+step crashed after its append) are not sent again.
+
+Why not retry in place: each retry held an inbox slot (a nak with a delay stays pending),
+so 5,000 starts of an unknown workflow stopped every other execution of the runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from perdure.runtime import codec
+from perdure.runtime.errors import (
+    ErrorInfo,
+    ExecutionBlocked,
+    PerdureError,
+    StepCrashed,
+    UnknownWorkflow,
+    info_from_exception,
+)
+from perdure.runtime.events import (
+    HistoryStep,
+    InputEvent,
+    TerminateRequested,
+    WorkflowStarted,
+    WorkflowTerminated,
+)
+from perdure.runtime.messages import (
+    DEAD_CODE,
+    DEAD_STREAM_SEQ,
+    DEAD_WORKFLOW,
+    REPLY_HEADER,
+    AnyInboxMessage,
+    ApiError,
+    ApiReply,
+    ChildResult,
+    ExecutionRecord,
+    StartWorkflow,
+    TerminateWorkflow,
+)
+from perdure.runtime.naming import Names
+from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.settings import Settings
+
+from .dead_letters import DeadLetters, original_headers
+from .definitions import WorkflowDefinition
+from .effect_runner import ExecutionRef
+from .instance import WorkflowInstance
+from .registry import Registry
+
+log = structlog.get_logger("perdure.blocked")
+
+# Deliveries of one message whose step crashed before the execution is BLOCKED. Crashes are
+# nak'd with a 2 s delay, so this is about 8 s of retries: enough for a transient fault.
+MAX_STEP_CRASHES = 5
+
+
+def crashed_too_often(batch: Sequence[Any]) -> bool:
+    return any(delivery.num_delivered >= MAX_STEP_CRASHES for delivery in batch)
+
+
+def crash_reason(exc: BaseException) -> ErrorInfo:
+    info = info_from_exception(exc)
+    return msgspec.structs.replace(
+        info,
+        code=StepCrashed.code,
+        message=f"the step crashed on {MAX_STEP_CRASHES} deliveries: {type(exc).__name__}: {exc}",
+        retryable=False,
+    )
+
+
+class BlockedExecutions:
+    def __init__(
+        self, conn: Connection, names: Names, settings: Settings, registry: Registry, dead: DeadLetters
+    ) -> None:
+        self._conn = conn
+        self._names = names
+        self._settings = settings
+        self._registry = registry
+        self.dead = dead
+        self._index_prefix = f"$KV.{names.executions_bucket}."
+        self._index_stream = f"KV_{names.executions_bucket}"
+
+    # ------------------------------------------------------------------ the actor's side
+
+    async def check(self, execution_id: str) -> None:
+        """An execution without history is BLOCKED if the index says so (its start is parked)."""
+        record = await self._record(execution_id)
+        if record is not None and record.status == "BLOCKED" and record.error is not None:
+            raise ExecutionBlocked(record.error)
+
+    async def park(self, execution_id: str, partition: int, batch: Sequence[Any], reason: ErrorInfo) -> bool:
+        """Park ``batch`` (or end the execution if it holds a terminate). True if it ended.
+
+        On a NATS failure nothing is acked: the batch is nak'd and comes back.
+        """
+        try:
+            messages = [await self._message(execution_id, d) for d in batch]
+            terminate = next((m for m in messages if isinstance(m, TerminateWorkflow)), None)
+            if terminate is not None:
+                await self._terminate(execution_id, partition, batch, messages, terminate)
+                return True
+            await self._park_all(execution_id, partition, batch, messages, reason)
+        except PerdureError as exc:
+            log.warning("execution.park_failed", execution_id=execution_id, error=str(exc))
+            for delivery in batch:
+                await delivery.nak(delay=1.0)
+        return False
+
+    async def _message(self, execution_id: str, delivery: Any) -> AnyInboxMessage | None:
+        message = getattr(delivery, "message", None)  # an eager attempt's outcome is decoded
+        if message is not None:
+            return message  # type: ignore[no-any-return]
+        try:
+            return codec.decode(codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}")
+        except PerdureError as exc:
+            await self.dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())
+            return None
+
+    async def _park_all(
+        self,
+        execution_id: str,
+        partition: int,
+        batch: Sequence[Any],
+        messages: list[AnyInboxMessage | None],
+        reason: ErrorInfo,
+    ) -> None:
+        record = await self._record(execution_id)
+        start = next((m for m in messages if isinstance(m, StartWorkflow)), None)
+        workflow = start.workflow if start is not None else record.workflow if record is not None else ""
+        kept = [(d, m) for d, m in zip(batch, messages, strict=True) if m is not None]
+        for delivery, _ in kept:
+            await self.dead.park(
+                delivery, partition=partition, execution_id=execution_id, reason=reason, workflow=workflow
+            )
+        if (
+            record is None
+            or record.status != "BLOCKED"
+            or record.error is None
+            or record.error.code != reason.code
+        ):
+            await self._put(_blocked_record(execution_id, workflow, record, reason))
+            log.warning(
+                "execution.blocked",
+                execution_id=execution_id,
+                workflow=workflow,
+                code=reason.code,
+                error=reason.message,
+            )
+        refusal = ApiReply(ok=False, error=ApiError(code=reason.code, message=reason.message))
+        for delivery, _ in kept:
+            await self._reply(delivery, refusal)
+            await delivery.ack()
+
+    async def _terminate(
+        self,
+        execution_id: str,
+        partition: int,
+        batch: Sequence[Any],
+        messages: list[AnyInboxMessage | None],
+        terminate: TerminateWorkflow,
+    ) -> None:
+        """End a blocked execution without its code: one step in history, then the index."""
+        subject = self._names.history(execution_id)
+        last = await self._conn.get_last(self._names.history_stream, subject)
+        start = next((m for m in messages if isinstance(m, StartWorkflow)), None)
+        inputs: list[InputEvent] = [TerminateRequested(reason=terminate.reason)]
+        if last is None:  # it never started: its start is parked (or in this batch)
+            start = start or await self._parked_start(execution_id, partition)
+            if start is not None:
+                inputs.insert(0, _started(start))
+        now = time.time()
+        step = HistoryStep(
+            time=now,
+            inputs=inputs,
+            decisions=[WorkflowTerminated(reason=terminate.reason)],
+            absorbed=[d.stream_seq for d in batch if d.stream_seq],
+            runtime=self._settings.name,
+        )
+        await self._conn.publish(
+            subject, codec.encode(step), expected_last_subject_seq=last.seq if last else 0
+        )
+        record = await self._record(execution_id)
+        error = ErrorInfo(
+            code="workflow.terminated",
+            type="WorkflowTerminated",
+            message=terminate.reason or "terminated",
+            retryable=False,
+        )
+        workflow = start.workflow if start is not None else record.workflow if record is not None else ""
+        await self._put(
+            ExecutionRecord(
+                execution_id=execution_id,
+                workflow=workflow,
+                status="TERMINATED",
+                run=record.run if record is not None else 1,
+                started_at=record.started_at if record is not None else now,
+                closed_at=now,
+                error=error,
+                history_length=len(inputs) + 1,
+            )
+        )
+        if start is not None and start.parent:
+            child = ChildResult(run=start.parent_run, seq=start.parent_seq, status="TERMINATED", error=error)
+            await self._conn.publish(
+                self._names.inbox(start.parent), codec.encode(child), msg_id=f"{execution_id}:1:closed"
+            )
+        await self.dead.forget_parked(partition, execution_id)
+        log.info("execution.terminated_while_blocked", execution_id=execution_id, reason=terminate.reason)
+        closed = ApiReply(
+            ok=False, error=ApiError(code="activity.closed", message="the execution was terminated")
+        )
+        for delivery, message in zip(batch, messages, strict=True):
+            if message is not terminate:
+                await self._reply(delivery, closed)
+            elif REPLY_HEADER in delivery.headers:
+                await self._reply(delivery, ApiReply(ok=True))
+            await delivery.ack()
+
+    async def _parked_start(self, execution_id: str, partition: int) -> StartWorkflow | None:
+        for stored in await self.dead.read_parked(partition, execution_id):
+            try:
+                message = codec.inbox_message.decode(stored.data)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(message, StartWorkflow):
+                return message
+        return None
+
+    # ------------------------------------------------------------------ the runtime's side
+
+    async def resume(self, partition: int) -> int:
+        """Send the parked messages of ``partition``'s blocked executions back to the inbox,
+        for those this runtime may run; returns how many executions were resumed."""
+        try:
+            blocked = await self.dead.parked_in(partition)
+        except PerdureError as exc:
+            log.warning("blocked.scan_failed", partition=partition, error=str(exc))
+            return 0
+        resumed = 0
+        for last in blocked:
+            execution_id = last.subject.rsplit(".", 1)[1]
+            code, workflow = last.headers.get(DEAD_CODE, ""), last.headers.get(DEAD_WORKFLOW, "")
+            if code == UnknownWorkflow.code and self._registry.workflow(workflow) is None:
+                continue  # still not hosted here: it stays parked, nothing logged again
+            try:
+                await self._resume_one(execution_id, partition)
+                resumed += 1
+            except PerdureError as exc:
+                log.warning("execution.resume_failed", execution_id=execution_id, error=str(exc))
+        return resumed
+
+    async def _resume_one(self, execution_id: str, partition: int) -> None:
+        parked = await self.dead.read_parked(partition, execution_id)
+        if not parked:
+            return
+        absorbed = await self._absorbed(execution_id)
+        record = await self._record(execution_id)
+        if record is not None and record.status == "BLOCKED":
+            # RUNNING again; its owner blocks it again (once) if it still cannot run.
+            await self._put(msgspec.structs.replace(record, status="RUNNING", error=None))
+        sent = 0
+        for stored in parked:
+            if int(stored.headers.get(DEAD_STREAM_SEQ, "0") or 0) in absorbed:
+                continue  # already in history (its step crashed after the append)
+            await self._conn.publish(
+                self._names.inbox(execution_id),
+                stored.data,
+                headers=original_headers(stored),
+                msg_id=f"resume:{stored.seq}",
+            )
+            sent += 1
+        await self.dead.forget_parked(partition, execution_id, through_seq=parked[-1].seq)
+        log.info("execution.resumed", execution_id=execution_id, messages=sent)
+
+    async def _absorbed(self, execution_id: str) -> set[int]:
+        out: set[int] = set()
+        for stored in await self._conn.read_subject(
+            self._names.history_stream, self._names.history(execution_id)
+        ):
+            try:
+                out.update(codec.history_step.decode(stored.data).absorbed)
+            except msgspec.DecodeError:
+                continue
+        return out
+
+    # ------------------------------------------------------------------ index and replies
+
+    async def _record(self, execution_id: str) -> ExecutionRecord | None:
+        stored = await self._conn.get_last(self._index_stream, self._index_prefix + execution_id)
+        if stored is None or not stored.is_value:
+            return None
+        try:
+            return codec.execution_record.decode(stored.data)
+        except msgspec.DecodeError:
+            return None
+
+    async def _put(self, record: ExecutionRecord) -> None:
+        await self._conn.publish(self._index_prefix + record.execution_id, codec.encode(record))
+
+    async def _reply(self, delivery: Any, reply: ApiReply) -> None:
+        subject = delivery.headers.get(REPLY_HEADER)
+        if subject:
+            await self._conn.publish_core(subject, codec.encode(reply))
+
+
+# ---------------------------------------------------------------------- loading a closed run
+
+
+def closed_run(
+    stored: list[StoredMessage], execution_id: str, partition: int, registry: Registry
+) -> tuple[WorkflowInstance, ExecutionRef] | None:
+    """A run that cannot be replayed (not hosted, undecodable, nondeterministic) but whose
+    last step terminated it loads as closed, without running its code: messages to it are
+    then handled as for any closed execution (ignored; a new run may start)."""
+    try:
+        last = codec.history_step.decode(stored[-1].data)
+    except msgspec.DecodeError:
+        return None
+    closing = next((d for d in last.decisions if isinstance(d, WorkflowTerminated)), None)
+    if closing is None:
+        return None
+    started, started_at = _last_start(stored)
+    workflow = started.workflow if started is not None else ""
+    run = started.run if started is not None else 1
+    definition = registry.workflow(workflow) or _unhosted(workflow)
+    instance = WorkflowInstance(definition, execution_id, run=run)
+    instance.started, instance.closing = started, closing
+    return instance, ExecutionRef(execution_id, workflow, run, partition, started_at or last.time)
+
+
+def _last_start(stored: list[StoredMessage]) -> tuple[WorkflowStarted | None, float]:
+    for message in reversed(stored):
+        try:
+            step = codec.history_step.decode(message.data)
+        except msgspec.DecodeError:
+            continue
+        if step.inputs and isinstance(step.inputs[0], WorkflowStarted):
+            return step.inputs[0], step.time
+    return None, 0.0
+
+
+def _unhosted(name: str) -> WorkflowDefinition[Any, Any]:
+    """Stands in for a workflow this runtime does not host, in a run that is closed (a new
+    run of it fails at once, saying so)."""
+
+    async def unhosted() -> None:
+        raise UnknownWorkflow(f"workflow {name!r} is not hosted by this runtime")
+
+    definition: WorkflowDefinition[Any, Any] = WorkflowDefinition(unhosted, name="unhosted")
+    definition.name = name
+    return definition
+
+
+def _started(start: StartWorkflow) -> WorkflowStarted:
+    return WorkflowStarted(
+        workflow=start.workflow,
+        input=start.input,
+        parent=start.parent,
+        parent_run=start.parent_run,
+        parent_seq=start.parent_seq,
+        timeout=start.timeout,
+    )
+
+
+def _blocked_record(
+    execution_id: str, workflow: str, record: ExecutionRecord | None, reason: ErrorInfo
+) -> ExecutionRecord:
+    if record is not None:
+        return msgspec.structs.replace(
+            record, workflow=workflow or record.workflow, status="BLOCKED", error=reason, closed_at=None
+        )
+    return ExecutionRecord(
+        execution_id=execution_id, workflow=workflow, status="BLOCKED", started_at=time.time(), error=reason
+    )

@@ -1,0 +1,254 @@
+"""Poison messages (issue 10, item 2): whatever cannot be processed is parked in ``<NS>_DEAD``
+and shows a visible status; nothing loops, nothing holds the inbox, nothing is lost.
+
+- a start of a workflow no runtime hosts: BLOCKED with the reason, its messages parked (not
+  held by the inbox consumer), ``terminate`` ends it, deploying the code resumes it;
+- an inbox message that does not decode: parked with the reason, the subject and its data;
+- garbage on a history subject: BLOCKED with the reason, no retry loop, ``terminate`` ends it;
+- a step that crashes again and again: BLOCKED after a few deliveries, resumed by a redeploy;
+- work for an activity no runtime hosts: a warning naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from perdure import Client, Settings, Worker, WorkflowTerminated, activity, workflow
+from perdure.actors.instance import WorkflowInstance
+from perdure.runtime.events import TerminateRequested
+from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
+from perdure.runtime.nats_client import StoredMessage
+
+from support import RuntimeProcess
+
+
+@activity
+async def add_one(x: int) -> int:
+    return x + 1
+
+
+@workflow
+async def plain(x: int) -> int:
+    return await add_one(x)
+
+
+@workflow
+async def later(x: int) -> int:
+    """Deployed only by the second runtime of the deploy test; waits for a signal sent while blocked."""
+    extra = await workflow.wait_signal("extra", type=int)
+    return await add_one(x + extra)
+
+
+@workflow
+async def waits(x: int) -> int:
+    return x + await workflow.wait_signal("go", type=int)
+
+
+async def _blocked(client: Client, execution_id: str, timeout: float = 20.0) -> Any:
+    """The execution's description once it shows BLOCKED (the index is watched, not polled)."""
+    async with asyncio.timeout(timeout):
+        async for description in client.get_handle(execution_id).watch():
+            if description.status == "BLOCKED":
+                return description
+    raise AssertionError("unreachable")
+
+
+async def _dead(client: Client, subject: str) -> list[StoredMessage]:
+    return await client.conn.read_subject(f"{client.names.namespace.upper()}_DEAD", subject)
+
+
+async def _inbox_count(client: Client) -> int:
+    js = client.conn.raw.jetstream()
+    info = await js.stream_info(client.names.inbox_stream)
+    return info.state.messages
+
+
+@pytest.fixture
+async def dead_letters(client: Client) -> AsyncIterator[asyncio.Queue[StoredMessage]]:
+    """Everything stored on ``<ns>.dead.>`` as it is published (a core subscription)."""
+    sub, messages = await client.conn.subscribe(f"{client.names.namespace}.dead.>")
+    await client.conn.flush()
+    queue: asyncio.Queue[StoredMessage] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for message in messages:
+            queue.put_nowait(message)
+
+    task = asyncio.ensure_future(pump())
+    yield queue
+    task.cancel()
+    await sub.stop()
+
+
+# ------------------------------------------------------------------ unknown workflow
+
+
+async def test_unknown_workflow_is_blocked_visibly_and_terminate_ends_it(
+    settings: Settings, client: Client, dead_letters: asyncio.Queue[StoredMessage]
+) -> None:
+    async with Worker([plain, add_one], settings=settings):
+        handle = await client.start("not_deployed", 7, id="ghost-1")
+        with pytest.raises(TimeoutError):
+            await handle.result(timeout=1.0)
+        description = await _blocked(client, "ghost-1")
+        assert description.workflow == "not_deployed"
+        assert description.error is not None and description.error.code == "workflow.unknown"
+        assert "not_deployed" in description.error.message
+        listed = await client.list_executions(status="BLOCKED")
+        assert [d.execution_id for d in listed] == ["ghost-1"]
+
+        parked = await asyncio.wait_for(dead_letters.get(), 10)
+        assert parked.headers["Perdure-Dead-Execution"] == "ghost-1"
+        assert parked.headers["Perdure-Dead-Code"] == "workflow.unknown"
+        assert parked.headers["Perdure-Dead-Subject"].endswith(".ghost-1")
+        assert b'"not_deployed"' in parked.data
+        assert await _inbox_count(client) == 0  # acked out of the inbox once parked
+
+        await handle.terminate("never deployed")
+        with pytest.raises(WorkflowTerminated, match="never deployed"):
+            await handle.result(timeout=10)
+        events = await handle.history()
+        assert any(isinstance(e, TerminateRequested) for e in events)
+        assert isinstance(events[-1], TerminatedEvent)
+        assert (await handle.describe()).status == "TERMINATED"
+        # Ended: its parked messages are gone, and later messages to it do not block it again.
+        assert await _dead(client, f"{client.names.namespace}.dead.parked.*.ghost-1") == []
+        await handle.signal("late", 1)
+        await handle.terminate("again")
+        assert await client.start(plain, 1, id="after-ghost") is not None
+        assert await client.get_handle("after-ghost").result(timeout=20) == 2
+        assert (await handle.describe()).status == "TERMINATED"
+
+
+async def test_unknown_starts_do_not_starve_normal_workflows(settings: Settings, client: Client) -> None:
+    """5,000 starts of an unknown workflow used to hold every inbox slot (0 of 6 finished)."""
+    async with Worker([plain, add_one], settings=settings):
+        ids = [f"ghost-{i}" for i in range(5000)]
+        for chunk in range(0, len(ids), 500):
+            await asyncio.gather(*(client.start("not_deployed", 0, id=i) for i in ids[chunk : chunk + 500]))
+        began = time.monotonic()
+        handles = [await client.start(plain, i, id=f"normal-{i}") for i in range(6)]
+        results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+        elapsed = time.monotonic() - began
+        assert results == [i + 1 for i in range(6)]
+        print(f"6 normal workflows finished {elapsed:.2f} s after 5,000 unknown starts")
+        assert elapsed < 30
+        last = await _blocked(client, ids[-1], timeout=60)
+        assert last.error.code == "workflow.unknown"
+
+
+async def test_deploying_the_workflow_resumes_blocked_executions(
+    settings: Settings, client: Client, dead_letters: asyncio.Queue[StoredMessage]
+) -> None:
+    async with Worker([plain, add_one], settings=settings):
+        handle = await client.start(later, 10, id="early-1")
+        await _blocked(client, "early-1")
+        await handle.signal("extra", 5)  # parked too, after the start
+        parked = [await asyncio.wait_for(dead_letters.get(), 10) for _ in range(2)]
+        assert [b'"start"' in p.data for p in parked] == [True, False]
+    async with Worker([plain, later, add_one], settings=settings):
+        assert await handle.result(timeout=20) == 16
+    assert (await handle.describe()).status == "COMPLETED"
+    assert await _dead(client, f"{client.names.namespace}.dead.parked.*.early-1") == []
+
+
+# ----------------------------------------------------------------- undecodable inbox
+
+
+async def test_undecodable_inbox_message_is_dead_lettered(
+    settings: Settings, client: Client, dead_letters: asyncio.Queue[StoredMessage]
+) -> None:
+    async with Worker([plain, add_one], settings=settings):
+        await client.conn.publish(
+            client.names.inbox("junk-1"), b"\x00 not json", headers={"X-Origin": "test"}
+        )
+        parked = await asyncio.wait_for(dead_letters.get(), 10)
+        assert parked.subject == f"{client.names.namespace}.dead.poison.junk-1"
+        assert parked.data == b"\x00 not json"
+        assert parked.headers["X-Origin"] == "test"
+        assert parked.headers["Perdure-Dead-Code"] == "payload.invalid"
+        assert "does not decode" in parked.headers["Perdure-Dead-Reason"]
+        assert parked.headers["Perdure-Dead-Subject"].endswith(".junk-1")
+        assert await _inbox_count(client) == 0
+        assert await (await client.start(plain, 1, id="after-junk")).result(timeout=20) == 2
+
+
+# ------------------------------------------------------------------- garbage history
+
+
+async def test_garbage_on_a_history_subject_blocks_without_a_retry_loop(
+    settings: Settings, client: Client
+) -> None:
+    async with Worker([waits, add_one], settings=settings):
+        handle = await client.start(waits, 1, id="garbled-1")
+        async for description in handle.watch():
+            if description.status == "RUNNING":
+                break
+        await client.conn.publish(client.names.history("garbled-1"), b"{garbage")
+        await handle.signal("go", 2)
+        description = await _blocked(client, "garbled-1")
+        assert description.error.code == "history.invalid"
+        assert "does not decode" in description.error.message
+        parked = await _dead(client, f"{client.names.namespace}.dead.parked.*.garbled-1")
+        assert len(parked) == 1 and b'"go"' in parked[0].data
+        assert await _inbox_count(client) == 0  # nothing waits for a redelivery
+
+        await handle.terminate("garbled")
+        with pytest.raises(WorkflowTerminated):
+            await handle.result(timeout=10)
+        steps = await client.conn.read_subject(client.names.history_stream, client.names.history("garbled-1"))
+        assert b"workflow.terminated" in steps[-1].data
+        await handle.signal("go", 3)  # a closed execution: ignored, not blocked again
+        assert await (await client.start(waits, 1, id="after-garble")).signal("go", 1) is None
+        assert await client.get_handle("after-garble").result(timeout=20) == 2
+        assert (await handle.describe()).status == "TERMINATED"
+
+
+# --------------------------------------------------------------------- crashing step
+
+
+async def test_a_step_that_keeps_crashing_is_parked_and_a_redeploy_resumes_it(
+    settings: Settings, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = WorkflowInstance.activate
+
+    def crashing(self: WorkflowInstance, *args: Any, **kw: Any) -> Any:
+        if self.execution_id == "crashy-1":
+            raise RuntimeError("bug in the runtime")
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(WorkflowInstance, "activate", crashing)
+    async with Worker([plain, add_one], settings=settings):
+        handle = await client.start(plain, 41, id="crashy-1")
+        description = await _blocked(client, "crashy-1", timeout=40)
+        assert description.error.code == "step.crashed"
+        assert "bug in the runtime" in description.error.message
+        assert await _inbox_count(client) == 0
+        assert await (await client.start(plain, 1, id="beside-crashy")).result(timeout=20) == 2
+    monkeypatch.setattr(WorkflowInstance, "activate", original)  # the fixed code is deployed
+    async with Worker([plain, add_one], settings=settings):
+        assert await handle.result(timeout=20) == 42
+
+
+# ------------------------------------------------------------------ unhosted activity
+
+
+async def test_work_for_an_activity_no_runtime_hosts_is_reported(
+    nats_server: Any, namespace: str, client: Client
+) -> None:
+    runtime = RuntimeProcess(
+        nats_server.url, namespace, "rt-unhosted", targets=("poison_workflows:calls_elsewhere",)
+    )
+    await runtime.astart()
+    try:
+        handle = await client.start("calls_elsewhere", 1, id="orphan-work-1")
+        line = await runtime.await_line("activity.unhosted", timeout=40)
+        assert "elsewhere" in line and "pending=1" in line
+        assert (await handle.describe()).status == "RUNNING"
+    finally:
+        await runtime.aterminate()
