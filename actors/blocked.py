@@ -278,10 +278,12 @@ class BlockedExecutions:
         parked = await self.dead.read_parked(partition, execution_id)
         if not parked:
             return
-        absorbed = await self._absorbed(execution_id)
+        history = await self._conn.read_subject(self._names.history_stream, self._names.history(execution_id))
+        absorbed = _absorbed(history)
         record = await self._record(execution_id)
-        if record is not None and record.status == "BLOCKED":
-            # RUNNING again; its owner blocks it again (once) if it still cannot run.
+        if history and record is not None and record.status == "BLOCKED":
+            # RUNNING again; its owner blocks it again (once) if it still cannot run. (Without
+            # history, the start does it: until then, a message to it is parked, not dropped.)
             await self._put(msgspec.structs.replace(record, status="RUNNING", error=None))
         sent = 0
         for stored in parked:
@@ -296,17 +298,6 @@ class BlockedExecutions:
             sent += 1
         await self.dead.forget_parked(partition, execution_id, through_seq=parked[-1].seq)
         log.info("execution.resumed", execution_id=execution_id, messages=sent)
-
-    async def _absorbed(self, execution_id: str) -> set[int]:
-        out: set[int] = set()
-        for stored in await self._conn.read_subject(
-            self._names.history_stream, self._names.history(execution_id)
-        ):
-            try:
-                out.update(codec.history_step.decode(stored.data).absorbed)
-            except msgspec.DecodeError:
-                continue
-        return out
 
     # ------------------------------------------------------------------ index and replies
 
@@ -351,6 +342,17 @@ def closed_run(
     instance = WorkflowInstance(definition, execution_id, run=run)
     instance.started, instance.closing = started, closing
     return instance, ExecutionRef(execution_id, workflow, run, partition, started_at or last.time)
+
+
+def _absorbed(history: list[StoredMessage]) -> set[int]:
+    """The inbox sequences that history's steps absorbed (undecodable steps skipped)."""
+    out: set[int] = set()
+    for stored in history:
+        try:
+            out.update(codec.history_step.decode(stored.data).absorbed)
+        except msgspec.DecodeError:
+            continue
+    return out
 
 
 def _last_start(stored: list[StoredMessage]) -> tuple[WorkflowStarted | None, float]:

@@ -13,7 +13,7 @@
     ├── UnknownWorkflow                  "workflow.unknown"   (no runtime here hosts it: BLOCKED)
     ├── HistoryUnreadable                "history.invalid"    (a stored step does not decode: BLOCKED)
     ├── StepCrashed                      "step.crashed"       (a step crashed on every delivery: BLOCKED)
-    ├── ExecutionBlocked                 "execution.blocked"  (carries the reason it is BLOCKED)
+    ├── ExecutionBlocked                 "execution.blocked"  (internal: carries the reason's code)
     ├── WorkflowFailed                   "workflow.failed"
     │   ├── WorkflowCancelled            "workflow.cancelled"
     │   ├── WorkflowTerminated           "workflow.terminated"
