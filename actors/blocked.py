@@ -122,7 +122,7 @@ class BlockedExecutions:
             messages = [await self._message(execution_id, d) for d in batch]
             terminate = next((m for m in messages if isinstance(m, TerminateWorkflow)), None)
             if terminate is not None:
-                await self._terminate(execution_id, partition, batch, messages, terminate)
+                await self._terminate(execution_id, partition, batch, messages, terminate, reason)
                 return True
             await self._park_all(execution_id, partition, batch, messages, reason)
         except PerdureError as exc:
@@ -183,53 +183,33 @@ class BlockedExecutions:
         batch: Sequence[Any],
         messages: list[AnyInboxMessage | None],
         terminate: TerminateWorkflow,
+        reason: ErrorInfo,
     ) -> None:
-        """End a blocked execution without its code: one step in history, then the index."""
+        """End a blocked execution without its code: one step in history, then ``_finish``."""
         subject = self._names.history(execution_id)
         last = await self._conn.get_last(self._names.history_stream, subject)
         start = next((m for m in messages if isinstance(m, StartWorkflow)), None)
         inputs: list[InputEvent] = [TerminateRequested(reason=terminate.reason)]
+        started: WorkflowStarted | None = None
         if last is None:  # it never started: its start is parked (or in this batch)
             start = start or await self._parked_start(execution_id, partition)
             if start is not None:
-                inputs.insert(0, _started(start))
-        now = time.time()
+                started = _started(start)
+                inputs.insert(0, started)
+        else:
+            started, _ = _last_start(await self._conn.read_subject(self._names.history_stream, subject))
         step = HistoryStep(
-            time=now,
+            time=time.time(),
             inputs=inputs,
             decisions=[WorkflowTerminated(reason=terminate.reason)],
             absorbed=[d.stream_seq for d in batch if d.stream_seq],
             runtime=self._settings.name,
+            ended_blocked=reason.code,
         )
         await self._conn.publish(
             subject, codec.encode(step), expected_last_subject_seq=last.seq if last else 0
         )
-        record = await self._record(execution_id)
-        error = ErrorInfo(
-            code="workflow.terminated",
-            type="WorkflowTerminated",
-            message=terminate.reason or "terminated",
-            retryable=False,
-        )
-        workflow = start.workflow if start is not None else record.workflow if record is not None else ""
-        await self._put(
-            ExecutionRecord(
-                execution_id=execution_id,
-                workflow=workflow,
-                status="TERMINATED",
-                run=record.run if record is not None else 1,
-                started_at=record.started_at if record is not None else now,
-                closed_at=now,
-                error=error,
-                history_length=len(inputs) + 1,
-            )
-        )
-        if start is not None and start.parent:
-            child = ChildResult(run=start.parent_run, seq=start.parent_seq, status="TERMINATED", error=error)
-            await self._conn.publish(
-                self._names.inbox(start.parent), codec.encode(child), msg_id=f"{execution_id}:1:closed"
-            )
-        await self.dead.forget_parked(partition, execution_id)
+        await self._finish(execution_id, partition, started, terminate.reason, step.time)
         log.info("execution.terminated_while_blocked", execution_id=execution_id, reason=terminate.reason)
         closed = ApiReply(
             ok=False, error=ApiError(code="activity.closed", message="the execution was terminated")
@@ -240,6 +220,54 @@ class BlockedExecutions:
             elif REPLY_HEADER in delivery.headers:
                 await self._reply(delivery, ApiReply(ok=True))
             await delivery.ack()
+
+    async def _finish(
+        self, execution_id: str, partition: int, started: WorkflowStarted | None, reason: str, now: float
+    ) -> None:
+        """What follows a terminate in history: the index, the parent, the parked messages.
+        Idempotent: ``load_closed`` runs it again if a crash came in between."""
+        record = await self._record(execution_id)
+        error = ErrorInfo(
+            code="workflow.terminated",
+            type="WorkflowTerminated",
+            message=reason or "terminated",
+            retryable=False,
+        )
+        workflow = started.workflow if started is not None else record.workflow if record is not None else ""
+        run = started.run if started is not None else 1
+        await self._put(
+            ExecutionRecord(
+                execution_id=execution_id,
+                workflow=workflow,
+                status="TERMINATED",
+                run=run,
+                started_at=record.started_at if record is not None else now,
+                closed_at=now,
+                error=error,
+            )
+        )
+        if started is not None and started.parent:
+            child = ChildResult(
+                run=started.parent_run, seq=started.parent_seq, status="TERMINATED", error=error
+            )
+            await self._conn.publish(
+                self._names.inbox(started.parent), codec.encode(child), msg_id=f"{execution_id}:{run}:closed"
+            )
+        await self.dead.forget_parked(partition, execution_id)
+
+    async def load_closed(
+        self, stored: list[StoredMessage], execution_id: str, partition: int
+    ) -> tuple[WorkflowInstance, ExecutionRef] | None:
+        """``closed_run``, and the end of its termination if a crash cut it short."""
+        closed = closed_run(stored, execution_id, partition, self._registry)
+        if closed is None:
+            return None
+        record = await self._record(execution_id)
+        if record is None or record.status != "TERMINATED":
+            last = codec.history_step.decode(stored[-1].data)
+            reason = next((e.reason for e in last.inputs if isinstance(e, TerminateRequested)), "")
+            await self._finish(execution_id, partition, closed[0].started, reason, last.time)
+        return closed
 
     async def _parked_start(self, execution_id: str, partition: int) -> StartWorkflow | None:
         for stored in await self.dead.read_parked(partition, execution_id):
@@ -325,15 +353,15 @@ class BlockedExecutions:
 def closed_run(
     stored: list[StoredMessage], execution_id: str, partition: int, registry: Registry
 ) -> tuple[WorkflowInstance, ExecutionRef] | None:
-    """A run that cannot be replayed (not hosted, undecodable, nondeterministic) but whose
-    last step terminated it loads as closed, without running its code: messages to it are
-    then handled as for any closed execution (ignored; a new run may start)."""
+    """A run terminated while BLOCKED (its last step says ``ended_blocked``) loads as closed,
+    without replaying it (its code cannot: not hosted, undecodable, nondeterministic, crashing):
+    messages to it are then handled as for any closed execution (ignored; a new run may start)."""
     try:
         last = codec.history_step.decode(stored[-1].data)
     except msgspec.DecodeError:
         return None
     closing = next((d for d in last.decisions if isinstance(d, WorkflowTerminated)), None)
-    if closing is None:
+    if closing is None or not last.ended_blocked:
         return None
     started, started_at = _last_start(stored)
     workflow = started.workflow if started is not None else ""

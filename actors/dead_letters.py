@@ -62,6 +62,7 @@ class DeadLetters:
         subject = self._names.dead_parked(partition, execution_id)
         await self._store(delivery, subject, execution_id, reason, workflow)
         self.parked += 1
+        log.debug("dead_letter.parked", execution_id=execution_id, code=reason.code, total=self.parked)
 
     async def poison(self, delivery: Any, *, execution_id: str, reason: ErrorInfo) -> None:
         """Keep a message that can never be processed, and ack it out of its stream."""

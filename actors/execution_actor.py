@@ -673,9 +673,11 @@ class ExecutionActor:
                 for s in stored
             ]
         except InvalidPayload as exc:  # Poison (actors/blocked.py): BLOCKED, unless terminated since
-            if self._closed_while_blocked(stored):
+            if await self._closed_while_blocked(stored):
                 return
             raise HistoryUnreadable(exc.message) from None
+        if steps[-1].ended_blocked and await self._closed_while_blocked(stored):
+            return  # Poison: terminated while blocked, never replayed
         first = _last_run_start(steps)
         if first > 0:
             # A new run began but the old run's steps were not purged yet (crash in between).
@@ -687,14 +689,10 @@ class ExecutionActor:
             )
             steps = steps[first:]
         started = steps[0].inputs[0] if steps[0].inputs else None
-        if not isinstance(started, WorkflowStarted) and not self._closed_while_blocked(stored):
-            raise HistoryUnreadable(f"history of {self.execution_id} does not begin with workflow.started")
         if not isinstance(started, WorkflowStarted):
-            return
+            raise HistoryUnreadable(f"history of {self.execution_id} does not begin with workflow.started")
         definition = services.registry.workflow(started.workflow)
         if definition is None:
-            if self._closed_while_blocked(stored):  # Poison: terminated while not hosted
-                return
             raise UnknownWorkflow(f"workflow {started.workflow!r} is not hosted by this runtime")
         instance = WorkflowInstance(definition, self.execution_id, run=started.run)
         self.instance = instance
@@ -709,8 +707,6 @@ class ExecutionActor:
                 if step.eager:
                     eager.update(_started_attempts(activation.effects, step.eager))
         except NonDeterminismError as exc:
-            if self._closed_while_blocked(stored):  # Poison (actors/blocked.py): terminated since
-                return
             self.blocked = str(exc)
             self._log.error("execution.nondeterministic", error=str(exc))
             await services.effects.mark_blocked(self.ref, str(exc))
@@ -723,9 +719,9 @@ class ExecutionActor:
         if isinstance(instance.closing, WorkflowContinuedAsNew) and self.blocked is None:
             await self._next_run(instance.closing.input)  # the crash came before the next run began
 
-    def _closed_while_blocked(self, stored: list[Any]) -> bool:
+    async def _closed_while_blocked(self, stored: list[Any]) -> bool:
         """Poison (actors/blocked.py): a run terminated while blocked loads closed, without its code."""
-        closed = poison.closed_run(stored, self.execution_id, self.partition, self._services.registry)
+        closed = await self._services.blocked.load_closed(stored, self.execution_id, self.partition)
         if closed is None:
             return False
         self.instance, self.ref = closed

@@ -238,6 +238,29 @@ async def test_a_step_that_keeps_crashing_is_parked_and_a_redeploy_resumes_it(
         assert await handle.result(timeout=20) == 42
 
 
+async def test_terminate_ends_an_execution_blocked_by_crashes(
+    settings: Settings, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = WorkflowInstance.activate
+
+    def crashing(self: WorkflowInstance, *args: Any, **kw: Any) -> Any:
+        if self.execution_id == "crashy-2" and not self.closed:
+            raise RuntimeError("bug in the runtime")
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(WorkflowInstance, "activate", crashing)
+    async with Worker([waits, add_one], settings=settings):
+        handle = await client.start(waits, 1, id="crashy-2")
+        await _blocked(client, "crashy-2", timeout=40)
+        await handle.terminate("stuck")
+        with pytest.raises(WorkflowTerminated, match="stuck"):
+            await handle.result(timeout=10)
+        await handle.signal("go", 1)  # to a closed execution: ignored, no crash, not parked
+        assert await _inbox_drained(client)
+        assert await _dead(client, f"{client.names.namespace}.dead.parked.*.crashy-2") == []
+        assert (await handle.describe()).status == "TERMINATED"
+
+
 # ------------------------------------------------------------------ unhosted activity
 
 
