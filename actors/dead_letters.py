@@ -33,6 +33,8 @@ from perdure.runtime.messages import (
     DEAD_SUBJECT,
     DEAD_WORKFLOW,
     REPLY_HEADER,
+    ApiError,
+    ApiReply,
 )
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
@@ -76,6 +78,10 @@ class DeadLetters:
             error=reason.message,
             total=self.poisoned,
         )
+        reply = delivery.headers.get(REPLY_HEADER)
+        if reply:  # someone waits for an answer: say what is wrong rather than let them time out
+            refusal = ApiReply(ok=False, error=ApiError(code=reason.code, message=reason.message))
+            await self._conn.publish_core(reply, codec.encode(refusal))
         await delivery.ack()
 
     async def _store(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from perdure import Client, Settings, Worker, WorkflowTerminated, activity, workflow
+from perdure import ChildWorkflowError, Client, Settings, Worker, WorkflowTerminated, activity, workflow
 from perdure.actors.instance import WorkflowInstance
 from perdure.runtime.events import TerminateRequested
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
@@ -42,6 +42,15 @@ async def later(x: int) -> int:
     """Deployed only by the second runtime of the deploy test; waits for a signal sent while blocked."""
     extra = await workflow.wait_signal("extra", type=int)
     return await add_one(x + extra)
+
+
+@workflow
+async def parent_of_later(x: int) -> str:
+    """Starts a child whose workflow is not deployed; learns when it is terminated."""
+    try:
+        return str(await later(x, id="kid-1"))
+    except ChildWorkflowError as exc:
+        return f"child ended: {exc.cause.code if exc.cause else '?'}"
 
 
 @workflow
@@ -126,6 +135,15 @@ async def test_unknown_workflow_is_blocked_visibly_and_terminate_ends_it(
         assert await client.start(plain, 1, id="after-ghost") is not None
         assert await client.get_handle("after-ghost").result(timeout=20) == 2
         assert (await handle.describe()).status == "TERMINATED"
+
+
+async def test_terminating_a_blocked_child_tells_its_parent(settings: Settings, client: Client) -> None:
+    async with Worker([parent_of_later, add_one], settings=settings):
+        parent = await client.start(parent_of_later, 1, id="parent-1")
+        description = await _blocked(client, "kid-1")
+        assert description.error.code == "workflow.unknown"
+        await client.terminate("kid-1", "no such code")
+        assert await parent.result(timeout=20) == "child ended: workflow.terminated"
 
 
 async def test_unknown_starts_do_not_starve_normal_workflows(settings: Settings, client: Client) -> None:
