@@ -69,11 +69,12 @@ class Run:
 @dataclass
 class ChaosReport:
     config: ChaosConfig
-    faults: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, what)
+    faults: list[tuple[float, float, str]] = field(default_factory=list)  # (seconds since start, epoch, what)
     wrong: dict[str, Any] = field(default_factory=dict)  # execution -> what it returned or raised
     not_done: list[str] = field(default_factory=list)  # no result by the deadline
     applied_twice: list[str] = field(default_factory=list)  # executions with an outcome applied twice
     still_running: list[str] = field(default_factory=list)  # RUNNING in the index after the drain
+    last_events: dict[str, list[str]] = field(default_factory=dict)  # not done: where each one stopped
     inbox_left: int = 0  # inbox messages nobody took
     runs: int = 0  # activity runs in the side-effect log
     repeats: list[tuple[Run, float]] = field(default_factory=list)  # runs after the outcome, its time
@@ -82,8 +83,17 @@ class ChaosReport:
     completer: collections.Counter[str] = field(default_factory=collections.Counter)  # final answers
     completer_retried: int = 0  # tokens answered only on a later try (a request timed out first)
     conflicts: int = 0  # history appends that lost a race (runtime logs)
+    runtime_of: dict[int, str] = field(default_factory=dict)  # pid -> runtime name
     total: float = 0.0  # first start to last result
     drain: float = 0.0  # last fault over to last result
+
+    def repeats_by_fault(self) -> collections.Counter[str]:
+        """Each repeated run counted against the last fault before it started."""
+        out: collections.Counter[str] = collections.Counter()
+        for run, _ in self.repeats:
+            before = [what for _, at, what in self.faults if at <= run.t]
+            out[before[-1] if before else "no fault"] += 1
+        return out
 
     def summary(self) -> str:
         c = self.config
@@ -91,7 +101,7 @@ class ChaosReport:
         lines = [
             f"chaos: {c.workflows} workflows, {c.runtimes} runtimes, {c.kills} SIGKILLs, "
             f"{c.nats_restarts} NATS restart(s), seed {c.seed}",
-            "faults: " + ", ".join(f"{what} at {t:.1f}s" for t, what in self.faults),
+            "faults: " + ", ".join(f"{what} at {t:.1f}s" for t, _, what in self.faults),
             f"time to drain: {self.drain:.1f}s after the last fault ({self.total:.1f}s in all)",
             f"repeated activity runs (started after the outcome was in history): {len(self.repeats)} "
             f"{dict(repeats_by_name)}",
@@ -102,13 +112,16 @@ class ChaosReport:
             f"applied twice: {len(self.applied_twice)}; still RUNNING: {len(self.still_running)}; "
             f"inbox messages left: {self.inbox_left}",
         ]
+        if self.repeats:
+            lines.append(f"  repeats by the fault before them: {dict(self.repeats_by_fault())}")
         for run, closed in self.repeats[:10]:
             lines.append(
-                f"  repeat: {run.execution} seq {run.seq} {run.name} attempt {run.attempt} pid {run.pid} "
+                f"  repeat: {run.execution} seq {run.seq} {run.name} attempt {run.attempt} "
+                f"on {self.runtime_of.get(run.pid, run.pid)} "
                 f"ran {run.t - closed:+.3f}s after its outcome was stored"
             )
-        if self.not_done:
-            lines.append(f"  not done: {self.not_done[:10]}")
+        for execution in self.not_done[:10]:
+            lines.append(f"  not done: {execution}, last events {self.last_events.get(execution)}")
         if self.still_running:
             lines.append(f"  still RUNNING: {self.still_running[:10]}")
         return "\n".join(lines)
@@ -181,7 +194,10 @@ class ChaosRun:
             self.server.url, self.namespace, name, targets=("chaos_workflows",),
             env={"PERDURE_NAME": name, LOG_ENV: str(self.effects)},
         )  # fmt: skip
-        return await runtime.astart(timeout=30)
+        await runtime.astart(timeout=30)
+        assert runtime.proc is not None
+        self.report.runtime_of[runtime.proc.pid] = name
+        return runtime
 
     async def _drive(self, client: Client) -> None:
         config = self.config
@@ -261,7 +277,7 @@ class ChaosRun:
         self.server_up.set()
 
     def _note(self, what: str) -> None:
-        self.report.faults.append((time.monotonic() - self.t0, what))
+        self.report.faults.append((time.monotonic() - self.t0, time.time(), what))
 
     # ------------------------------------------------------------------ checks
 
@@ -272,6 +288,8 @@ class ChaosRun:
             execution = f"order-{i}"
             steps = await self._history(client, execution)
             events = [e for _, step in steps for e in (*step.inputs, *step.decisions)]
+            if execution in report.not_done:
+                report.last_events[execution] = [repr(e) for e in events[-3:]]
             if not _applied_once(events, execution):
                 report.applied_twice.append(execution)
             report.retried_attempts += sum(
