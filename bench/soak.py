@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=20)
-    parser.add_argument("--start-span", type=float, default=20.0, help="seconds over which to start them")
+    parser.add_argument("--start-span", type=float, default=30.0, help="seconds over which to start them")
     parser.add_argument("--deadline", type=float, default=240.0, help="seconds for every result")
     parser.add_argument("--keep", default=None, help="leave each run's files in this folder")
     configure("ERROR")  # nats-py's reconnect warnings during the restart are expected

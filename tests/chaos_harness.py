@@ -50,8 +50,9 @@ class ChaosConfig:
     runtimes: int = 3
     seed: int = 10
     deadline: float = 80.0  # seconds for every result, from the last fault
-    start_span: float = 8.0  # seconds over which the workflows are started
+    start_span: float = 15.0  # seconds over which the workflows are started (the faults come within)
     nats_down: float = 1.0  # seconds the NATS server stays down
+    fault_gap: float = 1.0  # seconds at least between one fault's end and the next (repeats are told apart)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ChaosReport:
     inbox_left: int = 0  # inbox messages nobody took
     runs: int = 0  # activity runs in the side-effect log
     repeats: list[tuple[Run, float]] = field(default_factory=list)  # runs after the outcome, its time
+    repeats_of_a_run_attempt: int = 0  # of those, runs of an attempt that had already run before
     duplicate_attempts: int = 0  # runs of an attempt beyond its first
     retried_attempts: int = 0  # ActivityScheduled with attempt > 1
     completer: collections.Counter[str] = field(default_factory=collections.Counter)  # final answers
@@ -113,7 +115,11 @@ class ChaosReport:
             f"inbox messages left: {self.inbox_left}",
         ]
         if self.repeats:
-            lines.append(f"  repeats by the fault before them: {dict(self.repeats_by_fault())}")
+            lines.append(
+                f"  repeats by the fault before them: {dict(self.repeats_by_fault())}; "
+                f"{self.repeats_of_a_run_attempt} ran an attempt that had run before, "
+                f"{len(self.repeats) - self.repeats_of_a_run_attempt} were an attempt's first run"
+            )
         for run, closed in self.repeats[:10]:
             lines.append(
                 f"  repeat: {run.execution} seq {run.seq} {run.name} attempt {run.attempt} "
@@ -248,13 +254,17 @@ class ChaosRun:
         faults = ["kill"] * config.kills
         for k in range(config.nats_restarts):  # among the kills, never first
             faults.insert(1 + (k + 1) * len(faults) // (config.nats_restarts + 1), "nats")
+        last_end = self.t0
         for index, fault in enumerate(faults):
-            due = self.t0 + config.start_span * (index + 1) / (len(faults) + 1)
+            due = max(
+                self.t0 + config.start_span * (index + 1) / (len(faults) + 1), last_end + config.fault_gap
+            )
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             if fault == "kill":
                 await self._kill()
             else:
                 await self._restart_nats()
+            last_end = time.monotonic()
 
     async def _kill(self) -> None:
         victim = self.rng.choice(self.runtimes)
@@ -307,6 +317,13 @@ class ChaosRun:
             if (run.execution, run.seq) in closed_at and run.t > closed_at[(run.execution, run.seq)]
         ]
         per_attempt = collections.Counter((r.execution, r.seq, r.attempt) for r in runs)
+        first_run = {}
+        for run in runs:
+            key = (run.execution, run.seq, run.attempt)
+            first_run[key] = min(first_run.get(key, run.t), run.t)
+        report.repeats_of_a_run_attempt = sum(
+            1 for run, _ in report.repeats if first_run[(run.execution, run.seq, run.attempt)] < run.t
+        )
         report.duplicate_attempts = sum(n - 1 for n in per_attempt.values())
         answers = [json.loads(line) for line in self.answers.read_text().splitlines()]
         report.completer = collections.Counter(answer["code"] for answer in answers)

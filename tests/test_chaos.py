@@ -47,6 +47,6 @@ async def test_chaos_200_workflows_kills_and_a_nats_restart(tmp_path: Path) -> N
 @pytest.mark.timeout(600)
 async def test_soak_500_workflows_5_kills(tmp_path: Path) -> None:
     config = ChaosConfig(
-        workflows=500, kills=5, nats_restarts=1, seed=seed(20), start_span=20.0, deadline=240.0
+        workflows=500, kills=5, nats_restarts=1, seed=seed(20), start_span=30.0, deadline=240.0
     )
     check(await ChaosRun(config, tmp_path).run())
