@@ -317,7 +317,7 @@ class ChaosRun:
             if (run.execution, run.seq) in closed_at and run.t > closed_at[(run.execution, run.seq)]
         ]
         per_attempt = collections.Counter((r.execution, r.seq, r.attempt) for r in runs)
-        first_run = {}
+        first_run: dict[tuple[str, int, int], float] = {}
         for run in runs:
             key = (run.execution, run.seq, run.attempt)
             first_run[key] = min(first_run.get(key, run.t), run.t)
