@@ -18,13 +18,22 @@ from typing import Any
 
 import pytest
 
-from perdure import ChildWorkflowError, Client, Settings, Worker, WorkflowTerminated, activity, workflow
+from perdure import (
+    ChildWorkflowError,
+    Client,
+    Settings,
+    Worker,
+    WorkflowTerminated,
+    activity,
+    sleep,
+    workflow,
+)
 from perdure.actors.instance import WorkflowInstance
-from perdure.runtime.events import TerminateRequested
+from perdure.runtime.events import ActivityClosed, TerminateRequested
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
 from perdure.runtime.nats_client import StoredMessage
 
-from support import RuntimeProcess
+from support import RuntimeProcess, watch_history
 
 
 @activity
@@ -277,6 +286,66 @@ async def test_terminate_ends_an_execution_blocked_by_crashes(
         assert await _inbox_drained(client)
         assert await _dead(client, f"{client.names.namespace}.dead.parked.*.crashy-2") == []
         assert (await handle.describe()).status == "TERMINATED"
+
+
+# ---------------------------------------------------------------------- nondeterminism
+
+
+@workflow(name="shifting")
+async def shifting_v1(x: int) -> int:
+    y = await add_one(x)
+    return y + await workflow.wait_signal("go", type=int)
+
+
+@workflow(name="shifting")
+async def shifting_v2(x: int) -> int:
+    await sleep(1)  # a different first command than the recorded one
+    return x
+
+
+async def _started_and_waiting(client: Client, execution_id: str) -> Any:
+    """Start ``shifting_v1`` and return once its activity closed (it then waits for "go")."""
+    async with watch_history(client) as watch:
+        handle = await client.start(shifting_v1, 1, id=execution_id)
+        await watch.wait_for(
+            lambda w: any(isinstance(e, ActivityClosed) for e in w.events(execution_id)), timeout=20
+        )
+    return handle
+
+
+async def test_nondeterministic_execution_is_parked_and_resumed_by_compatible_code(
+    settings: Settings, client: Client
+) -> None:
+    async with Worker([shifting_v1, add_one], settings=settings):
+        handle = await _started_and_waiting(client, "shifting-1")
+    async with Worker([shifting_v2, add_one], settings=settings):
+        await handle.signal("go", 10)
+        description = await _blocked(client, "shifting-1")
+        assert description.error.code == "workflow.nondeterministic"
+        assert await _inbox_drained(client)  # parked, not held by the inbox consumer (was: nak 30 s)
+    async with Worker([shifting_v1, add_one], settings=settings):
+        assert await handle.result(timeout=20) == 12
+
+
+async def test_terminate_ends_a_nondeterministic_execution_for_good(
+    settings: Settings, client: Client
+) -> None:
+    async with Worker([shifting_v1, add_one], settings=settings):
+        handle = await _started_and_waiting(client, "shifting-2")
+    async with Worker([shifting_v2, add_one], settings=settings):
+        await handle.signal("go", 10)
+        await _blocked(client, "shifting-2")
+        await handle.terminate("incompatible deploy")
+        with pytest.raises(WorkflowTerminated, match="incompatible deploy"):
+            await handle.result(timeout=10)
+        await handle.signal("go", 11)  # a closed run is not replayed again: not blocked again
+        assert await _inbox_drained(client)
+    async with Worker([shifting_v1, add_one], settings=settings):  # nothing is resumed
+        await handle.signal("go", 12)
+        assert await _inbox_drained(client)
+    assert (await handle.describe()).status == "TERMINATED"
+    steps = await handle.history_steps()
+    assert steps[-1].ended_blocked == "workflow.nondeterministic"
 
 
 # ------------------------------------------------------------------ unhosted activity
