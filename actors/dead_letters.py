@@ -103,7 +103,8 @@ class DeadLetters:
         if workflow:
             headers[DEAD_WORKFLOW] = workflow
         # An eager attempt's outcome (local_activities.LocalResult) has no bytes of its own.
-        data = delivery.data or codec.encode(delivery.message)
+        message = getattr(delivery, "message", None)
+        data = codec.encode(message) if message is not None and not delivery.data else delivery.data
         msg_id = f"dead:{delivery.stream_seq}" if delivery.stream_seq else None
         await self._conn.publish(subject, data, headers=headers, msg_id=msg_id)
 

@@ -16,7 +16,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import hypothesis
+import msgspec
 import pytest
+from hypothesis import strategies as st
 
 from perdure import (
     ChildWorkflowError,
@@ -29,6 +32,7 @@ from perdure import (
     workflow,
 )
 from perdure.actors.instance import WorkflowInstance
+from perdure.runtime import codec
 from perdure.runtime.events import ActivityClosed, TerminateRequested
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
 from perdure.runtime.nats_client import StoredMessage
@@ -206,6 +210,50 @@ async def test_undecodable_inbox_message_is_dead_lettered(
         assert parked.headers["Perdure-Dead-Subject"].endswith(".junk-1")
         assert await _inbox_drained(client)
         assert await (await client.start(plain, 1, id="after-junk")).result(timeout=20) == 2
+
+
+def _fuzzed_inbox_bodies() -> list[bytes]:
+    """Random bytes and well-formed but wrong JSON (Hypothesis, derandomized: the same each run)."""
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        max_leaves=8,
+    )
+    tagged = st.builds(
+        lambda kind, extra: {"type": kind, **extra},
+        st.sampled_from(["start", "signal", "activity.result", "timer.expired", "child.result", "nope"]),
+        st.dictionaries(st.sampled_from(["workflow", "name", "run", "seq", "input", "payload"]), json_values),
+    )
+    bodies = st.one_of(
+        st.binary(max_size=64), json_values.map(msgspec.json.encode), tagged.map(msgspec.json.encode)
+    )
+    out: list[bytes] = []
+
+    @hypothesis.settings(max_examples=80, derandomize=True, database=None)
+    @hypothesis.given(bodies)
+    def collect(body: bytes) -> None:
+        out.append(body)
+
+    collect()
+    return out
+
+
+async def test_fuzzed_inbox_messages_are_dead_lettered_or_handled(settings: Settings, client: Client) -> None:
+    bodies = _fuzzed_inbox_bodies()
+    undecodable = 0
+    for body in bodies:
+        try:
+            codec.inbox_message.decode(body)
+        except msgspec.DecodeError:
+            undecodable += 1
+    assert undecodable > len(bodies) // 2  # mostly poison: the test means something
+    async with Worker([plain, add_one], settings=settings):
+        for i, body in enumerate(bodies):
+            await client.conn.publish(client.names.inbox(f"fuzz-{i % 7}"), body)
+        assert await _inbox_drained(client, timeout=20)  # every one acked: handled or parked
+        poison = await _dead(client, f"{client.names.namespace}.dead.poison.*")
+        assert len(poison) == undecodable
+        assert await (await client.start(plain, 1, id="after-fuzz")).result(timeout=20) == 2
 
 
 # ------------------------------------------------------------------- garbage history
