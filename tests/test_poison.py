@@ -35,6 +35,7 @@ from perdure.actors.instance import WorkflowInstance
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityClosed, TerminateRequested
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
+from perdure.runtime.messages import REPLY_HEADER
 from perdure.runtime.nats_client import StoredMessage
 
 from support import RuntimeProcess, watch_history
@@ -209,6 +210,12 @@ async def test_undecodable_inbox_message_is_dead_lettered(
         assert "does not decode" in parked.headers["Perdure-Dead-Reason"]
         assert parked.headers["Perdure-Dead-Subject"].endswith(".junk-1")
         assert await _inbox_drained(client)
+        # A request that does not decode is answered with its error, not left to time out.
+        sub, replies = await client.conn.subscribe("junk-replies")
+        await client.conn.publish(client.names.inbox("junk-2"), b"{", headers={REPLY_HEADER: "junk-replies"})
+        reply = codec.api_reply.decode((await asyncio.wait_for(anext(replies), 10)).data)
+        await sub.stop()
+        assert not reply.ok and reply.error is not None and reply.error.code == "payload.invalid"
         assert await (await client.start(plain, 1, id="after-junk")).result(timeout=20) == 2
 
 
