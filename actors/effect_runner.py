@@ -234,7 +234,7 @@ class EffectRunner:
 
     async def _pause_attempt(self, ref: ExecutionRef, effect: PauseAttempt, out: Sent) -> None:
         """The failed attempt's timers stop; the back-off timer starts. Its checkpoint stays in
-        the activity's checkpoint key, which has no TTL, for the next attempt."""
+        the activity's checkpoint key (``CHECKPOINT_TTL``, 30 days) for the next attempt."""
         if effect.options.timeout is not None:
             key = self._key(ref, timeout_timer(effect.seq, effect.failed_attempt))
             out.purge(functools.partial(self._timers.forget, key))

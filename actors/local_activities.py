@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,9 +32,13 @@ from perdure.runtime.messages import ActivityResult, ActivityTask
 from perdure.runtime.nats_consumer import Delivery
 from perdure.runtime.tokens import TokenData
 
+from .effects import Effect, StartAttempt, record_timer
+
 if TYPE_CHECKING:
     from .activity_actor import ActivityActor
+    from .activity_machine import ActivityState
     from .completion import HeartbeatService
+    from .effect_runner import EffectRunner, ExecutionRef
 
 log = structlog.get_logger("perdure.local_activities")
 
@@ -272,6 +276,92 @@ class LocalActivities:
             asyncio.get_running_loop().call_later(delay, route, result)
 
         return redeliver
+
+
+class EagerSteps:
+    """One execution's eager bookkeeping: the slots a step reserves for the attempts it will
+    start here (before the append that records them), and the hold of the step under way.
+
+    A step's hold (``HeldAck``) keeps its inbox messages unacked until its eager attempts'
+    outcomes are in history; the actor takes it (``take_hold``) to settle or abandon it.
+    """
+
+    __slots__ = ("_hold", "_local", "_spawn")
+
+    def __init__(self, local: LocalActivities | None, spawn: Spawn) -> None:
+        self._local = local
+        self._spawn = spawn
+        self._hold: HeldAck | None = None
+
+    def reserve(self, effects: list[Effect]) -> list[int]:
+        """Activities whose new attempt will run here at once (slots taken now)."""
+        local = self._local
+        if local is None:
+            return []
+        return [
+            effect.decision.seq
+            for effect in effects
+            if isinstance(effect, StartAttempt)
+            and local.reserve(effect.decision.name, effect.decision.options.heartbeat)
+        ]
+
+    def unreserve(self, eager: list[int]) -> None:
+        """The step was not appended: give its slots back."""
+        if self._local is not None and eager:
+            self._local.unreserve(len(eager))
+
+    def hold_for(self, batch: Sequence[Delivery | LocalResult]) -> HeldAck:
+        """Whose acks wait for this step's eager attempts. A step that only absorbed outcomes
+        of one hold's attempts adds its own to that hold (a chain of eager attempts stays
+        under its first message's hold, however long); otherwise a new hold (taken by
+        ``take_hold``) carries this step's inbox messages and the outcomes' holds."""
+        inbox = [d for d in batch if isinstance(d, Delivery)]
+        parents = [d.hold for d in batch if isinstance(d, LocalResult)]
+        if not inbox and parents and all(p is parents[0] for p in parents):
+            return parents[0]  # the outcomes are acked with the step, after its attempts joined
+        self._hold = HeldAck(inbox, parents, self._spawn)
+        return self._hold
+
+    def take_hold(self) -> HeldAck | None:
+        hold, self._hold = self._hold, None
+        return hold
+
+
+def started_attempts(effects: list[Effect], seqs: list[int]) -> dict[int, StartAttempt]:
+    """The ``StartAttempt`` effects of the activities ``seqs`` (a step's ``eager`` list)."""
+    return {
+        effect.decision.seq: effect
+        for effect in effects
+        if isinstance(effect, StartAttempt) and effect.decision.seq in seqs
+    }
+
+
+async def recover_eager(
+    eager: dict[int, StartAttempt],
+    activities: Mapping[int, ActivityState],
+    ref: ExecutionRef,
+    effects: EffectRunner,
+) -> list[int]:
+    """After a replay: attempts that started eagerly in the runtime that wrote them and are
+    still open. Unless one runs here, that runtime is gone (or forgot them), so their work
+    items go out now (the ``Nats-Msg-Id`` of each makes a second copy harmless). Returns the
+    activities whose attempts were sent."""
+    local = effects.local
+    lost = []
+    for seq, effect in eager.items():
+        state = activities.get(seq)
+        attempt = effect.decision.attempt
+        if state is None or state.closed or state.waiting_retry or state.attempt != attempt:
+            continue
+        if local is not None and local.is_running(attempt_id(ref.execution_id, ref.run, seq, attempt)):
+            continue
+        record = await effects.read_record(ref, record_timer(seq, attempt))
+        if record is not None and record.started:
+            continue  # handed over with make_async(): its token holder finishes it
+        lost.append(effect)
+    if lost:
+        await effects.perform(ref, list(lost))
+    return [e.decision.seq for e in lost]
 
 
 def _attempt_id(task: ActivityTask) -> str:
