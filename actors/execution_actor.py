@@ -39,7 +39,7 @@ from .inbox_translation import translate
 from .instance import Activation, WorkflowInstance
 from .local_activities import EagerSteps, recover_eager, spawner
 from .queries import answer_query
-from .redo_ledger import RedoLedger
+from .redo_ledger import RedoLedger, due_again
 from .replies import OK, send_reply, verdict, wants_reply
 from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
@@ -287,11 +287,16 @@ class ExecutionActor:
 
     async def _redo_duplicates(self, incoming: list[StepInput]) -> list[StepInput]:
         """A message already absorbed by a step came back: that step's effects may not have
-        happened (crash between append and ack), so perform them again (``RedoLedger.plan``)."""
+        happened (crash between append and ack), so perform again those still due given
+        what history says now (``RedoLedger.plan``, ``due_again``, ``EffectRunner.redo``)."""
         duplicates, steps = self._ledger.plan([item.delivery.stream_seq for item in incoming])
-        if self.ref is not None:
+        instance, ref = self.instance, self.ref
+        if instance is not None and ref is not None and steps:
+            latest_index = self._ledger.latest_index_step()
             for index in steps:
-                await self._services.effects.perform(self.ref, self._ledger.effects_of(index))
+                effects = self._ledger.effects_of(index)
+                due = due_again(effects, instance.activities, index_current=index == latest_index)
+                await self._services.effects.redo(ref, due)
         for item in incoming:
             if item.delivery.stream_seq in duplicates:
                 await self._reply(item, OK)

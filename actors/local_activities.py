@@ -33,6 +33,7 @@ from perdure.runtime.nats_consumer import Delivery
 from perdure.runtime.tokens import TokenData
 
 from .effects import Effect, StartAttempt, record_timer
+from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
     from .activity_actor import ActivityActor
@@ -152,7 +153,7 @@ class LocalResult:
         message: ActivityResult,
         hold: HeldAck,
         subject: str,
-        settled: Callable[[], None],
+        settled: Callable[..., None],
         redeliver: Callable[[LocalResult, float], None],
     ) -> None:
         self.message = message
@@ -181,7 +182,7 @@ class LocalResult:
 
     def drop(self) -> None:
         """Nobody here can absorb it (the partition moved): hand the scheduling step back."""
-        self._settled()
+        self._settled(False)  # not concluded: a copy of the attempt waiting here may run
         self.hold.fail()
 
 
@@ -198,13 +199,16 @@ class LocalActivities:
         spawn: Spawn,
         slots: int,
         heartbeats: HeartbeatService,
+        running: RunningAttempts | None = None,
     ) -> None:
         self._actors = actors
         self._heartbeats = heartbeats
         self._route = route
         self._spawn = spawn
         self._free = slots
-        self._running: set[str] = set()  # attempt ids running here
+        # Attempt ids running here (an eager one until its outcome is absorbed), shared
+        # with the activity actors: one attempt never runs twice at once in this runtime.
+        self._running = running if running is not None else RunningAttempts()
 
     def reserve(self, name: str, heartbeat: float | None) -> bool:
         """Take a slot for an attempt about to be scheduled (before its step is appended)."""
@@ -226,12 +230,15 @@ class LocalActivities:
         """Start a reserved attempt; False (slot given back) if the runtime is stopping.
         ``record_stored`` is the ack of the attempt's record put, sent just before."""
         attempt_id = _attempt_id(task)
+        if not self._running.claim(attempt_id):
+            self._free += 1
+            return True  # it runs here already: its outcome goes to the inbox as usual
         try:
             self._spawn(self._run(task, partition, hold, attempt_id, record_stored), f"eager:{attempt_id}")
         except RuntimeError:
+            self._running.release(attempt_id, concluded=False)
             self._free += 1
             return False
-        self._running.add(attempt_id)  # (the task has not started yet: nothing ran in between)
         hold.add_attempt()
         return True
 
@@ -246,7 +253,7 @@ class LocalActivities:
         try:
             outcome = await self._actors[task.name].run_local(task)
         except BaseException:
-            self._running.discard(attempt_id)
+            self._running.release(attempt_id, concluded=False)
             hold.fail()  # cancelled (runtime stopping) or broken: the next owner redoes it
             raise
         finally:
@@ -262,10 +269,10 @@ class LocalActivities:
                 )
             except PerdureError as exc:
                 log.warning("eager.mark_started_failed", error=str(exc))
-            self._running.discard(attempt_id)
+            self._running.release(attempt_id)
             hold.conclude()
             return
-        settled = functools.partial(self._running.discard, attempt_id)
+        settled = functools.partial(self._running.release, attempt_id)
         route = functools.partial(self._route, task.execution_id, partition)
         result = LocalResult(outcome, hold, f"local:{task.name}", settled, self._redeliver(route))
         route(result)
@@ -366,10 +373,6 @@ async def recover_eager(
 
 def _attempt_id(task: ActivityTask) -> str:
     return attempt_id(task.execution_id, task.run, task.seq, task.attempt)
-
-
-def attempt_id(execution_id: str, run: int, seq: int, attempt: int) -> str:
-    return f"{execution_id}:{run}:{seq}:{attempt}"
 
 
 def spawner(supervisor: Any) -> Spawn:

@@ -242,6 +242,7 @@ class Worker:
                 spawner(supervisor),
                 self.settings.activity_concurrency,
                 heartbeats,
+                self.services.effects.running,
             )
         if self._host_workflows and self.registry.workflows:
             self._ownership = PartitionOwnership(

@@ -4,6 +4,7 @@ session's nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -330,7 +331,15 @@ def test_module_sizes() -> None:
         "run_rollover",
         "run_replay",
     )
-    for name in (*parts, "step_acks", "step_inputs", "replies", "queries", "local_activities"):
+    for name in (
+        *parts,
+        "step_acks",
+        "step_inputs",
+        "replies",
+        "queries",
+        "local_activities",
+        "running_attempts",
+    ):
         lines = (root / f"{name}.py").read_text().count("\n")
         assert lines <= 400, (name, lines)
 
@@ -345,3 +354,76 @@ def test_event_and_error_names_differ_and_the_tag_stays() -> None:
     assert b'"kind":"activity.closed"' in encoded
     assert codec.history_step.decode(encoded).decisions == [event]
     assert not hasattr(events, "ActivityClosed") and issubclass(errors.ActivityClosed, errors.PerdureError)
+
+
+# ------------------------------------------------------------- redo: what is still due
+
+
+@dataclass
+class FakeState:
+    attempt: int = 1
+    closed: bool = False
+    waiting_retry: bool = False
+
+
+def test_redo_plan_redoes_each_step_once_in_order() -> None:
+    ledger = RedoLedger()
+    ledger.remember(0, [10], [])
+    ledger.remember(1, [], [])
+    ledger.remember(2, [11], [])
+    duplicates, steps = ledger.plan([11, 10, 12, 0])
+    assert duplicates == {10, 11} and steps == [2, 0, 1]
+
+
+def test_due_again_drops_what_history_made_stale() -> None:
+    from perdure.actors.effects import CloseActivity, ObserveActivity, PauseAttempt, UpdateIndex
+    from perdure.actors.redo_ledger import due_again
+    from perdure.runtime.events import ActivityOptions
+
+    options = ActivityOptions()
+    activities = {
+        1: FakeState(closed=True),  # completed since
+        2: FakeState(attempt=2),  # attempt 1 failed, attempt 2 runs
+        3: FakeState(attempt=2, waiting_retry=True),  # attempt 1 failed, the retry waits
+        4: FakeState(),  # open, attempt 1 runs
+    }
+    started = [start(1), start(2), start(4)]
+    paused = [
+        PauseAttempt(2, 1, "a.2.2.retry", 5.0, options),
+        PauseAttempt(3, 1, "a.3.2.retry", 5.0, options),
+    ]
+    observed = [ObserveActivity(2, 1), ObserveActivity(4, 1)]
+    others = [StartTimer("t.1", 1.0), CloseActivity(1, 1, "n1", options), UpdateIndex("RUNNING")]
+    due = due_again([*started, *paused, *observed, *others], activities, index_current=False)
+    assert due == [started[2], paused[1], observed[1], *others[:2]]
+    assert UpdateIndex("RUNNING") in due_again(others, activities, index_current=True)
+    assert due_again([start(9)], activities, index_current=True) == []  # unknown activity
+
+
+def test_latest_index_step() -> None:
+    from perdure.actors.effects import UpdateIndex
+
+    ledger = RedoLedger()
+    assert ledger.latest_index_step() is None
+    ledger.remember(0, [1], [UpdateIndex("RUNNING")])
+    ledger.remember(1, [2], [StartTimer("t", 1.0)])
+    ledger.remember(2, [3], [UpdateIndex("COMPLETED")])
+    ledger.remember(3, [4], [])
+    assert ledger.latest_index_step() == 2
+
+
+async def test_running_attempts_one_at_a_time() -> None:
+    from perdure.actors.running_attempts import RunningAttempts
+
+    running = RunningAttempts()
+    assert running.claim("e:1:1:1") and not running.claim("e:1:1:1") and "e:1:1:1" in running
+    waiter = asyncio.ensure_future(running.wait("e:1:1:1"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    running.release("e:1:1:1", concluded=False)  # gave up without reporting: a copy may run
+    assert await waiter is False and running.claim("e:1:1:1")
+    waiter = asyncio.ensure_future(running.wait("e:1:1:1"))
+    await asyncio.sleep(0)  # (the waiter is waiting)
+    running.release("e:1:1:1")
+    assert await waiter is True and "e:1:1:1" not in running
+    assert await running.wait("e:1:1:1") is False  # not running: nothing to wait for
