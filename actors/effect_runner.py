@@ -51,7 +51,7 @@ from .effects import (
     timeout_timer,
 )
 from .local_activities import HeldAck, LocalActivities
-from .running_attempts import RunningAttempts, attempt_id
+from .running_attempts import RunningAttempts
 from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
@@ -133,25 +133,24 @@ class EffectRunner:
     async def redo(self, ref: ExecutionRef, effects: list[Effect]) -> None:
         """Perform a redone step's effects again (those still due: ``redo_ledger.due_again``).
 
-        An attempt is started again only if nobody has it: not when it runs in this runtime
-        (eagerly, or pulled from its work subject), nor when its record says a worker started
-        it (its heartbeat timer armed, or its token handed over with ``make_async()``). Its
-        record is then created only if absent, so a record a worker armed keeps its TTL and
-        flags. The work item carries the same ``Nats-Msg-Id`` and the token the same nonce
-        (from history) as the first time."""
+        An attempt whose record says a worker started it (its heartbeat timer armed, or its
+        token handed over with ``make_async()``) is left to that worker. Any other open
+        attempt gets its work item again (same ``Nats-Msg-Id``, same nonce and token: both
+        come from history), also when it runs here eagerly: the work item is then what
+        brings it back if this runtime dies, and the activity actor that pulls it here
+        waits for the running one instead of running it twice (``RunningAttempts``). Its
+        record is created only if absent, so a record a worker armed keeps its TTL and flags."""
         out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
-                if not await self._taken(ref, effect):
+                if not await self._handed_over(ref, effect):
                     await self._start_attempt(ref, effect, out, None, create_only=True)
             else:
                 await self._perform_one(ref, effect, out)
         await out.finish()
 
-    async def _taken(self, ref: ExecutionRef, effect: StartAttempt) -> bool:
+    async def _handed_over(self, ref: ExecutionRef, effect: StartAttempt) -> bool:
         d = effect.decision
-        if attempt_id(ref.execution_id, ref.run, d.seq, d.attempt) in self.running:
-            return True
         record = await self.read_record(ref, record_timer(d.seq, d.attempt))
         return record is not None and record.started
 
@@ -347,7 +346,7 @@ class EffectRunner:
         sent = await self._conn.publish_nowait(
             subject, codec.encode(record), ttl=ttl, expected_last_subject_seq=0
         )
-        return asyncio.ensure_future(_unless_present(sent))
+        return asyncio.ensure_future(_unless_present(sent))  # awaited by Sent.finish, with the step
 
     async def read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
         stored = await self._conn.get_last(

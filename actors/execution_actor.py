@@ -75,7 +75,6 @@ class ExecutionActor:
         services: WorkerServices,
         execution_id: str,
         partition: int,
-        release: Callable[[int], None],
         on_dormant: Callable[[ExecutionActor], None] = lambda actor: None,
     ) -> None:
         self.execution_id = execution_id
@@ -95,7 +94,7 @@ class ExecutionActor:
         self._ledger = RedoLedger()
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
         self._bound_log: Any = None
-        self._acks = StepAcks(release, spawner(services.supervisor), lambda: self._log)
+        self._acks = StepAcks(spawner(services.supervisor), lambda: self._log)
 
     @property
     def _log(self) -> Any:

@@ -129,11 +129,7 @@ def not_applied(message: AnyInboxMessage, execution_id: str) -> ApiError:
     """The answer when the instance declined the message's input."""
     match message:
         case ActivityResult():
-            return ApiError(
-                code=ActivityClosed.code,
-                message=f"the activity already completed, failed or timed out in {execution_id}; "
-                "this result was ignored",
-            )
+            return ApiError(code=ActivityClosed.code, message=_closed_message(execution_id))
         case StartWorkflow():
             return ApiError(
                 code=ExecutionAlreadyExists.code, message=f"execution {execution_id!r} already exists"
@@ -163,6 +159,9 @@ def started_event(message: StartWorkflow, *, run: int) -> WorkflowStarted:
 def _activity_result(
     message: ActivityResult, current: RunView | None, *, execution_id: str, from_outside: bool
 ) -> Translation:
+    if current is not None and not 1 <= message.run <= current.run:
+        # A run that never was: the token was not handed out by this execution.
+        return _refuse(InvalidToken.code, f"token names run {message.run} of {execution_id}, which never ran")
     if current is None or message.run != current.run:
         return _refuse(ActivityClosed.code, "that run of the execution is over")
     state = current.activities.get(message.seq)
@@ -171,6 +170,8 @@ def _activity_result(
             InvalidToken.code,
             f"token does not match activity {message.seq} of {execution_id} (wrong nonce)",
         )
+    if state.closed:
+        return _refuse(ActivityClosed.code, _closed_message(execution_id))
     if message.ok and from_outside and state.result_codec is not None:
         # A result from outside (a token completion): it must decode as the declared type,
         # or it is refused and the activity stays open for a correct answer.
@@ -183,6 +184,10 @@ def _activity_result(
     if message.error is None:
         return _refuse(InvalidPayload.code, "a failed activity result carries no error")
     return ActivityFailed(seq=message.seq, attempt=message.attempt, error=message.error)
+
+
+def _closed_message(execution_id: str) -> str:
+    return f"the activity already completed, failed or timed out in {execution_id}; this result was ignored"
 
 
 def _refuse(code: str, message: str) -> Refusal:

@@ -7,8 +7,9 @@ waits for the one before it. A step that started eager attempts hands its acks t
 ``HeldAck`` instead, which acks once those attempts' outcomes are in history too.
 
 Whatever fails is nak'd: the messages come back, and the redo ledger redoes their steps'
-effects. Credit goes back to the partition's consumer (``release``) for every inbox message
-whatever its fate.
+effects. Every inbox message gives its credit back, whatever its fate, to the consumer that
+delivered it (``Delivery.release``): after a consumer is recreated, the cached actors' old
+messages must not be charged to the new one, nor the new one's left unreturned.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ Incoming = Delivery | LocalResult  # from the inbox, or an eager attempt's outco
 
 
 class StepAcks:
-    __slots__ = ("_log", "_release", "_settling", "_spawn")
+    __slots__ = ("_log", "_settling", "_spawn")
 
-    def __init__(self, release: Callable[[int], None], spawn: Spawn, log: Callable[[], Any]) -> None:
-        self._release = release
+    def __init__(self, spawn: Spawn, log: Callable[[], Any]) -> None:
         self._spawn = spawn
         self._log = log  # the actor's bound logger, bound on first use
         self._settling: asyncio.Task[None] | None = None  # the last step's effects and acks, under way
@@ -43,9 +43,12 @@ class StepAcks:
         if self._settling is not None:
             await asyncio.wait([self._settling])
 
-    def release(self, batch: list[Incoming]) -> None:
-        """Give the consumer its credit back (messages dropped without ack or nak: terminated)."""
-        self._release(from_inbox(batch))
+    @staticmethod
+    def release(batch: list[Incoming]) -> None:
+        """Give the consumers their credit back (also for messages terminated, not acked)."""
+        for delivery in batch:
+            if isinstance(delivery, Delivery):
+                delivery.release()
 
     async def nak(self, batch: list[Incoming], *, delay: float, hold: HeldAck | None) -> None:
         if hold is not None:
@@ -101,8 +104,3 @@ class StepAcks:
             for delivery in batch:
                 await delivery.ack()
         self.release(batch)
-
-
-def from_inbox(batch: list[Incoming]) -> int:
-    """How many of ``batch`` came from the inbox consumer (and hold its credit)."""
-    return sum(1 for delivery in batch if isinstance(delivery, Delivery))

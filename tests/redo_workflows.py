@@ -73,3 +73,23 @@ async def chain(n: int) -> list[str]:
 
 def chain_expected(n: int, answer: str) -> list[str]:
     return [f"{n}.a", f"{n}.b", f"{n}.g", answer]
+
+
+@workflow
+async def tally_awake(n: int) -> int:
+    """Counts ``n`` "add" signals; each wait has a timer due soon, so the execution stays
+    cached between signals (it is never dormant)."""
+    total = 0
+    for _ in range(n):
+        total += await asyncio.wait_for(workflow.wait_signal("add", type=int), timeout=25)
+    return total
+
+
+@workflow
+async def leave_running(n: int) -> str:
+    """Starts a gate and hands a token over, then ends on a signal without awaiting either:
+    the start message stays unacked (the eager gate runs on) after the execution completed."""
+    running = [asyncio.ensure_future(gate(f"{n}.g")), asyncio.ensure_future(hand_over(f"{n}.h"))]
+    await workflow.wait_signal("done", type=str)
+    del running
+    return "done"

@@ -121,6 +121,8 @@ def test_activity_result_refusals() -> None:
     current = FakeRun(run=2, activities={1: FakeActivity()})
     old_run = t(result(run=1), current)
     assert isinstance(old_run, Refusal) and old_run.error.code == "activity.closed"
+    for forged in (3, 99, 0, -1):  # a run that never was: the token is not ours (issue 10 item 7)
+        assert t(result(run=forged), current).error.code == "token.invalid", forged
     assert t(result(run=2, nonce="forged"), current).error.code == "token.invalid"
     assert t(result(run=2, seq=9), current).error.code == "token.invalid"
     assert t(result(run=2), None).error.code == "activity.closed"
@@ -138,6 +140,10 @@ def test_outside_result_must_decode_as_declared_type() -> None:
     # From this runtime's own activity actor, the result is not checked again.
     assert isinstance(t(result(result=msgspec.Raw(b'"seven"')), current), ActivityCompleted)
     assert isinstance(t(result(), current, outside=True), ActivityCompleted)
+    # Closed: that is the answer, whatever the result (issue 10 item 7).
+    closed = FakeRun(activities={1: FakeActivity(closed=True, result_codec=PayloadCodec(int))})
+    late = t(result(result=msgspec.Raw(b"null")), closed, outside=True)
+    assert isinstance(late, Refusal) and late.error.code == "activity.closed"
 
 
 def test_stale_internal_reports_are_refused_not_applied() -> None:

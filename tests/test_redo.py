@@ -46,10 +46,10 @@ async def _holds(predicate: Callable[[], object]) -> bool:
     return bool(value)
 
 
-async def handed_over(client: Client, execution_id: str, partitions: int) -> bool:
-    """The token-holding attempt (activity 4) is flagged started: no recovery re-runs it."""
+async def handed_over(client: Client, execution_id: str, partitions: int, seq: int = 4) -> bool:
+    """The token-holding attempt (activity ``seq``) is flagged started: no recovery re-runs it."""
     names = client.names
-    key = TimerKey(partition_of(execution_id, partitions), execution_id, 1, "a.4.1.hb")
+    key = TimerKey(partition_of(execution_id, partitions), execution_id, 1, f"a.{seq}.1.hb")
     stored = await client.conn.get_last(f"KV_{names.timers_bucket}", f"$KV.{names.timers_bucket}.{key.key()}")
     return stored is not None and stored.is_value and codec.activity_record.decode(stored.data).started
 
@@ -65,6 +65,25 @@ async def work_drained(client: Client) -> bool:
         if info.num_pending or info.num_ack_pending:
             return False
     return True
+
+
+async def recreate_inbox_consumer(client: Client, partition: int) -> None:
+    """Delete the partition's inbox consumer while its runtime holds the lease: the runtime
+    recreates it (what happens after a server restart or a consumer lost on a cluster)."""
+    names = client.names
+    consumer = names.inbox_consumer(partition)
+    js = client.conn.raw.jetstream()
+    before = await js.consumer_info(names.inbox_stream, consumer)
+    await delete_consumer(client.conn, stream=names.inbox_stream, name=consumer)
+
+    async def recreated() -> bool:
+        try:
+            info = await js.consumer_info(names.inbox_stream, consumer)
+        except Exception:
+            return False
+        return info.created != before.created
+
+    await wait_until(recreated, what="the inbox consumer recreated")
 
 
 def counts(path: Path) -> collections.Counter[str]:
@@ -144,18 +163,7 @@ async def test_redelivery_to_the_same_runtime_never_runs_an_attempt_twice(
         await wait_until(
             lambda: handed_over(client, execution_id, settings.partitions), what="token handed over"
         )
-        js = client.conn.raw.jetstream()
-        consumer = client.names.inbox_consumer(partition)
-        await delete_consumer(client.conn, stream=client.names.inbox_stream, name=consumer)
-
-        async def redelivered() -> bool:
-            try:
-                info = await js.consumer_info(client.names.inbox_stream, consumer)
-            except Exception:
-                return False  # not recreated yet
-            return info.delivered.stream_seq >= 1 and info.num_ack_pending >= 1
-
-        await wait_until(redelivered, what="the start message delivered again")
+        await recreate_inbox_consumer(client, partition)
         # The completion's reply comes once it is in history: after the start message
         # (earlier in the inbox) was recognised and its steps redone.
         await client.complete_activity(tokens_of(log)["1.h"][0], "ok")
