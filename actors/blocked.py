@@ -37,6 +37,8 @@ from perdure.runtime import codec
 from perdure.runtime.errors import (
     ErrorInfo,
     ExecutionBlocked,
+    HistoryUnreadable,
+    NonDeterminismError,
     PerdureError,
     StepCrashed,
     UnknownWorkflow,
@@ -66,21 +68,37 @@ from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage
 from perdure.runtime.settings import Settings
 
+from .blocked_runs import absorbed_by, closed_run, last_start, started_from
 from .dead_letters import DeadLetters, original_headers
-from .definitions import WorkflowDefinition
 from .effect_runner import ExecutionRef
 from .instance import WorkflowInstance
 from .registry import Registry
 
 log = structlog.get_logger("perdure.blocked")
 
-# Deliveries of one message whose step crashed before the execution is BLOCKED. Crashes are
-# nak'd with a 2 s delay, so this is about 8 s of retries: enough for a transient fault.
+# Crashes of an execution's step before it is BLOCKED: deliveries of one inbox message, or
+# steps in a row in this process (an eager attempt's outcome is always on its first
+# delivery). Crashes are nak'd with a 2 s delay: about 8 s of retries, enough for a transient fault.
 MAX_STEP_CRASHES = 5
 
+_BLOCKING = (UnknownWorkflow, HistoryUnreadable, ExecutionBlocked)  # no retry can fix these
 
-def crashed_too_often(batch: Sequence[Any]) -> bool:
-    return any(delivery.num_delivered >= MAX_STEP_CRASHES for delivery in batch)
+
+def block_reason(exc: Exception, batch: Sequence[Any], *, crashes: int) -> ErrorInfo | None:
+    """Why a step that raised ``exc`` leaves its execution BLOCKED, or None: try again later
+    (a ``PerdureError`` such as ``ConnectionLost`` is transient; a crash, until it repeats)."""
+    if isinstance(exc, _BLOCKING):
+        return exc.to_info()
+    if isinstance(exc, PerdureError):
+        return None
+    if max([crashes, *(delivery.num_delivered for delivery in batch)]) >= MAX_STEP_CRASHES:
+        return crash_reason(exc)
+    return None
+
+
+def divergence(message: str) -> ErrorInfo:
+    """The reason of an execution whose code no longer replays its history."""
+    return msgspec.structs.replace(NonDeterminismError(message).to_info(), retryable=False)
 
 
 def crash_reason(exc: BaseException) -> ErrorInfo:
@@ -88,7 +106,7 @@ def crash_reason(exc: BaseException) -> ErrorInfo:
     return msgspec.structs.replace(
         info,
         code=StepCrashed.code,
-        message=f"the step crashed on {MAX_STEP_CRASHES} deliveries: {type(exc).__name__}: {exc}",
+        message=f"the step crashed {MAX_STEP_CRASHES} times: {type(exc).__name__}: {exc}",
         retryable=False,
     )
 
@@ -194,10 +212,10 @@ class BlockedExecutions:
         if last is None:  # it never started: its start is parked (or in this batch)
             start = start or await self._parked_start(execution_id, partition)
             if start is not None:
-                started = _started(start)
+                started = started_from(start)
                 inputs.insert(0, started)
         else:
-            started, _ = _last_start(await self._conn.read_subject(self._names.history_stream, subject))
+            started, _ = last_start(await self._conn.read_subject(self._names.history_stream, subject))
         step = HistoryStep(
             time=time.time(),
             inputs=inputs,
@@ -256,15 +274,15 @@ class BlockedExecutions:
         await self.dead.forget_parked(partition, execution_id)
 
     async def load_closed(
-        self, stored: list[StoredMessage], execution_id: str, partition: int
-    ) -> tuple[WorkflowInstance, ExecutionRef] | None:
-        """``closed_run``, and the end of its termination if a crash cut it short."""
-        closed = closed_run(stored, execution_id, partition, self._registry)
+        self, stored: list[StoredMessage], last: HistoryStep, execution_id: str, partition: int
+    ) -> tuple[WorkflowInstance, ExecutionRef]:
+        """A run terminated while BLOCKED (``blocked_runs.closed_run``), and the end of its
+        termination if a crash cut it short."""
+        closed = closed_run(stored, last, execution_id, partition, self._registry)
         if closed is None:
-            return None
+            raise HistoryUnreadable(f"history of {execution_id} ends blocked without a termination")
         record = await self._record(execution_id)
         if record is None or record.status != "TERMINATED":
-            last = codec.history_step.decode(stored[-1].data)
             reason = next((e.reason for e in last.inputs if isinstance(e, TerminateRequested)), "")
             await self._finish(execution_id, partition, closed[0].started, reason, last.time)
         return closed
@@ -307,7 +325,7 @@ class BlockedExecutions:
         if not parked:
             return
         history = await self._conn.read_subject(self._names.history_stream, self._names.history(execution_id))
-        absorbed = _absorbed(history)
+        absorbed = absorbed_by(history)
         record = await self._record(execution_id)
         if history and record is not None and record.status == "BLOCKED":
             # RUNNING again; its owner blocks it again (once) if it still cannot run. (Without
@@ -345,76 +363,6 @@ class BlockedExecutions:
         subject = delivery.headers.get(REPLY_HEADER)
         if subject:
             await self._conn.publish_core(subject, codec.encode(reply))
-
-
-# ---------------------------------------------------------------------- loading a closed run
-
-
-def closed_run(
-    stored: list[StoredMessage], execution_id: str, partition: int, registry: Registry
-) -> tuple[WorkflowInstance, ExecutionRef] | None:
-    """A run terminated while BLOCKED (its last step says ``ended_blocked``) loads as closed,
-    without replaying it (its code cannot: not hosted, undecodable, nondeterministic, crashing):
-    messages to it are then handled as for any closed execution (ignored; a new run may start)."""
-    try:
-        last = codec.history_step.decode(stored[-1].data)
-    except msgspec.DecodeError:
-        return None
-    closing = next((d for d in last.decisions if isinstance(d, WorkflowTerminated)), None)
-    if closing is None or not last.ended_blocked:
-        return None
-    started, started_at = _last_start(stored)
-    workflow = started.workflow if started is not None else ""
-    run = started.run if started is not None else 1
-    definition = registry.workflow(workflow) or _unhosted(workflow)
-    instance = WorkflowInstance(definition, execution_id, run=run)
-    instance.started, instance.closing = started, closing
-    return instance, ExecutionRef(execution_id, workflow, run, partition, started_at or last.time)
-
-
-def _absorbed(history: list[StoredMessage]) -> set[int]:
-    """The inbox sequences that history's steps absorbed (undecodable steps skipped)."""
-    out: set[int] = set()
-    for stored in history:
-        try:
-            out.update(codec.history_step.decode(stored.data).absorbed)
-        except msgspec.DecodeError:
-            continue
-    return out
-
-
-def _last_start(stored: list[StoredMessage]) -> tuple[WorkflowStarted | None, float]:
-    for message in reversed(stored):
-        try:
-            step = codec.history_step.decode(message.data)
-        except msgspec.DecodeError:
-            continue
-        if step.inputs and isinstance(step.inputs[0], WorkflowStarted):
-            return step.inputs[0], step.time
-    return None, 0.0
-
-
-def _unhosted(name: str) -> WorkflowDefinition[Any, Any]:
-    """Stands in for a workflow this runtime does not host, in a run that is closed (a new
-    run of it fails at once, saying so)."""
-
-    async def unhosted() -> None:
-        raise UnknownWorkflow(f"workflow {name!r} is not hosted by this runtime")
-
-    definition: WorkflowDefinition[Any, Any] = WorkflowDefinition(unhosted, name="unhosted")
-    definition.name = name
-    return definition
-
-
-def _started(start: StartWorkflow) -> WorkflowStarted:
-    return WorkflowStarted(
-        workflow=start.workflow,
-        input=start.input,
-        parent=start.parent,
-        parent_run=start.parent_run,
-        parent_seq=start.parent_seq,
-        timeout=start.timeout,
-    )
 
 
 def _blocked_record(

@@ -33,7 +33,7 @@ from perdure import (
 )
 from perdure.actors.instance import WorkflowInstance
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityClosed, TerminateRequested
+from perdure.runtime.events import ActivityConcluded, TerminateRequested
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
 from perdure.runtime.messages import REPLY_HEADER
 from perdure.runtime.nats_client import StoredMessage
@@ -363,7 +363,7 @@ async def _started_and_waiting(client: Client, execution_id: str) -> Any:
     async with watch_history(client) as watch:
         handle = await client.start(shifting_v1, 1, id=execution_id)
         await watch.wait_for(
-            lambda w: any(isinstance(e, ActivityClosed) for e in w.events(execution_id)), timeout=20
+            lambda w: any(isinstance(e, ActivityConcluded) for e in w.events(execution_id)), timeout=20
         )
     return handle
 
