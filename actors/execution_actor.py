@@ -82,6 +82,7 @@ class ExecutionActor:
         self._lock = asyncio.Lock()  # a step and a query never interleave
         self.phase = Phase.NEW
         self._blocked: ErrorInfo | None = None  # why, while BLOCKED
+        self._crashes = 0  # steps crashed in a row (eager outcomes are always on delivery 1)
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
         self._history = HistoryLog(services.conn, services.names, execution_id)
@@ -139,6 +140,7 @@ class ExecutionActor:
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
                 await self._step(batch)
+                self._crashes = 0
                 return
             except HistoryConflict as exc:
                 self._log.info("execution.conflict", error=str(exc))
@@ -154,8 +156,9 @@ class ExecutionActor:
         self._forget()
         crashed = not isinstance(exc, PerdureError)  # a PerdureError (ConnectionLost...) is transient
         if crashed:
-            self._log.exception("execution.step_crashed", exc_info=exc)
-        reason = poison.block_reason(exc, batch, crashes=0)
+            self._crashes += 1
+            self._log.exception("execution.step_crashed", exc_info=exc, crashes=self._crashes)
+        reason = poison.block_reason(exc, batch, crashes=self._crashes)
         if reason is not None:
             return await self._park(batch, reason)
         if not crashed:

@@ -33,7 +33,7 @@ from perdure import (
 )
 from perdure.actors.instance import WorkflowInstance
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityConcluded, TerminateRequested
+from perdure.runtime.events import ActivityCompleted, ActivityConcluded, TerminateRequested
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
 from perdure.runtime.messages import REPLY_HEADER
 from perdure.runtime.nats_client import StoredMessage
@@ -341,6 +341,35 @@ async def test_terminate_ends_an_execution_blocked_by_crashes(
         assert await _inbox_drained(client)
         assert await _dead(client, f"{client.names.namespace}.dead.parked.*.crashy-2") == []
         assert (await handle.describe()).status == "TERMINATED"
+
+
+async def test_a_step_that_crashes_on_eager_outcomes_is_parked(
+    settings: Settings, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An eager attempt's outcome reaches the actor from this process, always on "delivery" 1:
+    the crashes are counted per execution in memory, so its step is parked all the same."""
+    original = WorkflowInstance.activate
+
+    def crashing(self: WorkflowInstance, inputs: list[Any], *args: Any, **kw: Any) -> Any:
+        if self.execution_id == "crashy-eager" and any(isinstance(e, ActivityCompleted) for e in inputs):
+            raise RuntimeError("bug on outcomes")
+        return original(self, inputs, *args, **kw)
+
+    monkeypatch.setattr(WorkflowInstance, "activate", crashing)
+    assert settings.eager_activities
+    async with Worker([plain, add_one], settings=settings):
+        handle = await client.start(plain, 41, id="crashy-eager")
+        description = await _blocked(client, "crashy-eager", timeout=40)
+        assert description.error.code == "step.crashed"
+        assert "bug on outcomes" in description.error.message
+        steps = await handle.history_steps()
+        assert steps[0].eager  # the attempt ran eagerly: its outcome never came by the inbox
+        parked = await _dead(client, f"{client.names.namespace}.dead.parked.*.crashy-eager")
+        assert len(parked) == 1 and b"activity.result" in parked[0].data
+        assert await _inbox_drained(client)  # the start is acked once its outcome is parked
+    monkeypatch.setattr(WorkflowInstance, "activate", original)  # the fixed code is deployed
+    async with Worker([plain, add_one], settings=settings):
+        assert await handle.result(timeout=20) == 42
 
 
 # ---------------------------------------------------------------------- nondeterminism
