@@ -30,7 +30,10 @@ class StepInput:
 
 
 async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: str) -> list[StepInput]:
+    """The decoded messages of ``batch``. The poison ones leave ``batch`` (dead-lettered,
+    acked, their credit returned): a nak or a park of the rest must not settle them again."""
     out: list[StepInput] = []
+    poisoned = False
     for delivery in batch:
         if isinstance(delivery, LocalResult):
             out.append(StepInput(delivery, delivery.message))
@@ -41,8 +44,12 @@ async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: s
             )
         except InvalidPayload as exc:
             await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())
+            delivery.release()
+            poisoned = True
             continue
         out.append(StepInput(delivery, message))
+    if poisoned:
+        batch[:] = [item.delivery for item in out]
     return out
 
 

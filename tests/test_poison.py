@@ -37,6 +37,7 @@ from perdure.runtime.events import ActivityCompleted, ActivityConcluded, Termina
 from perdure.runtime.events import WorkflowTerminated as TerminatedEvent
 from perdure.runtime.messages import REPLY_HEADER
 from perdure.runtime.nats_client import StoredMessage
+from perdure.runtime.provision import Provisioner
 
 from support import RuntimeProcess, watch_history
 
@@ -217,6 +218,22 @@ async def test_undecodable_inbox_message_is_dead_lettered(
         await sub.stop()
         assert not reply.ok and reply.error is not None and reply.error.code == "payload.invalid"
         assert await (await client.start(plain, 1, id="after-junk")).result(timeout=20) == 2
+
+
+async def test_poison_beside_a_blocked_start_is_dead_lettered_once(
+    settings: Settings, client: Client, dead_letters: asyncio.Queue[StoredMessage]
+) -> None:
+    """Both wait in the inbox before the runtime starts, so one step gets both: the junk is
+    dead-lettered by decoding, the start parked by the block, and the junk not again."""
+    await Provisioner(client.conn, settings).provision()
+    await client.start("not_deployed", 1, id="ghost-junk")
+    await client.conn.publish(client.names.inbox("ghost-junk"), b"junk")
+    async with Worker([plain, add_one], settings=settings):
+        seen = []
+        while not seen or ".dead.parked." not in seen[-1].subject:
+            seen.append(await asyncio.wait_for(dead_letters.get(), 10))
+        assert [m.subject.split(".")[2] for m in seen] == ["poison", "parked"]
+        assert await _inbox_drained(client)
 
 
 def _fuzzed_inbox_bodies() -> list[bytes]:
