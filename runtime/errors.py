@@ -134,7 +134,8 @@ class HistoryUnreadable(PerdureError):
 
 
 class StepCrashed(PerdureError):
-    """The execution's step raised on every one of several deliveries of the same message."""
+    """The execution's step raised again and again: on several deliveries of one message, or
+    on several steps in a row in one runtime (eager outcomes are never redelivered by NATS)."""
 
     code = "step.crashed"
 
