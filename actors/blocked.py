@@ -5,7 +5,8 @@ An execution is BLOCKED when its start names a workflow this runtime does not ho
 (``HistoryUnreadable``), when its code no longer replays its history
 (``NonDeterminismError``), or when its step crashed on ``MAX_STEP_CRASHES`` deliveries of
 the same message or steps in a row (``StepCrashed``). The actor holds this as
-``Phase.BLOCKED`` (actors/execution_actor.py), and its step acks park instead of nak-ing. Then, for every message it gets:
+``Phase.BLOCKED`` (actors/execution_actor.py) and parks instead of nak-ing
+(``StepAcks.park``). Then, for every message it gets:
 
 - a terminate ends it at once, without running workflow code: one history step records it
   (with the parked start first, if it never started), the index says TERMINATED, a parent
