@@ -40,6 +40,7 @@ from perdure.runtime.events import (
     WorkflowStarted,
     WorkflowTerminated,
 )
+from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     REPLY_HEADER,
     ActivityProgress,
@@ -219,8 +220,15 @@ class CompletionService:
         if reply:
             await self._conn.publish_core(reply, body)
 
+    def _check_body(self, data: bytes, verb: str) -> None:
+        """A body over the payload limit is refused here: forwarded to the inbox with its
+        envelope and reply header it would exceed the server's ``max_payload``, and the
+        server would close this runtime's connection for it."""
+        check_size(len(data), self._conn.payload_limit, what=f"{verb} request")
+
     async def _complete(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         try:
+            self._check_body(data, "complete")
             request = codec.decode(codec.complete_request, data, what="complete request")
             token = decode_token(request.token)
             await self._forward(token, reply, ok=True, result=request.result)
@@ -229,6 +237,7 @@ class CompletionService:
 
     async def _fail(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         try:
+            self._check_body(data, "fail")
             request = codec.decode(codec.fail_request, data, what="fail request")
             token = decode_token(request.token)
             error = ErrorInfo(
@@ -244,6 +253,7 @@ class CompletionService:
 
     async def _heartbeat(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         try:
+            self._check_body(data, "heartbeat")
             request = codec.decode(codec.heartbeat_request, data, what="heartbeat request")
             token = decode_token(request.token)
             answer = await self._heartbeats.beat(token, request.details)
@@ -256,6 +266,7 @@ class CompletionService:
     async def _signal(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         """Signal from any language; the reply comes once the signal is durably in the inbox."""
         try:
+            self._check_body(data, "signal")
             request = codec.decode(codec.signal_request, data, what="signal request")
             check_execution_id(request.execution_id)
             await self._require_execution(request.execution_id)

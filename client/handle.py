@@ -20,6 +20,7 @@ from perdure.runtime.errors import (
     from_info,
 )
 from perdure.runtime.events import AnyEvent, HistoryStep
+from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     CancelWorkflow,
@@ -178,6 +179,7 @@ class WorkflowHandle:
 
     async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
         raw = msgspec.Raw(codec.encode(payload))
+        check_size(len(raw), self._client.conn.payload_limit, what=f"payload of signal {name!r}")
         await self._client.send(
             self.id,
             SignalWorkflow(name=name, payload=raw, id=id or ""),

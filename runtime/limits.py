@@ -24,6 +24,18 @@ def payload_limit(max_payload: int | None) -> int:
     return max(server - ENVELOPE_RESERVE, 1024)
 
 
+def start_input_limit(max_payload: int | None) -> int:
+    """The largest workflow input accepted by a start: half of ``payload_limit``.
+
+    The first history step records the input (``WorkflowStarted``) together with the first
+    decisions, and a workflow commonly hands its input on to an activity or a child (their
+    ``input`` is in that same step): an input over half the limit would make that step too
+    large to append. (Measured: a 900 KB input passed to an activity made the runtime fail
+    every append of that step.)
+    """
+    return payload_limit(max_payload) // 2
+
+
 def check_size(size: int, limit: int, *, what: str) -> None:
     """Raise ``PayloadTooLarge`` if ``size`` bytes of ``what`` exceed ``limit``."""
     if size > limit:

@@ -1,0 +1,49 @@
+"""Workflows and activities of the payload-limit and bad-input tests (issue 10, items 1 and 3)."""
+
+from __future__ import annotations
+
+from perdure import ActivityContext, ActivityError, activity, workflow
+
+MB = 1024 * 1024
+
+
+@workflow
+async def measure(text: str) -> int:
+    """A workflow that only looks at its input (the runtime-health probe after a refusal)."""
+    return len(text)
+
+
+@activity
+async def huge_result(size: int) -> str:
+    return "x" * size
+
+
+@workflow
+async def asks_for_huge(size: int) -> str:
+    """Asks an activity for ``size`` bytes; says what the activity's failure looked like."""
+    try:
+        text = await huge_result(size)
+    except ActivityError as exc:
+        return f"{type(exc).__name__} {exc.type}: {exc.message}"
+    return f"got {len(text)}"
+
+
+@activity
+async def huge_checkpoint(size: int, ctx: ActivityContext) -> str:
+    await ctx.heartbeat("x" * size)
+    return "sent"
+
+
+@workflow
+async def asks_for_huge_checkpoint(size: int) -> str:
+    try:
+        return await huge_checkpoint(size)
+    except ActivityError as exc:
+        return f"{type(exc).__name__} {exc.type}: {exc.message}"
+
+
+@workflow
+async def waits_for_bool() -> str:
+    """Waits for one ``approval`` signal declared as a bool."""
+    answer = await workflow.wait_signal("approval", type=bool)
+    return f"approval={answer}"
