@@ -40,6 +40,7 @@ from perdure.runtime.events import (
     WorkflowStarted,
     WorkflowTerminated,
 )
+from perdure.runtime.existence import require_execution
 from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     REPLY_HEADER,
@@ -73,13 +74,13 @@ class HeartbeatService:
     def __init__(self, conn: Connection, names: Names, partitions: int) -> None:
         self._conn = conn
         self._names = names
-        self._partitions = partitions
+        self.partitions = partitions
         self._timers_stream = f"KV_{names.timers_bucket}"
         self._timers_prefix = f"$KV.{names.timers_bucket}."
 
     def _record_key(self, token: TokenData) -> TimerKey:
         """The key of the attempt's record (its heartbeat timer)."""
-        partition = partition_of(token.execution_id, self._partitions)
+        partition = partition_of(token.execution_id, self.partitions)
         return TimerKey(partition, token.execution_id, token.run, record_timer(token.seq, token.attempt))
 
     async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
@@ -200,7 +201,6 @@ class CompletionService:
         self._names = names
         self._heartbeats = heartbeats
         self._subs: list[Subscription] = []
-        self._executions_stream = f"KV_{names.executions_bucket}"
 
     async def start(self) -> None:
         for verb, handler in (
@@ -281,17 +281,10 @@ class CompletionService:
             await self._answer(reply, error_reply(exc))
 
     async def _require_execution(self, execution_id: str) -> None:
-        """The execution exists: its index entry says so, or else its history does. (The
-        index is written with a step's effects, after the append: an eager activity can hand
-        its token over, and be completed, before the entry is stored.)"""
-        index = await self._conn.get_last(
-            self._executions_stream, f"$KV.{self._names.executions_bucket}.{execution_id}"
-        )
-        if index is not None:
-            return
-        history = await self._conn.get_last(self._names.history_stream, self._names.history(execution_id))
-        if history is None:
-            raise ExecutionNotFound(f"no execution {execution_id!r}")
+        """The execution exists (its index entry, a start waiting in its inbox, or its
+        history: an eager activity can hand its token over, and be completed, before the
+        index entry is stored)."""
+        await require_execution(self._conn, self._names, execution_id, self._heartbeats.partitions)
 
     async def _forward(
         self,

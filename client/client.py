@@ -135,12 +135,21 @@ class Client:
         return await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
 
     async def signal(
-        self, execution_id: str, name: str, payload: Any = None, *, id: str | None = None
+        self,
+        execution_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        id: str | None = None,
+        workflow: Any = None,
     ) -> None:
-        """Send signal ``name`` to an execution; with ``id``, sending it again has no effect."""
-        await self.get_handle(execution_id).signal(name, payload, id=id)
+        """Send signal ``name`` to an execution; with ``id``, sending it again has no effect.
+        Raises ``ExecutionNotFound`` if there is no such execution; with ``workflow``, a
+        payload that is not of the signal's declared type raises ``InvalidPayload``."""
+        await self.get_handle(execution_id, workflow).signal(name, payload, id=id)
 
     async def cancel(self, execution_id: str, reason: str = "") -> None:
+        """Cancel an execution; raises ``ExecutionNotFound`` if there is no such execution."""
         await self.get_handle(execution_id).cancel(reason)
 
     async def terminate(self, execution_id: str, reason: str = "") -> None:

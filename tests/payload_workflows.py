@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perdure import ActivityContext, ActivityError, activity, workflow
+from perdure import ActivityContext, ActivityError, InvalidPayload, activity, workflow
 
 MB = 1024 * 1024
 
@@ -47,3 +47,24 @@ async def waits_for_bool() -> str:
     """Waits for one ``approval`` signal declared as a bool."""
     answer = await workflow.wait_signal("approval", type=bool)
     return f"approval={answer}"
+
+
+@workflow(signals={"approval": bool})
+async def declares_approval() -> str:
+    """Declares its signal's type: a wrong payload is refused when it is sent."""
+    answer = await workflow.wait_signal("approval")
+    return f"approval={answer!r}"
+
+
+@workflow
+async def sees_bad_signals() -> list[str]:
+    """Asks to see undecodable signals: each is an ``InvalidPayload`` from ``wait_signal``."""
+    seen: list[str] = []
+    while True:
+        try:
+            answer = await workflow.wait_signal("approval", type=bool, on_invalid="raise")
+        except InvalidPayload as exc:
+            seen.append(f"{type(exc).__name__}: {exc.message}")
+            continue
+        seen.append(f"approval={answer!r}")
+        return seen
