@@ -16,6 +16,9 @@ Heartbeats never touch history: they re-put the attempt's record, resetting its 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import random
 from typing import NoReturn
 
 import msgspec
@@ -45,13 +48,14 @@ from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     REPLY_HEADER,
     ActivityProgress,
+    ActivityRecord,
     ActivityResult,
     ApiError,
     ApiReply,
     SignalWorkflow,
 )
 from perdure.runtime.naming import Names, check_execution_id, partition_of
-from perdure.runtime.nats_client import Connection, Subscription
+from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
 
@@ -61,6 +65,8 @@ from .timers import TimerKey
 log = structlog.get_logger("perdure.completion")
 
 QUEUE_GROUP = "perdure-runtime"
+# How long a heartbeat keeps re-reading an attempt's record that other writers keep changing.
+CONTENTION_DEADLINE = 5.0
 _RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
 
 
@@ -84,9 +90,21 @@ class HeartbeatService:
         return TimerKey(partition, token.execution_id, token.run, record_timer(token.seq, token.attempt))
 
     async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
+        """Reset the attempt's heartbeat TTL (a compare-and-set re-put of its record), store
+        ``details`` as its checkpoint, and say whether it is still wanted.
+
+        Heartbeats of one attempt can race (several senders, retries): when the re-put loses
+        to a newer write of an open record that carries the heartbeat TTL, that write reset
+        the TTL after this heartbeat arrived, which is all this one had to do. Otherwise it
+        reads again, with a short back-off, until ``CONTENTION_DEADLINE``; then it answers a
+        retryable ``HistoryConflict``, never "closed" for an attempt that is open.
+        """
         key = self._record_key(token)
         subject = self._timers_prefix + key.key()
-        for _ in range(5):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONTENTION_DEADLINE
+        lost_to: int | None = None
+        for conflicts in itertools.count():
             stored = await self._conn.get_last(self._timers_stream, subject)
             if stored is None or not stored.is_value:
                 return await self._no_record(token, expired=stored is not None)
@@ -97,21 +115,46 @@ class HeartbeatService:
                 )
             if record.closed:
                 return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
-            updated = record if record.started else msgspec.structs.replace(record, started=True)
-            try:
-                ack = await self._conn.publish(
-                    subject, codec.encode(updated), expected_last_subject_seq=stored.seq, ttl=record.heartbeat
-                )
-            except HistoryConflict:
-                continue  # the actor closed or cancelled it meanwhile: read again
+            if lost_to is not None and self._covers(stored, record, details):
+                revision = stored.seq  # a newer write already reset the TTL
+            else:
+                updated = record if record.started else msgspec.structs.replace(record, started=True)
+                try:
+                    ack = await self._conn.publish(
+                        subject,
+                        codec.encode(updated),
+                        expected_last_subject_seq=stored.seq,
+                        ttl=record.heartbeat,
+                    )
+                except HistoryConflict:
+                    if loop.time() > deadline:
+                        raise HistoryConflict(
+                            f"heartbeat of activity {token.seq} of {token.execution_id}: its record "
+                            f"changed {conflicts + 1} times while this heartbeat tried to write it; "
+                            "send it again"
+                        ) from None
+                    lost_to = stored.seq
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))
+                    continue  # another heartbeat or the actor wrote meanwhile: read again
+                revision = ack.seq
             if details is not None and not is_null(details):
                 await self._conn.publish(
                     self._timers_prefix + key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL
                 )
                 if record.observed:
-                    await self._report_progress(token, details, ack.seq)
+                    await self._report_progress(token, details, revision)
             return ApiReply(ok=True, cancel_requested=record.cancel_requested)
-        return ApiReply(ok=True, closed=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _covers(stored: StoredMessage, record: ActivityRecord, details: msgspec.Raw | None) -> bool:
+        """Whether a write newer than the one this heartbeat lost to does its job: the attempt
+        is flagged started and its TTL was reset (or it has none). Progress a workflow
+        watches is numbered by record revision, so details for it still need a write of
+        their own."""
+        ttl_reset = record.heartbeat is None or "Nats-TTL" in stored.headers
+        reports_progress = record.observed and details is not None and not is_null(details)
+        return record.started and ttl_reset and not reports_progress
 
     async def mark_started(self, token: TokenData) -> None:
         """Flag the attempt's record ``started`` (an eager attempt handed its token over with

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from perdure import ActivityContext, ActivityError, InvalidPayload, activity, workflow
+from activity_workflows import tokens
+
+from perdure import ActivityContext, ActivityError, InvalidPayload, activity, make_async, workflow
 
 MB = 1024 * 1024
 
@@ -68,3 +70,15 @@ async def sees_bad_signals() -> list[str]:
             continue
         seen.append(f"approval={answer!r}")
         return seen
+
+
+@activity(heartbeat=5.0)
+async def held(request: str, ctx: ActivityContext) -> bool:
+    """Handed to whoever holds the token; its heartbeats must come within 5 s."""
+    tokens(ctx.execution_id).put_nowait(ctx.token)
+    return make_async()
+
+
+@workflow
+async def holds(request: str) -> str:
+    return "approved" if await held(request) else "rejected"
