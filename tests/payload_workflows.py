@@ -82,3 +82,17 @@ async def held(request: str, ctx: ActivityContext) -> bool:
 @workflow
 async def holds(request: str) -> str:
     return "approved" if await held(request) else "rejected"
+
+
+runs: list[str] = []  # what ``recorded`` ran (in-process runtimes only)
+
+
+@activity
+async def recorded(label: str, ctx: ActivityContext) -> str:
+    runs.append(f"{ctx.execution_id}:{label}")
+    return label
+
+
+@workflow
+async def records(label: str) -> str:
+    return await recorded(label)

@@ -31,7 +31,9 @@ async def test_signal_and_cancel_to_a_missing_execution_raise_not_found(
             await client.get_handle("nobody").cancel("why")
         # Nothing was left in the inbox for it.
         partitions = await client.partitions()
-        stored = await client.conn.get_multi_last(client.names.inbox_stream, [f"{client.names.namespace}.inbox.*.nobody"])
+        stored = await client.conn.get_multi_last(
+            client.names.inbox_stream, [f"{client.names.namespace}.inbox.*.nobody"]
+        )
         assert stored == [] and partitions > 0
 
 
@@ -51,7 +53,7 @@ async def test_a_signal_right_after_the_start_is_accepted_even_with_no_runtime(
 async def test_a_wrongly_typed_signal_is_refused_at_send_time(settings: Settings, client: Client) -> None:
     async with Worker([declares_approval], settings=settings), watch_history(client) as watch:
         handle = await client.start(declares_approval, id="typed")
-        with pytest.raises(InvalidPayload, match="signal 'approval'.*bool"):
+        with pytest.raises(InvalidPayload, match=r"signal 'approval'.*bool"):
             await handle.signal("approval", "yes please")
         await client.get_handle("typed", declares_approval).signal("approval", False)
         assert await handle.result(timeout=30) == "approval=False"
