@@ -4,6 +4,7 @@ actor's part): refused before the activity runs, terminated, never redelivered."
 from __future__ import annotations
 
 import asyncio
+import json
 
 import msgspec
 from payload_workflows import recorded, records, runs
@@ -27,7 +28,11 @@ async def test_a_work_item_with_an_invalid_execution_id_is_terminated_unrun(
     async with Worker([records, recorded], settings=settings):
         handle = await client.start(records, "before", id="healthy-before")
         assert await handle.result(timeout=30) == "before"
-        last = 0
+        stream, consumer = client.names.work_stream, client.names.work_consumer("recorded")
+        sub, terminated = await client.conn.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{stream}.{consumer}"
+        )
+        await client.conn.flush()
         for bad in ("a.b", "x y"):
             task = ActivityTask(
                 execution_id=bad,
@@ -40,13 +45,13 @@ async def test_a_work_item_with_an_invalid_execution_id_is_terminated_unrun(
                 nonce="n",
                 token="t",
             )
-            ack = await client.conn.publish(client.names.work("recorded"), codec.encode(task))
-            last = ack.seq
-        # Both items delivered, none left waiting for an ack (terminated, not redelivered in 30 s).
+            await client.conn.publish(client.names.work("recorded"), codec.encode(task))
+        # The server announces each terminated item (not redelivered after ack_wait, 30 s).
         async with asyncio.timeout(10):
-            while (state := await work_consumer_state(client, "recorded"))[0] < last or state[2]:
-                await asyncio.sleep(0.05)
-        assert state[1:] == (0, 0)
+            advisories = [json.loads((await anext(terminated)).data) for _ in range(2)]
+        await sub.stop()
+        assert [a["stream_seq"] for a in advisories] == sorted(a["stream_seq"] for a in advisories)
+        assert (await work_consumer_state(client, "recorded"))[1:] == (0, 0)
         handle = await client.start(records, "after", id="healthy-after")
         assert await handle.result(timeout=30) == "after"
     assert runs == ["healthy-before:before", "healthy-after:after"], runs
