@@ -60,6 +60,7 @@ from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
 
 from .effects import CHECKPOINT_TTL, record_timer
+from .registry import Registry
 from .timers import TimerKey
 
 log = structlog.get_logger("perdure.completion")
@@ -239,10 +240,13 @@ def raise_not_found(token: TokenData) -> NoReturn:
 class CompletionService:
     """Serves the complete/fail/heartbeat request subjects."""
 
-    def __init__(self, conn: Connection, names: Names, heartbeats: HeartbeatService) -> None:
+    def __init__(
+        self, conn: Connection, names: Names, heartbeats: HeartbeatService, registry: Registry | None = None
+    ) -> None:
         self._conn = conn
         self._names = names
         self._heartbeats = heartbeats
+        self._registry = registry  # the workflows hosted here: their declared signal types
         self._subs: list[Subscription] = []
 
     async def start(self) -> None:
@@ -312,7 +316,8 @@ class CompletionService:
             self._check_body(data, "signal")
             request = codec.decode(codec.signal_request, data, what="signal request")
             check_execution_id(request.execution_id)
-            await self._require_execution(request.execution_id)
+            index = await self._require_execution(request.execution_id)
+            self._check_signal_type(index, request.name, request.payload)
             message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
             await self._conn.publish(
                 self._names.inbox(request.execution_id),
@@ -323,11 +328,22 @@ class CompletionService:
         except PerdureError as exc:
             await self._answer(reply, error_reply(exc))
 
-    async def _require_execution(self, execution_id: str) -> None:
+    def _check_signal_type(self, index: StoredMessage | None, name: str, payload: msgspec.Raw) -> None:
+        """Where the signal's type is known (this runtime hosts the workflow, which declares
+        it), a payload of another type is refused now rather than skipped by the workflow."""
+        if index is None or not index.is_value or self._registry is None:
+            return
+        record = codec.decode(codec.execution_record, index.data, what="index entry")
+        definition = self._registry.workflow(record.workflow)
+        signal_codec = definition.signal_codecs.get(name) if definition is not None else None
+        if signal_codec is not None:
+            signal_codec.decode(payload, what=f"signal {name!r}")
+
+    async def _require_execution(self, execution_id: str) -> StoredMessage | None:
         """The execution exists (its index entry, a start waiting in its inbox, or its
         history: an eager activity can hand its token over, and be completed, before the
         index entry is stored)."""
-        await require_execution(self._conn, self._names, execution_id, self._heartbeats.partitions)
+        return await require_execution(self._conn, self._names, execution_id, self._heartbeats.partitions)
 
     async def _forward(
         self,

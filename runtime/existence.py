@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from .errors import ExecutionNotFound
 from .naming import Names, partition_of
-from .nats_client import Connection
+from .nats_client import Connection, StoredMessage
 
 
-async def require_execution(conn: Connection, names: Names, execution_id: str, partitions: int) -> None:
+async def require_execution(
+    conn: Connection, names: Names, execution_id: str, partitions: int
+) -> StoredMessage | None:
     """Raise ``ExecutionNotFound`` unless ``execution_id`` has an index entry, a message
-    waiting in its inbox (a start no runtime has absorbed yet), or a history.
+    waiting in its inbox (a start no runtime has absorbed yet), or a history. Returns the
+    index entry when there is one.
 
     The inbox is read before the history on purpose: a runtime appends the step absorbing
     a start before it acks the start (and writes the index with the step's effects), so a
@@ -23,9 +26,10 @@ async def require_execution(conn: Connection, names: Names, execution_id: str, p
         f"KV_{names.executions_bucket}", f"$KV.{names.executions_bucket}.{execution_id}"
     )
     if index is not None:
-        return
+        return index
     stored_inbox = f"{names.namespace}.inbox.{partition_of(execution_id, partitions)}.{execution_id}"
     if await conn.get_last(names.inbox_stream, stored_inbox) is not None:
         return
     if await conn.get_last(names.history_stream, names.history(execution_id)) is None:
         raise ExecutionNotFound(f"no execution {execution_id!r}")
+    return None

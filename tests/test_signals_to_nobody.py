@@ -80,3 +80,24 @@ async def test_the_workflow_can_see_the_decode_error(settings: Settings, client:
         seen = await handle.result(timeout=30)
     assert len(seen) == 2 and seen[1] == "approval=True"
     assert seen[0].startswith("InvalidPayload: signal 'approval' does not decode as bool"), seen
+
+
+async def test_a_runtime_hosting_the_workflow_refuses_a_wrongly_typed_raw_signal(
+    settings: Settings, client: Client
+) -> None:
+    """Over plain NATS the runtime that answers knows the declared type: payload.invalid."""
+    async with Worker([declares_approval], settings=settings), watch_history(client) as watch:
+        handle = await client.start(declares_approval, id="typed-raw")
+        async for description in handle.watch():
+            if description.status == "RUNNING":
+                break
+        subject = client.names.api("signal")
+        answers = []
+        for payload in ("yes please", True):
+            body = json.dumps({"execution_id": "typed-raw", "name": "approval", "payload": payload})
+            answers.append(json.loads(await client.conn.request(subject, body.encode(), timeout=10)))
+        assert answers[0]["ok"] is False and answers[0]["error"]["code"] == "payload.invalid", answers
+        assert "does not decode as bool" in answers[0]["error"]["message"]
+        assert answers[1] == {"ok": True}
+        assert await handle.result(timeout=30) == "approval=True"
+    assert signal_payloads(watch.events("typed-raw")) == [True]
