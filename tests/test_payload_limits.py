@@ -147,3 +147,13 @@ async def test_oversized_signals_are_refused(settings: Settings, client: Client)
         await handle.signal("approval", True)
         assert await handle.result(timeout=30) == "approval=True"
         assert len([e for e in watch.events("big-signal") if isinstance(e, SignalReceived)]) == 1
+
+
+def test_nats_py_max_payload_error_is_mapped() -> None:
+    """The last line of defence (nats-py refuses a payload over max_payload before sending)."""
+    import nats.errors
+
+    from perdure.runtime.nats_client import map_errors
+
+    with pytest.raises(PayloadTooLarge, match="publish to somewhere"), map_errors("publish to somewhere"):
+        raise nats.errors.MaxPayloadError
