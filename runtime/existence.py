@@ -29,7 +29,7 @@ async def require_execution(
         return index
     stored_inbox = f"{names.namespace}.inbox.{partition_of(execution_id, partitions)}.{execution_id}"
     if await conn.get_last(names.inbox_stream, stored_inbox) is not None:
-        return
+        return None
     if await conn.get_last(names.history_stream, names.history(execution_id)) is None:
         raise ExecutionNotFound(f"no execution {execution_id!r}")
     return None
