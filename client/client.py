@@ -12,7 +12,7 @@ from perdure.runtime import codec
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
 from perdure.runtime.errors import ExecutionAlreadyExists, ExecutionNotFound, InvalidPayload, from_info
-from perdure.runtime.limits import check_size, start_input_limit
+from perdure.runtime.limits import START_INPUT_REASON, check_size, start_input_limit
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     AnyInboxMessage,
@@ -101,7 +101,12 @@ class Client:
             raw = input_codec.check(input, what=f"input of workflow {name!r}")
         else:
             raw = msgspec.Raw(codec.encode(input))
-        check_size(len(raw), start_input_limit(self.conn.max_payload), what=f"input of workflow {name!r}")
+        check_size(
+            len(raw),
+            start_input_limit(self.conn.max_payload),
+            what=f"input of workflow {name!r}",
+            reason=START_INPUT_REASON,
+        )
         handle = WorkflowHandle(self, execution_id, workflow if not isinstance(workflow, str) else None)
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         message = StartWorkflow(workflow=name, input=raw, timeout=seconds)
