@@ -227,7 +227,7 @@ class Worker:
             heartbeats=heartbeats,
             blocked=BlockedExecutions(conn, names, self.settings, self.registry, DeadLetters(conn, names)),
         )
-        self._completion = CompletionService(conn, names, heartbeats)
+        self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
         activity_actors = {
             name: ActivityActor(self.services, definition)
