@@ -8,7 +8,9 @@ waits for the one before it. A step that started eager attempts hands its acks t
 
 Whatever fails is nak'd: the messages come back, and the redo ledger redoes their steps'
 effects. The messages of a BLOCKED execution are parked instead (``park``): stored in
-``<NS>_DEAD``, then acked, so that they hold no consumer slot (actors/blocked.py). Every inbox message gives its credit back, whatever its fate, to the consumer that
+``<NS>_DEAD``, then acked, so that they hold no consumer slot (actors/blocked.py).
+
+Every inbox message gives its credit back, whatever its fate, to the consumer that
 delivered it (``Delivery.release``): after a consumer is recreated, the cached actors' old
 messages must not be charged to the new one, nor the new one's left unreturned.
 """

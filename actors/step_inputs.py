@@ -33,23 +33,25 @@ async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: s
     """The decoded messages of ``batch``. The poison ones leave ``batch`` (dead-lettered,
     acked, their credit returned): a nak or a park of the rest must not settle them again."""
     out: list[StepInput] = []
-    poisoned = False
-    for delivery in batch:
-        if isinstance(delivery, LocalResult):
-            out.append(StepInput(delivery, delivery.message))
-            continue
-        try:
-            message = codec.decode(
-                codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
-            )
-        except InvalidPayload as exc:
-            await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())
-            delivery.release()
-            poisoned = True
-            continue
-        out.append(StepInput(delivery, message))
-    if poisoned:
-        batch[:] = [item.delivery for item in out]
+    dead_lettered: set[int] = set()
+    try:
+        for delivery in batch:
+            if isinstance(delivery, LocalResult):
+                out.append(StepInput(delivery, delivery.message))
+                continue
+            try:
+                message = codec.decode(
+                    codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
+                )
+            except InvalidPayload as exc:
+                await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())
+                delivery.release()
+                dead_lettered.add(id(delivery))
+                continue
+            out.append(StepInput(delivery, message))
+    finally:
+        if dead_lettered:  # also when a later one could not be stored: the rest are nak'd
+            batch[:] = [delivery for delivery in batch if id(delivery) not in dead_lettered]
     return out
 
 
