@@ -1,0 +1,54 @@
+"""Recovery at lease speed (issue 10 item 9): an attempt started by a runtime that is
+SIGKILLed is retried within about ``lease_ttl`` of the crash, whatever its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from timeout_workflows import Stuck, recovering
+
+from perdure import Client, EmbeddedServer
+
+from support import RuntimeProcess
+
+LEASE_TTL = 1.0
+
+
+@pytest.mark.parametrize("eager", ["0", "1"])
+async def test_a_started_attempt_of_a_sigkilled_runtime_is_retried_within_the_lease_ttl(
+    nats_server: EmbeddedServer, namespace: str, client: Client, tmp_path: Path, eager: str
+) -> None:
+    """Two runtimes (lease_ttl 1 s) host the workflow and its activity (timeout 600 s, no
+    heartbeat). The runtime running the first attempt is SIGKILLed mid-attempt; the survivor
+    runs the activity again, and the time from the kill to that run is measured."""
+    runtimes = [
+        RuntimeProcess(
+            nats_server.url,
+            namespace,
+            name,
+            targets=("timeout_workflows",),
+            extra_args=("--lease-ttl", str(LEASE_TTL)),
+            env={"PERDURE_EAGER_ACTIVITIES": eager, "PERDURE_NAME": name},
+        )
+        for name in ("left", "right")
+    ]
+    await asyncio.gather(*(r.astart() for r in runtimes))
+    try:
+        handle = await client.start(recovering, Stuck(flag=str(tmp_path / "flag")), id="stuck")
+        waits = {asyncio.ensure_future(r.await_line("STUCK_STARTED", timeout=20)): r for r in runtimes}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        running = waits[next(iter(done))]
+        running.kill()
+        killed_at = time.time()
+        rerun_at = await handle.result(timeout=20)
+    finally:
+        for r in runtimes:
+            r.kill()
+    latency = rerun_at - killed_at
+    print(f"eager={eager}: attempt of a SIGKILLed runtime run again {latency:.3f}s after the kill")
+    assert 0 < latency <= LEASE_TTL + 2.0, latency
