@@ -11,6 +11,7 @@ import pytest
 from timeout_workflows import Stuck, recovering
 
 from perdure import Client, EmbeddedServer
+from perdure.actors.worker import ACTIVITY_GRACE
 
 from support import RuntimeProcess
 
@@ -52,3 +53,37 @@ async def test_a_started_attempt_of_a_sigkilled_runtime_is_retried_within_the_le
     latency = rerun_at - killed_at
     print(f"eager={eager}: attempt of a SIGKILLed runtime run again {latency:.3f}s after the kill")
     assert 0 < latency <= LEASE_TTL + 2.0, latency
+
+
+async def test_an_attempt_cut_short_by_sigterm_is_retried_within_the_lease_ttl(
+    nats_server: EmbeddedServer, namespace: str, client: Client, tmp_path: Path
+) -> None:
+    """A runtime stopped with SIGTERM gives a running attempt 2 s to finish, then cancels
+    it: the attempt (timeout 600 s) is run again elsewhere within about lease_ttl of that."""
+    runtimes = [
+        RuntimeProcess(
+            nats_server.url,
+            namespace,
+            name,
+            targets=("timeout_workflows",),
+            extra_args=("--lease-ttl", str(LEASE_TTL)),
+            env={"PERDURE_EAGER_ACTIVITIES": "0", "PERDURE_NAME": name},
+        )
+        for name in ("left", "right")
+    ]
+    await asyncio.gather(*(r.astart() for r in runtimes))
+    try:
+        handle = await client.start(recovering, Stuck(flag=str(tmp_path / "flag")), id="stuck")
+        waits = {asyncio.ensure_future(r.await_line("STUCK_STARTED", timeout=20)): r for r in runtimes}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        stopped_at = time.time()
+        await waits[next(iter(done))].aterminate()
+        rerun_at = await handle.result(timeout=20)
+    finally:
+        for r in runtimes:
+            r.kill()
+    latency = rerun_at - stopped_at
+    print(f"attempt of a SIGTERMed runtime run again {latency:.3f}s after the signal")
+    assert 0 < latency <= ACTIVITY_GRACE + LEASE_TTL + 2.0, latency
