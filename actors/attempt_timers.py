@@ -47,10 +47,14 @@ log = structlog.get_logger("perdure.attempts")
 NEVER = 10 * 365 * 24 * 3600.0  # a liveness key's fire_at, from now: only its TTL fires it
 
 
+def _log_failure(write: asyncio.Future[Any]) -> None:
+    if not write.cancelled() and write.exception() is not None:
+        log.warning("attempt.timer_put_failed", error=str(write.exception()))
+
+
 class RunningAttempt:
-    """One started attempt's keys: ``stored()`` waits until they are written (before its
-    outcome is reported, so the owner's purge on close never overtakes them); ``end()``
-    stops the liveness renewals."""
+    """One started attempt's keys, stored before its code runs (``stored()``), so the
+    owner's purge on close never overtakes them; ``end()`` stops the liveness renewals."""
 
     __slots__ = ("_live", "_owner", "_writes")
 
@@ -133,13 +137,19 @@ class AttemptTimers:
             value = codec.encode(TimerEntry(fire_at=now + NEVER))
             self._live[live] = value
             writes.append(await self._conn.publish_nowait(live, value, ttl=self._lease_ttl))
+        if eager:
+            # Not waited for: the inbox message an eager attempt holds recovers it after a
+            # crash, and waiting would add a round trip to every eager activity's latency.
+            # (An outcome reported before its timeout key is stored can leave the key behind
+            # its purge: it then fires once, for an activity already closed, and is ignored.)
+            for write in writes:
+                write.add_done_callback(_log_failure)
+            writes = []
         running = RunningAttempt(self, writes, live)
-        if not eager:
-            # Stored before the code runs: a crash right after the start must find the keys
-            # (measured: killed at once, an unflushed put left nothing, and the work item's
-            # redelivery 30 s later was the only recovery). An eager attempt skips the wait:
-            # the inbox message it holds recovers it.
-            await running.stored()
+        # Stored before the code runs: a crash right after the start must find the keys
+        # (measured: killed at once, an unflushed put left nothing, and the work item's
+        # redelivery 30 s later was the only recovery).
+        await running.stored()
         return running
 
     async def _cancel_schedule_to_start(self, task: ActivityTask) -> asyncio.Future[Any] | None:
