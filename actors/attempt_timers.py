@@ -31,13 +31,14 @@ import asyncio
 import time
 from typing import Any
 
+import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import HistoryConflict, PerdureError
 from perdure.runtime.messages import ActivityTask, TimerEntry
 from perdure.runtime.naming import Names, partition_of
-from perdure.runtime.nats_client import Connection
+from perdure.runtime.nats_client import Connection, StoredMessage
 
 from .effects import liveness_timer, record_timer, schedule_to_start_timer, timeout_timer
 from .timers import TimerKey
@@ -45,6 +46,15 @@ from .timers import TimerKey
 log = structlog.get_logger("perdure.attempts")
 
 NEVER = 10 * 365 * 24 * 3600.0  # a liveness key's fire_at, from now: only its TTL fires it
+
+
+def _timer_entry(stored: StoredMessage | None) -> TimerEntry | None:
+    if stored is None or not stored.is_value:
+        return None
+    try:
+        return codec.timer_entry.decode(stored.data)
+    except msgspec.DecodeError:
+        return None
 
 
 def _log_failure(write: asyncio.Future[Any]) -> None:
@@ -114,13 +124,20 @@ class AttemptTimers:
 
     async def start(self, task: ActivityTask, *, eager: bool) -> RunningAttempt | None:
         """Arm the attempt's timers as it starts; None if it must not start (its
-        schedule-to-start timer fired, or the activity closed, while it was queued)."""
-        writes: list[asyncio.Future[Any]] = []
-        if task.options.schedule_to_start is not None and not eager:
-            cancel = await self._cancel_schedule_to_start(task)
-            if cancel is None:
+        schedule-to-start timer fired, or the activity closed, while it was queued). If NATS
+        cannot be reached the attempt runs anyway, as when a heartbeat fails: its work item
+        (or the inbox message an eager attempt holds) is the backstop."""
+        try:
+            queued = task.options.schedule_to_start is not None and not eager
+            if queued and not await self._cancel_schedule_to_start(task):
                 return None
-            writes.append(cancel)
+            return await self._arm(task, eager=eager)
+        except PerdureError as exc:
+            log.warning("attempt.timers_not_stored", error=str(exc))
+            return RunningAttempt(self, [], None)
+
+    async def _arm(self, task: ActivityTask, *, eager: bool) -> RunningAttempt:
+        writes: list[asyncio.Future[Any]] = []
         now = time.time()
         if task.options.timeout is not None:
             entry = codec.encode(TimerEntry(fire_at=now + task.options.timeout))
@@ -135,8 +152,8 @@ class AttemptTimers:
         if self.needs_liveness(task, eager=eager):
             live = self._subject(task, liveness_timer(task.seq, task.attempt))
             value = codec.encode(TimerEntry(fire_at=now + NEVER))
-            self._live[live] = value
             writes.append(await self._conn.publish_nowait(live, value, ttl=self._lease_ttl))
+            self._live[live] = value
         if eager:
             # Not waited for: the inbox message an eager attempt holds recovers it after a
             # crash, and waiting would add a round trip to every eager activity's latency.
@@ -152,18 +169,22 @@ class AttemptTimers:
         await running.stored()
         return running
 
-    async def _cancel_schedule_to_start(self, task: ActivityTask) -> asyncio.Future[Any] | None:
+    async def _cancel_schedule_to_start(self, task: ActivityTask) -> bool:
+        """Cancel the attempt's schedule-to-start timer (compare-and-set on the revision read);
+        False if it fired or the activity closed first: the attempt must not start."""
         subject = self._subject(task, schedule_to_start_timer(task.seq, task.attempt))
         stored = await self._conn.get_last(self._stream, subject)
-        if stored is None or not stored.is_value:
+        entry = _timer_entry(stored)
+        if stored is None or entry is None or entry.cancelled or entry.fire_at <= time.time():
             log.info("activity.not_started", reason="schedule_to_start passed or activity closed")
-            return None
-        entry = codec.timer_entry.decode(stored.data)
-        if entry.cancelled or entry.fire_at <= time.time():
-            log.info("activity.not_started", reason="schedule_to_start passed")
-            return None
+            return False
         cancelled = codec.encode(TimerEntry(fire_at=entry.fire_at, cancelled=True))
-        return await self._conn.publish_nowait(subject, cancelled, expected_last_subject_seq=stored.seq)
+        try:
+            await self._conn.publish(subject, cancelled, expected_last_subject_seq=stored.seq)
+        except HistoryConflict:
+            log.info("activity.not_started", reason="schedule_to_start fired meanwhile")
+            return False
+        return True
 
     async def was_started(self, task: ActivityTask) -> bool:
         """A redelivered work item: whether its attempt started somewhere (its timers then
@@ -176,12 +197,15 @@ class AttemptTimers:
         record = stored.get(record_timer(task.seq, task.attempt).rsplit(".", 1)[1])
         if record is None or not record.is_value:
             return True  # closed (its keys are purged), superseded or expired: not ours to run
-        if codec.activity_record.decode(record.data).started:
-            return True
+        try:
+            if codec.activity_record.decode(record.data).started:
+                return True
+        except msgspec.DecodeError:
+            return True  # not ours to reason about: its timers decide
         if "to" in stored or "live" in stored:
             return True
-        s2s = stored.get("s2s")
-        return s2s is not None and s2s.is_value and codec.timer_entry.decode(s2s.data).cancelled
+        s2s = _timer_entry(stored.get("s2s"))
+        return s2s is not None and s2s.cancelled
 
     def forget(self, subject: str) -> None:
         self._live.pop(subject, None)
