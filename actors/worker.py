@@ -35,6 +35,7 @@ from perdure.runtime.settings import Settings
 from perdure.runtime.supervisor import Supervisor
 
 from .activity_actor import ActivityActor
+from .attempt_timers import AttemptTimers
 from .blocked import BlockedExecutions
 from .completion import CompletionService, HeartbeatService
 from .dead_letters import DeadLetters
@@ -79,6 +80,7 @@ class WorkerServices:
     effects: EffectRunner
     timers: TimerService
     heartbeats: HeartbeatService
+    attempts: AttemptTimers
     blocked: BlockedExecutions  # poison messages: parked in <NS>_DEAD, resumed (actors/blocked.py)
 
 
@@ -225,6 +227,7 @@ class Worker:
             effects=EffectRunner(conn, names, timers),
             timers=timers,
             heartbeats=heartbeats,
+            attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
             blocked=BlockedExecutions(conn, names, self.settings, self.registry, DeadLetters(conn, names)),
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
@@ -237,6 +240,8 @@ class Worker:
             supervisor.spawn(actor.run(), name=f"activities:{name}", critical=True)
             for name, actor in activity_actors.items()
         ]
+        if activity_actors:
+            supervisor.spawn(self.services.attempts.run(), name="attempt-liveness", critical=True)
         if activity_actors and self.settings.eager_activities:
             self.services.effects.local = LocalActivities(
                 activity_actors,
