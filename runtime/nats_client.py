@@ -26,7 +26,9 @@ import structlog
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg as _Msg
 
+from .connect_options import ConnectOptions
 from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PerdureError
+from .nats_access import PermissionWatch, login_description, refusal, shown_urls
 
 log = structlog.get_logger("perdure.nats")
 
@@ -153,11 +155,18 @@ class Connection:
         self._read_prefix = b""
         self._read_counter = 0
         self._read_sub: Any = None
+        self._denied = PermissionWatch()  # operations failed at once on a permissions violation
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def connect(cls, servers: str | list[str], *, name: str = "perdure") -> Connection:
+    async def connect(
+        cls, servers: str | list[str], *, name: str = "perdure", options: ConnectOptions | None = None
+    ) -> Connection:
+        """Connect with ``options`` (authentication, TLS; default: the ``PERDURE_*`` variables).
+        A refused login or TLS handshake raises ``NotAuthenticated``/``TLSRefused`` at once."""
+        options = ConnectOptions.from_env() if options is None else options
+        security = options.nats_kwargs()
         urls = [servers] if isinstance(servers, str) else list(servers)
         urls = [u.strip() for url in urls for u in url.split(",") if u.strip()]
         holder: list[Connection] = []
@@ -172,11 +181,18 @@ class Connection:
                 log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
-            if not (holder and holder[0]._closing):
+            if not holder:  # first connect: stop at once when retrying cannot help
+                refused = refusal(exc, shown_urls(urls), login_description(urls, options.describe()))
+                if refused is not None:
+                    raise refused
+            elif holder[0]._denied.report(exc) is not None:
+                log.warning("nats.permission_denied", error=str(exc))
+            elif not holder[0]._closing:
                 log.warning("nats.error", error=str(exc))
 
+        nc = _NatsClient()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 servers=urls,
                 name=name,
                 max_reconnect_attempts=-1,
@@ -190,7 +206,14 @@ class Connection:
                 error_cb=error,
                 pending_size=64 * 1024 * 1024,
                 flush_timeout=30,
+                **security,
             )
+        except PerdureError:
+            # Closing a half-made TLS connection can wait on the peer: bounded, it is only cleanup.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.5):
+                    await nc.close()
+            raise
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise ConnectionLost(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from None
         conn = cls(nc)
@@ -346,6 +369,7 @@ class Connection:
         token = str(self._ack_counter).encode()
         handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
         self._acks[token] = (fut, about, handle, purge)
+        self._denied.attach(subject, fut)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
@@ -379,7 +403,7 @@ class Connection:
         attempt_timeout = 2.0
         while True:
             try:
-                with map_errors(f"read {subject}"):
+                with map_errors(f"read {subject}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
                     msg = await self._nc.request(
                         f"$JS.API.DIRECT.GET.{stream}", body, timeout=min(attempt_timeout, timeout)
                     )
@@ -434,7 +458,7 @@ class Connection:
         from nats.js.api import DeliverPolicy
 
         js = self._nc.jetstream()
-        with map_errors(f"list {subject}"):
+        with map_errors(f"list {subject}"), self._denied.guard("$JS.API."):
             info = await js.stream_info(stream)
             if info.state.messages == 0:
                 return []
@@ -490,7 +514,7 @@ class Connection:
         token = str(self._read_counter).encode()
         queue: asyncio.Queue[_Msg] = asyncio.Queue()
         self._reads[token] = queue
-        with map_errors(f"read {what}"):
+        with map_errors(f"read {what}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
             try:
                 await self._nc.publish(
                     f"$JS.API.DIRECT.GET.{stream}",
@@ -518,7 +542,7 @@ class Connection:
     async def request(
         self, subject: str, data: bytes, *, timeout: float = 5.0, headers: dict[str, str] | None = None
     ) -> bytes:
-        with map_errors(f"request to {subject}"):
+        with map_errors(f"request to {subject}"), self._denied.guard(subject):
             msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
         return msg.data
 
@@ -547,7 +571,7 @@ class Connection:
 
     async def partition_count(self, stream: str) -> int:
         """N of the stream's ``partition(N, ...)`` subject transform."""
-        with map_errors(f"read stream {stream}"):
+        with map_errors(f"read stream {stream}"), self._denied.guard(f"$JS.API.STREAM.INFO.{stream}"):
             info = await self._nc.jetstream().stream_info(stream)
         transform = info.config.subject_transform
         match = re.search(r"partition\((\d+)", transform.dest if transform else "")
@@ -579,7 +603,7 @@ class Connection:
             )
 
         js = self._nc.jetstream()
-        with map_errors(f"watch {subject}"):
+        with map_errors(f"watch {subject}"), self._denied.guard(f"$JS.API.CONSUMER.CREATE.{stream}"):
             sub = await js.subscribe(
                 subject,
                 stream=stream,
