@@ -201,3 +201,35 @@ async def test_two_accounts_isolate_two_installations(tmp_path: Path) -> None:
                 await client_b.close()
     finally:
         server.stop()
+
+
+def test_deploy_configs_use_accounts_and_tls_and_publish_no_open_port() -> None:
+    """The compose set-up: clients and routes over TLS, users from ../permissions (every one
+    with a permission set), monitoring never published, runtimes log in as `runtime`."""
+    import re
+
+    import yaml
+
+    compose_dir = DEPLOY.parent / "compose"
+    conf = (compose_dir / "nats.conf").read_text()
+    assert re.search(r"^tls\s*\{", conf, re.MULTILINE), "clients need TLS"
+    cluster = conf[conf.index("cluster {") :]
+    assert "tls {" in cluster and "verify: true" in cluster, "routes need mutual TLS"
+    assert 'include "../permissions/accounts.conf"' in conf
+    assert re.search(r"^http:\s*127\.0\.0\.1:", conf, re.MULTILINE), "monitoring on loopback only"
+    accounts = (DEPLOY / "accounts.conf").read_text()
+    assert not re.search(r"^\s*no_auth_user", accounts, re.MULTILINE)
+    users = re.findall(r"\{ user: (\w+),", accounts)
+    assert set(users) == {"runtime", "service", "completer", "sys"}
+    for role in ("runtime", "service", "completer"):
+        assert re.search(rf"user: {role},.*permissions: \$PERDURE_{role.upper()}", accounts)
+
+    services = yaml.safe_load((compose_dir / "compose.yaml").read_text())["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).split(":")[-1].split("/")[0] == "4222", (name, port)  # clients only
+        env = svc.get("environment", {})
+        if list(svc.get("command") or [])[:2] == ["perdure", "worker"]:
+            assert env["PERDURE_USER"] == "runtime"
+            assert env["PERDURE_PASSWORD_FILE"].startswith("/run/secrets/")
+            assert env["PERDURE_TLS_CA"]
