@@ -76,6 +76,23 @@ def refusal(exc: BaseException, shown: str, how: str) -> PerdureError | None:
     return None
 
 
+def encrypted(nc: Any) -> bool:
+    """Whether nats-py's connection runs over TLS. nats-py upgrades to TLS only when the
+    server asks for it, whatever the client's options: a server (or an impostor) that does
+    not gets a plain connection. Read from the stream writer's SSL object (nats-py 2.x)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if writer is not None:
+        return writer.get_extra_info("ssl_object") is not None
+    return bool(getattr(nc, "_server_info", {}).get("tls_required"))  # pragma: no cover
+
+
+def not_encrypted(shown: str) -> TLSRefused:
+    return TLSRefused(
+        f"NATS at {shown} did not use TLS, though TLS options are set: refusing an unencrypted "
+        "connection (configure TLS on the server, or drop the PERDURE_TLS_* options)"
+    )
+
+
 def violation(exc: BaseException) -> tuple[str, str] | None:
     """``("publish" | "subscription", subject)`` if ``exc`` reports a permissions violation."""
     match = _VIOLATION.search(str(exc).lower())
@@ -83,10 +100,10 @@ def violation(exc: BaseException) -> tuple[str, str] | None:
 
 
 class _Guard:
-    __slots__ = ("cancelling", "denied", "prefix", "task")
+    __slots__ = ("cancelling", "denied", "prefixes", "task")
 
-    def __init__(self, prefix: str, task: asyncio.Task[Any]) -> None:
-        self.prefix = prefix
+    def __init__(self, prefixes: tuple[str, ...], task: asyncio.Task[Any]) -> None:
+        self.prefixes = prefixes
         self.task = task
         self.cancelling = task.cancelling()
         self.denied: PermissionDenied | None = None
@@ -95,8 +112,8 @@ class _Guard:
 class PermissionWatch:
     """Operations waiting on a subject, failed at once when the server refuses it.
 
-    ``guard(prefix)`` covers a block run by one task: a violation on a subject starting
-    with ``prefix`` cancels the task, and the block raises ``PermissionDenied`` instead (the
+    ``guard(*prefixes)`` covers a block run by one task: a violation on a subject starting
+    with one of ``prefixes`` cancels the task, and the block raises ``PermissionDenied`` instead (the
     same way ``asyncio.timeout`` turns its cancellation into ``TimeoutError``).
     ``attach(subject, future)`` covers a pipelined publish's ack future. Violations are
     rare; the cost on the hot path is a dict entry per operation.
@@ -121,7 +138,7 @@ class PermissionWatch:
                 fut.set_exception(denied)
         for guard in self._guards:
             inbox = kind == "subscription" and subject.startswith("_inbox")
-            if guard.denied is None and (subject.startswith(guard.prefix) or inbox):
+            if guard.denied is None and (subject.startswith(guard.prefixes) or inbox):
                 guard.denied = denied
                 guard.task.cancel()
         return denied
@@ -140,12 +157,12 @@ class PermissionWatch:
                 del self._futures[key]
 
     @contextlib.contextmanager
-    def guard(self, prefix: str) -> Iterator[None]:
+    def guard(self, *prefixes: str) -> Iterator[None]:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always called from a task
             yield
             return
-        guard = _Guard(prefix.lower(), task)
+        guard = _Guard(tuple(p.lower() for p in prefixes), task)
         self._guards.append(guard)
         try:
             yield

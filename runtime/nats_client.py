@@ -28,7 +28,7 @@ from nats.aio.msg import Msg as _Msg
 
 from .connect_options import ConnectOptions
 from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PerdureError
-from .nats_access import PermissionWatch, login_description, refusal, shown_urls
+from .nats_access import PermissionWatch, encrypted, login_description, not_encrypted, refusal, shown_urls
 
 log = structlog.get_logger("perdure.nats")
 
@@ -208,6 +208,8 @@ class Connection:
                 flush_timeout=30,
                 **security,
             )
+            if options.tls_requested and not encrypted(nc):
+                raise not_encrypted(shown_urls(urls))
         except PerdureError:
             # Closing a half-made TLS connection can wait on the peer: bounded, it is only cleanup.
             with contextlib.suppress(Exception):
@@ -458,7 +460,10 @@ class Connection:
         from nats.js.api import DeliverPolicy
 
         js = self._nc.jetstream()
-        with map_errors(f"list {subject}"), self._denied.guard("$JS.API."):
+        with (
+            map_errors(f"list {subject}"),
+            self._denied.guard(f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}"),
+        ):
             info = await js.stream_info(stream)
             if info.state.messages == 0:
                 return []

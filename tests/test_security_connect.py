@@ -170,6 +170,16 @@ async def test_tls_with_a_ca_file_and_server_name(
     assert "127.0.0.1" in str(err)
 
 
+async def test_tls_options_refuse_a_server_without_tls(
+    tmp_path: Path, server_factory: list[SecureServer], certs: Certificates
+) -> None:
+    """nats-py upgrades to TLS only when the server asks: with TLS options set, a plain
+    server (or an impostor) is refused instead of carrying the traffic unencrypted."""
+    server = start(server_factory, tmp_path, "")
+    err = await refused_fast(server.url, ConnectOptions(tls_ca=str(certs.ca)), TLSRefused)
+    assert "did not use TLS" in str(err)
+
+
 async def test_mutual_tls(tmp_path: Path, server_factory: list[SecureServer], certs: Certificates) -> None:
     server = start(server_factory, tmp_path, tls_block(certs, verify_clients=True))
     options = ConnectOptions(
