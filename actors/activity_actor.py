@@ -27,6 +27,7 @@ from perdure.runtime.tokens import TokenData
 
 from .context import ActivityContext, ActivityGone, AsyncCompletion, HeartbeatStatus
 from .definitions import ActivityDefinition
+from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
     from .worker import WorkerServices
@@ -96,22 +97,39 @@ class ActivityActor:
             log.info("activity.redelivery_skipped", execution_id=task.execution_id, seq=task.seq)
             await delivery.ack()
             return
+        running = self._services.effects.running
+        attempt = attempt_id(task.execution_id, task.run, task.seq, task.attempt)
         with structlog.contextvars.bound_contextvars(
             execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
         ):
             keepalive = self._services.supervisor.spawn(
                 _keep_in_progress(delivery), name=f"keepalive:{task.execution_id}:{task.seq}"
             )
+            claimed = False
             try:
-                outcome = await self._execute(task)
+                claimed = await _claim(running, attempt)
             finally:
-                keepalive.cancel()
-            if outcome is not None:
-                await self._services.conn.publish(
-                    self._services.names.inbox(task.execution_id),
-                    codec.encode(outcome),
-                    msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
-                )
+                if not claimed:
+                    keepalive.cancel()
+            if not claimed:
+                log.info("activity.duplicate_skipped")
+                await delivery.ack()
+                return
+            concluded = False
+            try:
+                try:
+                    outcome = await self._execute(task)
+                finally:
+                    keepalive.cancel()
+                if outcome is not None:
+                    await self._services.conn.publish(
+                        self._services.names.inbox(task.execution_id),
+                        codec.encode(outcome),
+                        msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
+                    )
+                concluded = True
+            finally:
+                running.release(attempt, concluded)  # once its outcome is sent, not before
             await delivery.ack()
 
     async def run_local(self, task: ActivityTask) -> ActivityResult | None:
@@ -276,6 +294,16 @@ class _Heartbeater:
                 self._pending, self._has_pending = pending, True
             raise
         self._status = HeartbeatStatus(cancel_requested=reply.cancel_requested, closed=reply.closed)
+
+
+async def _claim(running: RunningAttempts, attempt: str) -> bool:
+    """Run ``attempt`` here, unless the same attempt already runs in this runtime (eagerly,
+    its step redone): that run reports it, and False says this copy is not needed, unless
+    that run gives up without reporting; then this copy runs."""
+    while not running.claim(attempt):
+        if await running.wait(attempt):
+            return False
+    return True
 
 
 async def _keep_in_progress(delivery: Delivery) -> None:

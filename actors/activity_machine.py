@@ -24,8 +24,8 @@ from perdure.runtime.codec import PayloadCodec
 from perdure.runtime.errors import ActivityCancelled, ErrorInfo, from_info
 from perdure.runtime.events import (
     ActivityCancelRequested,
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityFailed,
     ActivityObserved,
     ActivityOptions,
@@ -166,7 +166,7 @@ class ActivityMachine:
     def _close_activity(self: Any, state: ActivityState, outcome: str) -> None:
         state.closed = True
         state.wake_progress()
-        self._decide(ActivityClosed(seq=state.seq, outcome=outcome))
+        self._decide(ActivityConcluded(seq=state.seq, outcome=outcome))
         self._effect(
             CloseActivity(
                 state.seq, state.attempt, state.nonce, state.options, cancelled=outcome == "cancelled"

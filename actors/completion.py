@@ -31,7 +31,7 @@ from perdure.runtime.errors import (
     PerdureError,
 )
 from perdure.runtime.events import (
-    ActivityClosed,
+    ActivityConcluded,
     ActivityScheduled,
     WorkflowCancelled,
     WorkflowCompleted,
@@ -173,7 +173,7 @@ class HeartbeatService:
                 if isinstance(decision, ActivityScheduled) and decision.seq == token.seq:
                     scheduled = scheduled or decision.nonce == token.nonce
                     latest_attempt = max(latest_attempt, decision.attempt)
-                elif isinstance(decision, ActivityClosed) and decision.seq == token.seq:
+                elif isinstance(decision, ActivityConcluded) and decision.seq == token.seq:
                     closed = True
                     cancelled = decision.outcome == "cancelled"
                 elif isinstance(decision, _RUN_ENDS):
