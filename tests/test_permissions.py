@@ -28,6 +28,7 @@ from perdure.runtime.errors import ConfigurationError, ExecutionNotFound, Perdur
 from perdure.runtime.messages import StartWorkflow
 
 from secure_nats import SecureServer
+from workflows import double, pipeline, pipeline_expected
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "permissions"
 NAMESPACE = "perdure"  # the shipped files are written for the default namespace
@@ -56,7 +57,7 @@ async def runtime(shipped_server: SecureServer) -> AsyncIterator[Worker]:
     settings = Settings(
         url=shipped_server.url, namespace=NAMESPACE, name="rt-perm", connect=as_user("runtime")
     )
-    async with Worker([approval, approve], settings=settings) as worker:
+    async with Worker([approval, approve, pipeline, double], settings=settings) as worker:
         yield worker
 
 
@@ -145,6 +146,10 @@ async def test_service_starts_and_awaits_but_cannot_touch_the_runtime_side(
         finally:
             await completer.close()
         assert await handle.result(timeout=20) == "rejected"
+        # the runtime's own set covers the rest of the engine: timers (a durable sleep, its
+        # KV entry, expiry and purge), work items, a gather of activities
+        piped = await service.start(pipeline, 3, id="svc-pipeline")
+        assert await piped.result(timeout=60) == pipeline_expected(3)
     finally:
         await service.close()
 
