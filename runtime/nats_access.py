@@ -122,6 +122,7 @@ class PermissionWatch:
     def __init__(self) -> None:
         self._guards: list[_Guard] = []
         self._futures: dict[str, set[asyncio.Future[Any]]] = {}
+        self._refused_inbox: str | None = None  # a reply subscription the server refused
 
     def report(self, exc: BaseException) -> PermissionDenied | None:
         """Feed every error-callback exception here; a violation fails its waiters."""
@@ -129,6 +130,8 @@ class PermissionWatch:
         if found is None:
             return None
         kind, subject = found
+        if kind == "subscription" and subject.startswith("_inbox"):
+            self._refused_inbox = subject
         denied = PermissionDenied(
             f"permission denied: this NATS user may not {'publish to' if kind == 'publish' else 'subscribe to'} "
             f"{subject!r} (permissions violation); see the README's Security section for what each role needs"
@@ -142,6 +145,18 @@ class PermissionWatch:
                 guard.denied = denied
                 guard.task.cancel()
         return denied
+
+    def inbox_refusal(self) -> PermissionDenied | None:
+        """Checked once connected (after a flush, so the server has answered our reply
+        subscriptions): without them every request would be sent, and maybe applied, with its
+        reply lost. Say so before anything is sent."""
+        if self._refused_inbox is None:
+            return None
+        return PermissionDenied(
+            f"permission denied: this NATS user may not subscribe to its reply subjects "
+            f"({self._refused_inbox!r}); allow '_INBOX.>', or set PERDURE_INBOX_PREFIX to a prefix "
+            "it may subscribe to (permissions violation)"
+        )
 
     def attach(self, subject: str, fut: asyncio.Future[Any]) -> None:
         key = subject.lower()

@@ -222,7 +222,17 @@ class Connection:
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
+        await conn._check_reply_permission()
         return conn
+
+    async def _check_reply_permission(self) -> None:
+        """A user that may not receive replies would send requests and never hear back."""
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=5)  # the server answered our subscriptions by now
+        refused = self._denied.inbox_refusal()
+        if refused is not None:
+            await self.close()
+            raise refused
 
     async def close(self) -> None:
         self._closing = True

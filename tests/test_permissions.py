@@ -238,3 +238,46 @@ def test_deploy_configs_use_accounts_and_tls_and_publish_no_open_port() -> None:
             assert env["PERDURE_USER"] == "runtime"
             assert env["PERDURE_PASSWORD_FILE"].startswith("/run/secrets/")
             assert env["PERDURE_TLS_CA"]
+
+
+async def test_a_private_inbox_prefix_for_the_completer(tmp_path: Path) -> None:
+    """With PERDURE_INBOX_PREFIX the completer's replies come under its own prefix, so its
+    permissions need not include everyone's `_INBOX.>`; without the prefix it is refused its
+    reply subscriptions when it connects, with an error saying what to set."""
+    private = (
+        '{ publish: { allow: ["perdure.api.complete", "perdure.api.fail", "perdure.api.heartbeat"] }, '
+        'subscribe: { allow: ["_INBOX_completer.>"] } }'
+    )
+    users = (
+        f'{{user: runtime, password: "{PASSWORDS["runtime"]}", permissions: $PERDURE_RUNTIME}}, '
+        f'{{user: service, password: "{PASSWORDS["service"]}", permissions: $PERDURE_SERVICE}}, '
+        f'{{user: unused, password: "{PASSWORDS["completer"]}", permissions: $PERDURE_COMPLETER}}, '
+        f'{{user: completer, password: "{PASSWORDS["completer"]}", permissions: {private}}}'
+    )
+    server = SecureServer(
+        tmp_path,
+        f'include "permissions/permissions.conf"\naccounts {{ PERDURE: {{ jetstream: enabled, users: [{users}] }} }}',
+    )
+    shutil.copytree(DEPLOY, server.dir / "permissions")
+    server.start()
+    try:
+        settings = Settings(url=server.url, namespace=NAMESPACE, name="rt-inbox", connect=as_user("runtime"))
+        async with Worker([approval, approve], settings=settings):
+            service = await connect(server, "service")
+            try:
+                handle = await service.start(approval, "private", id="inbox-1")
+                token = await asyncio.wait_for(tokens("inbox-1").get(), 20)
+                # replies under _INBOX: refused when connecting, before any request is sent
+                err = await refused(connect(server, "completer"), "_inbox")
+                assert "PERDURE_INBOX_PREFIX" in str(err)
+                options = as_user("completer").replace(inbox_prefix="_INBOX_completer")
+                completer = await Client.connect(server.url, namespace=NAMESPACE, options=options)
+                try:
+                    await completer.complete_activity(token, True)
+                finally:
+                    await completer.close()
+                assert await handle.result(timeout=20) == "approved"
+            finally:
+                await service.close()
+    finally:
+        server.stop()
