@@ -227,8 +227,12 @@ class Connection:
 
     async def _check_reply_permission(self) -> None:
         """A user that may not receive replies would send requests and never hear back."""
+        # nats-py writes a PING straight to the socket, ahead of SUBs still in its buffer: the
+        # first round trip lets its flusher send them, the second one's PONG then comes after
+        # the server's verdict on them (one flush missed 4 refusals in 40 connects).
         with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=5)  # the server answered our subscriptions by now
+            for _ in range(2):
+                await self._nc.flush(timeout=5)
         refused = self._denied.inbox_refusal()
         if refused is not None:
             await self.close()
