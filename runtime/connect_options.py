@@ -196,6 +196,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The connection security flags, on any verb that connects to NATS."""
+    # No abbreviations: `--password s3cret` must not pass for `--password-file s3cret`.
+    parser.allow_abbrev = False
     group = parser.add_argument_group("NATS authentication and TLS")
     for name, (flag, text) in _FLAGS.items():
         group.add_argument(flag, dest=f"nats_{name}", default=None, help=text)
@@ -205,12 +207,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_secret(path: str, source: str) -> str:
+    # The path is not shown: given by mistake, it may be the secret itself.
     try:
         value = Path(path).read_text().strip()
     except OSError as exc:
-        raise ConfigurationError(f"{source}: cannot read {path!r} ({exc.strerror})") from None
+        raise ConfigurationError(f"{source}: cannot read the file it names ({exc.strerror})") from None
     if not value:
-        raise ConfigurationError(f"{source}: {path!r} is empty")
+        raise ConfigurationError(f"{source}: the file it names is empty")
     return value
 
 

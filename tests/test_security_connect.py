@@ -279,3 +279,23 @@ def test_options_from_variables_and_files(tmp_path: Path) -> None:
         ConnectOptions.from_env({"PERDURE_TLS_CERT": str(token_file)})
     with pytest.raises(ConfigurationError, match="PERDURE_CREDS_FILE: no such file"):
         ConnectOptions.from_env({"PERDURE_CREDS_FILE": str(tmp_path / "missing.creds")})
+
+
+def test_every_connecting_verb_takes_the_flags(tmp_path: Path) -> None:
+    """`perdure worker` and `perdure replay` take the same flags; a secret only as a file."""
+    from perdure.runtime.daemon import _parser
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    ca = make_certificates(tmp_path / "certs").ca
+    for verb in (["worker", "mod"], ["replay", "mod", "--execution", "x"]):
+        args = _parser().parse_args([*verb, "--token-file", str(token_file), "--tls-ca", str(ca)])
+        options = ConnectOptions.from_args(args)
+        assert options.token == TOKEN and options.tls_ca == str(ca)
+        with pytest.raises(SystemExit):  # no --password / --token flag with the secret itself
+            _parser().parse_args([*verb, "--password", PASSWORD])
+        # a secret given where its file is expected is not echoed back
+        args = _parser().parse_args([*verb, "--password-file", PASSWORD, "--user", "u"])
+        with pytest.raises(ConfigurationError) as caught:
+            ConnectOptions.from_args(args)
+        assert PASSWORD not in str(caught.value) and "--password-file" in str(caught.value)
