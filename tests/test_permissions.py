@@ -282,3 +282,29 @@ async def test_a_private_inbox_prefix_for_the_completer(tmp_path: Path) -> None:
                 await service.close()
     finally:
         server.stop()
+
+
+async def test_service_cancels_a_start_no_runtime_has_taken_yet(shipped_server: SecureServer) -> None:
+    """No index entry yet: the existence check would read the inbox and the history, which a
+    service may not. It cannot tell, so the cancel goes ahead (the runtime decides)."""
+    from perdure.runtime.errors import WorkflowCancelled
+    from perdure.runtime.nats_client import Connection
+    from perdure.runtime.provision import Provisioner
+
+    settings = Settings(
+        url=shipped_server.url, namespace=NAMESPACE, name="rt-late", connect=as_user("runtime")
+    )
+    admin = await Connection.connect(shipped_server.url, options=as_user("runtime"))
+    try:
+        await Provisioner(admin, settings).provision()
+    finally:
+        await admin.close()
+    service = await connect(shipped_server, "service")
+    try:
+        handle = await service.start(approval, "too late", id="late-1")
+        await service.cancel("late-1")  # the start still waits in the inbox
+        async with Worker([approval, approve], settings=settings):
+            with pytest.raises(WorkflowCancelled):
+                await handle.result(timeout=20)
+    finally:
+        await service.close()
