@@ -71,7 +71,7 @@ def refusal(exc: BaseException, shown: str, how: str) -> PerdureError | None:
     if isinstance(exc, ssl.SSLError):
         hint = " (the server wants a client certificate: PERDURE_TLS_CERT)" if "REQUIRED" in str(exc) else ""
         return TLSRefused(f"TLS to NATS at {shown} failed ({how}): {exc.reason or exc}{hint}")
-    if "tls" in text and ("required" in text or "handshake" in text):
+    if "tls" in text and "required" in text:  # (not a handshake timeout: that may pass)
         return TLSRefused(f"TLS to NATS at {shown} failed ({how}): {exc}")
     return None
 
@@ -119,7 +119,8 @@ class PermissionWatch:
     rare; the cost on the hot path is a dict entry per operation.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox_prefix: str = "_INBOX") -> None:
+        self._inbox = inbox_prefix.lower()  # where this connection's replies arrive
         self._guards: list[_Guard] = []
         self._futures: dict[str, set[asyncio.Future[Any]]] = {}
         self._refused_inbox: str | None = None  # a reply subscription the server refused
@@ -130,7 +131,8 @@ class PermissionWatch:
         if found is None:
             return None
         kind, subject = found
-        if kind == "subscription" and subject.startswith("_inbox"):
+        inbox = kind == "subscription" and subject.startswith(self._inbox)
+        if inbox:
             self._refused_inbox = subject
         denied = PermissionDenied(
             f"permission denied: this NATS user may not {'publish to' if kind == 'publish' else 'subscribe to'} "
@@ -139,8 +141,7 @@ class PermissionWatch:
         for fut in self._futures.pop(subject, ()):
             if not fut.done():
                 fut.set_exception(denied)
-        for guard in self._guards:
-            inbox = kind == "subscription" and subject.startswith("_inbox")
+        for guard in self._guards:  # a lost reply subscription: no request can be answered
             if guard.denied is None and (subject.startswith(guard.prefixes) or inbox):
                 guard.denied = denied
                 guard.task.cancel()

@@ -233,6 +233,7 @@ class Connection:
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise ConnectionLost(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from None
         conn = cls(nc)
+        conn._denied = PermissionWatch(options.inbox_prefix or "_INBOX")
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
