@@ -227,7 +227,7 @@ class Connection:
         except PerdureError:
             # Closing a half-made TLS connection can wait on the peer: bounded, it is only cleanup.
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(0.1):
                     await nc.close()
             raise
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
