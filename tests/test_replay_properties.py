@@ -427,3 +427,22 @@ def test_dropping_a_replayed_instance_runs_no_workflow_code() -> None:
     finally:
         sys.unraisablehook = previous
     assert errors == [], errors
+
+
+@workflow
+async def waits_on_pending_signals() -> bool:
+    return await workflow.condition(lambda: workflow.pending_signals("done") > 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="a condition's predicate is re-checked after an event outside the workflow loop "
+    "(WorkflowInstance._check_conditions runs after ReplayLoop.run_ready has restored the outer "
+    "loop), so a predicate that calls the workflow API raises RuntimeError and the step crashes",
+)
+def test_a_condition_may_read_the_workflow_api() -> None:
+    instance = WorkflowInstance(waits_on_pending_signals, "condition-1")
+    instance.activate([WorkflowStarted(workflow="waits_on_pending_signals", input=raw(None))], START_TIME)
+    activation = instance.activate([SignalReceived(name="done", payload=raw(None))], START_TIME + 1)
+    assert isinstance(activation.decisions[-1], WorkflowCompleted)
