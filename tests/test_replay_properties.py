@@ -256,7 +256,7 @@ def drive(ops: list[Any], schedule: Schedule, max_steps: int = 30) -> list[Histo
         # Events of one step may also overtake each other (a completion and a failure of the
         # same attempt): only the first applies. Stale ones never do.
         assert not any(e in stale for e in activation.inputs), activation.inputs
-        steps.append(HistoryStep(time=now, inputs=activation.inputs, decisions=activation.decisions))
+        steps.append(recorded(now, activation.inputs, activation.decisions))
         pending.record(activation.inputs, activation.decisions)
         if instance.closed or len(steps) >= max_steps:
             return steps
@@ -268,6 +268,13 @@ def drive(ops: list[Any], schedule: Schedule, max_steps: int = 30) -> list[Histo
         if not pending.cancelled and schedule.cancel():
             inputs.append(CancelRequested(reason="generated"))
         now += schedule.advance()
+
+
+def recorded(time: float, inputs: list[InputEvent], decisions: list[Decision]) -> HistoryStep:
+    """The step as the actor stores it: encoded at once (and decoded back). Keeping the
+    activation's own lists would not do: an instance dropped later appends to them as the
+    garbage collector closes its coroutines (see the xfail tests at the end)."""
+    return codec.history_step.decode(codec.encode(HistoryStep(time=time, inputs=inputs, decisions=decisions)))
 
 
 def generated(ops: list[Any], data: st.DataObject) -> list[HistoryStep]:
@@ -285,10 +292,10 @@ def replay(steps: list[HistoryStep], upto: int | None = None) -> tuple[WorkflowI
     """Replay ``steps[:upto]`` with their recorded decisions, then run the rest live."""
     instance = new_instance()
     out: list[HistoryStep] = []
-    for i, recorded in enumerate(steps):
-        expected = recorded.decisions if upto is None or i < upto else None
-        activation = instance.activate(recorded.inputs, recorded.time, expected=expected)
-        out.append(HistoryStep(time=recorded.time, inputs=activation.inputs, decisions=activation.decisions))
+    for i, step in enumerate(steps):
+        expected = step.decisions if upto is None or i < upto else None
+        activation = instance.activate(step.inputs, step.time, expected=expected)
+        out.append(recorded(step.time, activation.inputs, activation.decisions))
     return instance, out
 
 
@@ -317,7 +324,7 @@ def without_new_nonces(steps: list[HistoryStep], upto: int) -> list[HistoryStep]
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 PROPERTY = settings(
-    max_examples=200,
+    max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -446,3 +453,23 @@ def test_a_condition_may_read_the_workflow_api() -> None:
     instance.activate([WorkflowStarted(workflow="waits_on_pending_signals", input=raw(None))], START_TIME)
     activation = instance.activate([SignalReceived(name="done", payload=raw(None))], START_TIME + 1)
     assert isinstance(activation.decisions[-1], WorkflowCompleted)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 8: the garbage collector closing a dropped instance's coroutines runs "
+    "wait_for's clean-up, which cancels its timer and appends TimerCancelled to the decisions of "
+    "the instance's last activation, after that step was returned",
+)
+def test_dropping_a_live_instance_leaves_its_last_step_alone() -> None:
+    instance = new_instance()
+    activation = instance.activate([started([["wait_for", 1, 30.0]])], START_TIME)
+    decisions = activation.decisions
+    before = wire_decisions(decisions)
+    del instance, activation
+    gc.collect()
+    assert wire_decisions(decisions) == before
+
+
+def wire_decisions(decisions: list[Decision]) -> list[bytes]:
+    return [codec.encode(d) for d in decisions]
