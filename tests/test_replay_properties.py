@@ -34,8 +34,8 @@ from perdure.actors.instance import WorkflowInstance
 from perdure.runtime import codec
 from perdure.runtime.errors import ErrorInfo, NonDeterminismError
 from perdure.runtime.events import (
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityFailed,
     ActivityRetrying,
     ActivityScheduled,
@@ -144,7 +144,7 @@ class Pending:
                 self.attempts[decision.seq] = (decision.attempt, False)
             elif isinstance(decision, ActivityRetrying):
                 self.attempts[decision.seq] = (decision.attempt, True)
-            elif isinstance(decision, ActivityClosed):
+            elif isinstance(decision, ActivityConcluded):
                 self.attempts.pop(decision.seq, None)
                 self.closed.append(decision.seq)
             elif isinstance(decision, TimerStarted):
