@@ -1,6 +1,7 @@
-"""Golden histories: recorded histories (``tests/golden/*.jsonl``, written by
+"""Golden histories: recorded histories (``tests/golden/<generation>/*.jsonl``, written by
 ``tests/golden/make_golden.py`` on a real runtime) must still decode, re-encode byte for byte,
-and replay against the current engine and ``tests/golden/golden_workflows.py``.
+and replay against the current engine and ``tests/golden/golden_workflows.py``; the newest
+generation must also be exactly what the current code decides given the same inputs.
 
 A change of the wire format (a field renamed, reordered, given a different default, a tag
 changed) fails the byte-for-byte check; a change of replay (sequence numbers, command
@@ -25,7 +26,11 @@ from perdure.runtime.events import ActivityScheduled, PatchMarked, WorkflowStart
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 WORKFLOWS = GOLDEN / "golden_workflows.py"
-HISTORIES = sorted(GOLDEN.glob("*.jsonl"))
+GENERATIONS = sorted(
+    (p for p in GOLDEN.iterdir() if p.is_dir() and p.name[1:].isdigit()), key=lambda p: int(p.name[1:])
+)
+NEWEST = GENERATIONS[-1]
+HISTORIES = sorted(GOLDEN.glob("v*/*.jsonl"))
 # Recorded with the code before its patch: it replays (the old branch), but running it live
 # takes the new branch, by design.
 BEFORE_A_PATCH = {"patched_old"}
@@ -36,13 +41,14 @@ def registry() -> Registry:
     return Registry.from_targets([str(WORKFLOWS)])
 
 
-def test_every_scenario_is_recorded() -> None:
-    names = {p.stem for p in HISTORIES}
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda p: p.name)
+def test_every_scenario_is_recorded(generation: Path) -> None:
+    names = {p.stem for p in generation.glob("*.jsonl")}
     assert names >= {"activities", "timers", "signals", "parent", "parent-leaf", "continued"}, names
     assert names >= {"patched_new", "patched_old"}, names
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_history_reencodes_byte_for_byte(path: Path) -> None:
     lines = path.read_bytes().splitlines()
     assert lines, path
@@ -51,14 +57,18 @@ def test_history_reencodes_byte_for_byte(path: Path) -> None:
         assert codec.encode(step) == line, f"{path.name} line {n}"
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_history_replays(path: Path, registry: Registry) -> None:
     report = replay_steps(registry, path.stem, read_history_file(path))
     assert report.ok, str(report)
     assert report.steps == len(path.read_bytes().splitlines())
 
 
-@pytest.mark.parametrize("path", [p for p in HISTORIES if p.stem not in BEFORE_A_PATCH], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [p for p in NEWEST.glob("*.jsonl") if p.stem not in BEFORE_A_PATCH],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
 def test_running_the_recorded_inputs_live_decides_the_same(path: Path, registry: Registry) -> None:
     """Stronger than replay, which compares commands by kind and sequence: given the same
     inputs at the same times, the code decides exactly what was recorded (results, timer
@@ -76,9 +86,10 @@ def test_running_the_recorded_inputs_live_decides_the_same(path: Path, registry:
         assert _blank(activation.decisions) == _blank(step.decisions), f"{path.name} step {n}"
 
 
-def test_the_patch_took_the_branch_recorded(registry: Registry) -> None:
-    old = [d for s in read_history_file(GOLDEN / "patched_old.jsonl") for d in s.decisions]
-    new = [d for s in read_history_file(GOLDEN / "patched_new.jsonl") for d in s.decisions]
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda p: p.name)
+def test_the_patch_took_the_branch_recorded(generation: Path) -> None:
+    old = [d for s in read_history_file(generation / "patched_old.jsonl") for d in s.decisions]
+    new = [d for s in read_history_file(generation / "patched_new.jsonl") for d in s.decisions]
     assert not any(isinstance(d, PatchMarked) for d in old)
     assert [d.patch for d in new if isinstance(d, PatchMarked)] == ["louder"]
 

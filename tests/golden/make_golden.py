@@ -3,11 +3,13 @@
 write every execution's history as JSONL, one ``HistoryStep`` a line, as
 ``handle.history_steps()`` gives them and ``perdure replay --file`` reads them.
 
-    .venv/bin/python tests/golden/make_golden.py        # rewrites tests/golden/*.jsonl
+    .venv/bin/python tests/golden/make_golden.py v3     # writes tests/golden/v3/*.jsonl
 
-Re-record only on purpose (a new scenario, or a wire change that is meant to be one, with
-the old files kept under a new name so that old histories stay covered), and commit the
-output with the change.
+Each folder is one generation. History lives forever, so no generation is ever rewritten or
+removed: every one must still decode, re-encode byte for byte and replay. The newest must
+also be what the current code decides, given the same inputs; when the engine is meant to
+decide differently (v2: activities retry by default, issue 10 item 11), record a new
+generation and commit it with the change.
 """
 
 from __future__ import annotations
@@ -45,24 +47,27 @@ async def golden_patched_before(n: int) -> str:
 WORKFLOWS = [golden_activities, golden_timers, golden_signals, golden_leaf, golden_parent, golden_continue]
 
 
-async def save(client: Client, execution_id: str, name: str) -> None:
+async def save(client: Client, execution_id: str, name: str, folder: Path) -> None:
     steps = await client.get_handle(execution_id).history_steps()
     lines = b"".join(codec.encode(step) + b"\n" for step in steps)
-    (HERE / f"{name}.jsonl").write_bytes(lines)
-    print(f"{name}.jsonl: {len(steps)} steps")
+    (folder / f"{name}.jsonl").write_bytes(lines)
+    print(f"{folder.name}/{name}.jsonl: {len(steps)} steps")
 
 
-async def main() -> None:
+async def main(folder: Path) -> None:
+    if folder.exists():
+        raise SystemExit(f"{folder} exists: a generation is never rewritten; name a new one")
+    folder.mkdir()
     with tempfile.TemporaryDirectory() as store:
         server = EmbeddedServer(store_dir=Path(store))
         server.start()
         try:
-            await record_all(server.url)
+            await record_all(server.url, folder)
         finally:
             server.stop()
 
 
-async def record_all(url: str) -> None:
+async def record_all(url: str, folder: Path) -> None:
     client = await Client.connect(url, namespace="golden")
     try:
         settings = Settings(url=url, namespace="golden", name="golden-runtime")
@@ -81,12 +86,14 @@ async def record_all(url: str) -> None:
         async with Worker([golden_patched_before, greet], settings=old):
             await (await client.start(golden_patched_before, 5, id="patched-old")).result(timeout=30)
         for execution_id in ("activities", "timers", "signals", "parent", "parent-leaf", "continued"):
-            await save(client, execution_id, execution_id)
-        await save(client, "patched-new", "patched_new")
-        await save(client, "patched-old", "patched_old")
+            await save(client, execution_id, execution_id, folder)
+        await save(client, "patched-new", "patched_new", folder)
+        await save(client, "patched-old", "patched_old", folder)
     finally:
         await client.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: make_golden.py <generation, e.g. v3>")
+    asyncio.run(main(HERE / sys.argv[1]))
