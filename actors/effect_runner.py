@@ -56,6 +56,8 @@ from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
 
+Wanted = Callable[[int, int], bool]  # (activity seq, attempt): still wanted by the execution?
+
 
 @dataclass(slots=True)
 class ExecutionRef:
@@ -117,15 +119,17 @@ class EffectRunner:
         *,
         eager: list[int] | None = None,
         hold: HeldAck | None = None,
+        wanted: Wanted = lambda seq, attempt: True,
     ) -> Sent:
         """Send every effect but the purges (``Sent.finish`` sends those and awaits all). The
         attempts of the activities in ``eager`` (slots reserved, recorded in the step) start
-        here and now under ``hold``."""
+        here and now under ``hold``, if still ``wanted`` when their task runs."""
         out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
                 local = hold if eager and effect.decision.seq in eager else None
-                await self._start_attempt(ref, effect, out, local)
+                still = functools.partial(wanted, effect.decision.seq, effect.decision.attempt)
+                await self._start_attempt(ref, effect, out, local, wanted=still)
             else:
                 await self._perform_one(ref, effect, out)
         return out
@@ -204,6 +208,7 @@ class EffectRunner:
         hold: HeldAck | None,
         *,
         create_only: bool = False,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         d = effect.decision
         options = d.options
@@ -230,7 +235,7 @@ class EffectRunner:
             # Runs here and now (local_activities): the record and timers still go out.
             stored = await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None)
             out.append(stored)
-            if not self.local.start(task, ref.partition, hold, stored):
+            if not self.local.start(task, ref.partition, hold, stored, wanted):
                 out.append(await self._publish_work(ref, task))  # the runtime is stopping
         else:
             # The work item is the only write on the critical path: send it first.
