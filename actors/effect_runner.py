@@ -18,7 +18,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import HistoryConflict
+from perdure.runtime.errors import ErrorInfo, HistoryConflict
 from perdure.runtime.messages import (
     ActivityRecord,
     ActivityTask,
@@ -137,13 +137,12 @@ class EffectRunner:
     async def redo(self, ref: ExecutionRef, effects: list[Effect]) -> None:
         """Perform a redone step's effects again (those still due: ``redo_ledger.due_again``).
 
-        An attempt whose record says a worker started it (its heartbeat timer armed, or its
-        token handed over with ``make_async()``) is left to that worker. Any other open
-        attempt gets its work item again (same ``Nats-Msg-Id``, same nonce and token: both
-        come from history), also when it runs here eagerly: the work item is then what
-        brings it back if this runtime dies, and the activity actor that pulls it here
-        waits for the running one instead of running it twice (``RunningAttempts``). Its
-        record is created only if absent, so a record a worker armed keeps its TTL and flags."""
+        An attempt whose record says a worker started it (heartbeat armed, or token handed
+        over by ``make_async()``) is left to that worker. Any other open attempt gets its
+        work item again (same ``Nats-Msg-Id``, nonce and token: all from history), also when
+        it runs here eagerly: the work item brings it back if this runtime dies, and the
+        activity actor that pulls it here waits for the running one (``RunningAttempts``).
+        Its record is created only if absent: one a worker armed keeps its TTL and flags."""
         out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
@@ -390,8 +389,6 @@ class EffectRunner:
         )
 
     async def mark_blocked(self, ref: ExecutionRef, message: str) -> None:
-        from perdure.runtime.errors import ErrorInfo
-
         error = ErrorInfo(
             code="workflow.nondeterministic", message=message, type="NonDeterminismError", retryable=False
         )
