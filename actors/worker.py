@@ -222,7 +222,7 @@ class Worker:
             timers=timers,
             heartbeats=heartbeats,
         )
-        self._completion = CompletionService(conn, names, heartbeats)
+        self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
         activity_actors = {
             name: ActivityActor(self.services, definition)
