@@ -7,6 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field, replace
 
+from .connect_options import ConnectOptions
 from .errors import ConfigurationError
 from .naming import Names
 
@@ -38,6 +39,8 @@ class Settings:
     eager_activities: bool = True
     marker_ttl: float = 3600.0  # how long timer expiry markers stay visible to a new owner
     history_warn_events: int = 10_000  # workflow.info().history_long turns true past this
+    # Authentication and TLS (PERDURE_USER, PERDURE_CREDS_FILE, PERDURE_TLS_CA...; repr redacted).
+    connect: ConnectOptions = field(default_factory=ConnectOptions)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -47,6 +50,7 @@ class Settings:
             replicas=_env_int("PERDURE_REPLICAS", 1),
             partitions=_env_int("PERDURE_PARTITIONS", 12),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
+            connect=ConnectOptions.from_env(),
             **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
