@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from perdure.runtime.errors import HistoryConflict, PerdureError, UnknownWorkflow
+from perdure.runtime.errors import ErrorInfo, HistoryConflict, PerdureError, UnknownWorkflow
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.messages import ApiReply, QueryReply, StartWorkflow
 
 from . import blocked as poison
 from .effect_runner import ExecutionRef, Sent
+from .effects import Effect
 from .history_log import EndedBlocked, HistoryLog
 from .inbox_translation import translate
 from .instance import Activation, WorkflowInstance
@@ -41,8 +42,6 @@ from .step_acks import Incoming, StepAcks
 from .step_inputs import StepInput, decode_batch, events_of, fired_timers
 
 if TYPE_CHECKING:
-    from perdure.runtime.errors import ErrorInfo
-
     from .definitions import WorkflowDefinition
     from .worker import WorkerServices
 
@@ -58,9 +57,7 @@ class Phase(enum.Enum):
     NEW = "new"  # nothing read, none seen: a start may assume no history (a conflict says otherwise)
     UNLOADED = "unloaded"  # nothing in memory, history may exist: the next step replays it
     LOADED = "loaded"  # the current run replayed (or none exists yet): steps run on it
-    # It cannot run (unknown workflow, unreadable history, code that diverges or keeps crashing):
-    # its messages are parked in <NS>_DEAD until a deployment that can run it (actors/blocked.py).
-    BLOCKED = "blocked"
+    BLOCKED = "blocked"  # it cannot run: its messages wait in <NS>_DEAD for code that can (blocked.py)
 
 
 class ExecutionActor:
@@ -151,8 +148,7 @@ class ExecutionActor:
         await self._acks.nak(batch, delay=0.5, hold=self._eager.take_hold())
 
     async def _failed(self, batch: list[Incoming], exc: Exception) -> None:
-        """A step failed: its messages come back after a delay, or, if they are poison (its
-        workflow unknown, its history unreadable, its step crashing again), are parked."""
+        """A step failed: its messages come back after a delay, or are parked if poison."""
         self._forget()
         crashed = not isinstance(exc, PerdureError)  # a PerdureError (ConnectionLost...) is transient
         if crashed:
@@ -166,16 +162,9 @@ class ExecutionActor:
         await self._acks.nak(batch, delay=2.0 if crashed else 1.0, hold=self._eager.take_hold())
 
     async def _park(self, batch: list[Incoming], reason: ErrorInfo) -> None:
-        """BLOCKED: ``batch`` goes to <NS>_DEAD (acked out of the inbox: a blocked execution
-        holds no consumer slot) and waits for a deployment that can run it; a terminate in
-        it ends the execution instead (actors/blocked.py)."""
-        blocked = self._services.blocked
-        ended = await self._acks.park(
-            batch,
-            hold=self._eager.take_hold(),
-            to_dead=lambda: blocked.park(self.execution_id, self.partition, batch, reason),
-        )
-        if ended:
+        """BLOCKED: ``batch`` waits in <NS>_DEAD, out of the inbox; a terminate in it ends the run."""
+        parking = self._services.blocked.park(self.execution_id, self.partition, batch, reason)
+        if await self._acks.park(batch, hold=self._eager.take_hold(), to_dead=parking):
             self._forget()
         else:
             self.phase, self._blocked = Phase.BLOCKED, reason
@@ -211,8 +200,7 @@ class ExecutionActor:
             await self._load()
         if self.phase is Phase.BLOCKED:  # parked (requests answered why), or ended by a terminate
             assert self._blocked is not None
-            await self._park(batch, self._blocked)
-            return
+            return await self._park(batch, self._blocked)
         fresh = await self._redo_duplicates(incoming)
         fresh = await self._start_new_runs(fresh)
         self._translate(fresh)
@@ -230,17 +218,23 @@ class ExecutionActor:
         now = max(time.time(), self._history.last_time)
         activation = instance.activate(events_of(fresh), now)
         if activation.inputs or activation.decisions:
-            eager = self._eager.reserve(activation.effects)
+            # Only what the step's end state still wants: an attempt started and then
+            # closed within the step (a retry's timer and the previous attempt's result in
+            # one batch) is never started.
+            effects = due_again(activation.effects, instance.activities, index_current=True)
+            eager = self._eager.reserve(effects)
             absorbed = [item.delivery.stream_seq for item in fresh if item.delivery.stream_seq]
             try:
-                await self._commit(instance, now, activation, absorbed=absorbed, eager=eager)
+                await self._commit(instance, now, activation, effects, absorbed=absorbed, eager=eager)
             except BaseException:
                 self._eager.unreserve(eager)
                 raise
             assert self.ref is not None
             self.ref.history_length = instance.history_length
             hold = self._eager.hold_for(batch) if eager else None
-            sent = await self._services.effects.send(self.ref, activation.effects, eager=eager, hold=hold)
+            sent = await self._services.effects.send(
+                self.ref, effects, eager=eager, hold=hold, wanted=self._attempt_wanted
+            )
         else:
             sent = Sent()
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
@@ -277,6 +271,7 @@ class ExecutionActor:
         instance: WorkflowInstance,
         now: float,
         activation: Activation,
+        effects: list[Effect] | None = None,
         *,
         absorbed: Sequence[int] = (),
         eager: Sequence[int] = (),
@@ -291,8 +286,14 @@ class ExecutionActor:
             eager=list(eager),
         )
         seq = await self._history.append(step)
-        self._ledger.remember(instance.step_index - 1, step.absorbed, activation.effects)
+        kept = activation.effects if effects is None else effects
+        self._ledger.remember(instance.step_index - 1, step.absorbed, kept)
         return seq
+
+    def _attempt_wanted(self, seq: int, attempt: int) -> bool:
+        """Asked by an eager attempt as it starts: the execution still runs that attempt."""
+        state = self.instance.activities.get(seq) if self.instance is not None else None
+        return state is None or (not state.closed and not state.waiting_retry and state.attempt == attempt)
 
     async def _redo_duplicates(self, incoming: list[StepInput]) -> list[StepInput]:
         """A message already absorbed by a step came back: that step's effects may not have
@@ -389,7 +390,6 @@ class ExecutionActor:
             await self._next_run(continuation_start(instance.started, next_input))
 
     async def _block(self, reason: str) -> None:
-        """Replay diverged: BLOCKED, its messages parked by the next step."""
         self.phase, self._blocked = Phase.BLOCKED, poison.divergence(reason)
         self._log.error("execution.nondeterministic", error=reason)
         assert self.ref is not None

@@ -60,15 +60,13 @@ class StepAcks:
             await delivery.nak(delay=delay)
         self.release(batch)
 
-    async def park(
-        self, batch: list[Incoming], *, hold: HeldAck | None, to_dead: Callable[[], Awaitable[bool]]
-    ) -> bool:
+    async def park(self, batch: list[Incoming], *, hold: HeldAck | None, to_dead: Awaitable[bool]) -> bool:
         """Poison: ``to_dead`` stores each message in ``<NS>_DEAD`` and acks it (or naks them
         all if it cannot); returns what ``to_dead`` returns (the execution ended)."""
         if hold is not None:
             hold.abandon()  # its deliveries are parked here; its attempts' outcomes settle nothing
         try:
-            return await to_dead()
+            return await to_dead
         finally:
             self.release(batch)
 
