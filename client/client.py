@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from perdure.runtime import codec
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
-from perdure.runtime.errors import ExecutionAlreadyExists, ExecutionNotFound, InvalidPayload, from_info
+from perdure.runtime.errors import (
+    ExecutionAlreadyExists,
+    ExecutionNotFound,
+    InvalidPayload,
+    JetStreamUnavailable,
+    from_info,
+)
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     AnyInboxMessage,
@@ -27,6 +35,7 @@ from perdure.runtime.nats_client import Ack, Connection
 from .handle import ExecutionDescription, WorkflowHandle
 from .index_watch import IndexWatch
 
+T = TypeVar("T")
 OnConflict = Literal["use_existing", "fail"]
 IdReuse = Literal["use_existing", "reject", "allow_after_failure", "allow"]
 
@@ -51,9 +60,17 @@ class Client:
         self.index_watch = IndexWatch(conn, names)
 
     @classmethod
-    async def connect(cls, url: str | None = None, *, namespace: str = "perdure") -> Client:
+    async def connect(
+        cls, url: str | None = None, *, namespace: str = "perdure", connect_timeout: float | None = None
+    ) -> Client:
+        """Connect to ``url`` (comma-separated seeds; credentials allowed, never shown).
+
+        Gives up after ``connect_timeout`` seconds (default ``PERDURE_CONNECT_TIMEOUT``, 10 s)
+        with ``ConnectionLost`` naming the URL and the cause (refused, unresolvable, no
+        answer); a malformed URL or refused credentials raise ``ConfigurationError`` at once.
+        """
         names = Names(namespace)
-        conn = await Connection.connect(url or default_url(), name="perdure-client")
+        conn = await Connection.connect(url or default_url(), name="perdure-client", timeout=connect_timeout)
         return cls(conn, names)
 
     async def close(self) -> None:
@@ -130,7 +147,24 @@ class Client:
 
     async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> Ack:
         """Publish ``message`` to the execution's inbox; returns once it is stored."""
-        return await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
+        data = codec.encode(message)
+        subject = self.names.inbox(execution_id)
+        return await self._retry_unavailable(lambda: self.conn.publish(subject, data, msg_id=msg_id))
+
+    async def _retry_unavailable(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again while JetStream is unavailable (nothing was stored, so sending
+        again is safe), for at most ``request_timeout``; then the ``JetStreamUnavailable``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except JetStreamUnavailable:
+                if loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def signal(
         self, execution_id: str, name: str, payload: Any = None, *, id: str | None = None
@@ -191,13 +225,18 @@ class Client:
         return HeartbeatReply(cancel_requested=reply.cancel_requested, closed=reply.closed)
 
     async def _token_request(self, verb: str, body: msgspec.Struct) -> Any:
-        data = await self.conn.request(self.names.api(verb), codec.encode(body), timeout=self.request_timeout)
-        reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
-        if not reply.ok:
-            error = reply.error
-            assert error is not None
-            raise from_info(_ErrorInfo(code=error.code, message=error.message))
-        return reply
+        async def once() -> Any:
+            data = await self.conn.request(
+                self.names.api(verb), codec.encode(body), timeout=self.request_timeout
+            )
+            reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
+            if not reply.ok:
+                error = reply.error
+                assert error is not None
+                raise from_info(_ErrorInfo(code=error.code, message=error.message))
+            return reply
+
+        return await self._retry_unavailable(once)  # "unavailable": the runtime stored nothing
 
 
 __all__ = ["Client", "ExecutionNotFound", "HeartbeatReply"]

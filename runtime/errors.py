@@ -3,6 +3,7 @@
     PerdureError                         code
     ├── ConfigurationError               "config.invalid"
     ├── ConnectionLost                   "nats.unavailable"
+    │   └── JetStreamUnavailable         "unavailable"  (retryable: no stream answered, e.g. a restart)
     ├── InvalidPayload                   "payload.invalid"
     │   └── PayloadTooLarge              "payload.too_large"
     ├── InvalidToken                     "token.invalid"
@@ -76,6 +77,16 @@ class ConfigurationError(PerdureError):
 
 class ConnectionLost(PerdureError):
     code = "nats.unavailable"
+    retryable = True
+
+
+class JetStreamUnavailable(ConnectionLost):
+    """NATS is reachable but no JetStream stream took the message (HTTP-like status 503):
+    right after a server restart, during a leader election, or when the namespace is not
+    provisioned. Nothing was stored, so sending again is safe; the Python client does so
+    for its request timeout before raising this."""
+
+    code = "unavailable"
     retryable = True
 
 
@@ -181,6 +192,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
     for cls in (
         ConfigurationError,
         ConnectionLost,
+        JetStreamUnavailable,
         InvalidPayload,
         PayloadTooLarge,
         InvalidToken,

@@ -26,7 +26,16 @@ import structlog
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg as _Msg
 
-from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PerdureError
+from .errors import (
+    ConfigurationError,
+    ConnectionLost,
+    HistoryConflict,
+    JetStreamUnavailable,
+    PerdureError,
+)
+from .nats_connect import first_connect, geturl
+from .settings import connect_timeout_from_env
+from .urls import check_urls, redact_url, split_urls
 
 log = structlog.get_logger("perdure.nats")
 
@@ -153,51 +162,91 @@ class Connection:
         self._read_prefix = b""
         self._read_counter = 0
         self._read_sub: Any = None
+        self._closed = asyncio.Event()
+        self.lost: ConnectionLost | None = None  # set when NATS closed the connection for good
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def connect(cls, servers: str | list[str], *, name: str = "perdure") -> Connection:
-        urls = [servers] if isinstance(servers, str) else list(servers)
-        urls = [u.strip() for url in urls for u in url.split(",") if u.strip()]
+    async def connect(
+        cls, servers: str | list[str], *, name: str = "perdure", timeout: float | None = None
+    ) -> Connection:
+        """Connect, giving up after ``timeout`` seconds (``PERDURE_CONNECT_TIMEOUT``, 10 s).
+
+        Only the first connect is bounded: once connected, a lost connection is re-established
+        for as long as it takes. A malformed URL or credentials the server refuses fail at once
+        (``ConfigurationError``: waiting would not help); a refused connection, a host that does
+        not resolve or a server that does not answer are retried until the bound, then raise
+        ``ConnectionLost`` naming the (redacted) URL and the last cause.
+        """
+        urls = split_urls(servers)
+        check_urls(urls)
+        shown = redact_url(", ".join(urls))
+        bound = connect_timeout_from_env() if timeout is None else timeout
         holder: list[Connection] = []
+        first_errors: list[BaseException] = []  # said once, in the error, not every 250 ms
 
         async def reconnected() -> None:
-            log.info("nats.reconnected", url=str(nc.connected_url.netloc if nc.connected_url else ""))
             if holder:
+                log.info("nats.reconnected", url=holder[0].connected_url)
                 holder[0]._notify_reconnect()
 
         async def disconnected() -> None:
-            if not (holder and holder[0]._closing):
+            if holder and not holder[0]._closing:
                 log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
-            if not (holder and holder[0]._closing):
-                log.warning("nats.error", error=str(exc))
+            if not holder:
+                first_errors.append(exc)
+            elif not holder[0]._closing:
+                log.warning("nats.error", error=redact_url(str(exc)))
 
-        try:
-            nc = await nats.connect(
-                servers=urls,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                allow_reconnect=True,
-                connect_timeout=5,
-                ping_interval=5,
-                max_outstanding_pings=3,
-                reconnected_cb=reconnected,
-                disconnected_cb=disconnected,
-                error_cb=error,
-                pending_size=64 * 1024 * 1024,
-                flush_timeout=30,
-            )
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-            raise ConnectionLost(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from None
+        async def closed() -> None:
+            if holder:
+                holder[0]._on_closed(shown, holder[0]._nc.last_error)
+
+        options: dict[str, Any] = {
+            "servers": urls,
+            "name": name,
+            "reconnect_time_wait": 0.25,
+            "ping_interval": 5,
+            "max_outstanding_pings": 3,
+            "reconnected_cb": reconnected,
+            "disconnected_cb": disconnected,
+            "error_cb": error,
+            "closed_cb": closed,
+            "pending_size": 64 * 1024 * 1024,
+            "flush_timeout": 30,
+        }
+        nc = await first_connect(options, bound, shown, first_errors)
         conn = cls(nc)
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
         return conn
+
+    def _on_closed(self, shown: str, cause: BaseException | None) -> None:
+        """nats-py closed the connection and will not reconnect (the server closed it for
+        good: a protocol violation, credentials revoked), or we closed it."""
+        if not self._closing:
+            why = redact_url(str(cause or "closed by the server"))
+            self.lost = ConnectionLost(f"NATS at {shown} closed the connection for good: {why}")
+            log.error("nats.closed", url=shown, error=why)
+            for fut, _, handle, _purge in self._acks.values():
+                handle.cancel()
+                if not fut.done():
+                    fut.set_exception(self.lost)
+            self._acks.clear()
+        self._closed.set()
+
+    async def wait_closed(self) -> ConnectionLost | None:
+        """Wait until the connection is closed for good; the error if we did not close it."""
+        await self._closed.wait()
+        return self.lost
+
+    def _check_open(self) -> None:
+        if self.lost is not None:
+            raise ConnectionLost(self.lost.message)
 
     async def close(self) -> None:
         self._closing = True
@@ -210,6 +259,7 @@ class Connection:
             await self._nc.drain()
         with contextlib.suppress(Exception):
             await self._nc.close()
+        self._closed.set()
 
     @property
     def is_connected(self) -> bool:
@@ -217,8 +267,8 @@ class Connection:
 
     @property
     def connected_url(self) -> str:
-        url = self._nc.connected_url
-        return url.geturl() if url else ""
+        """The server this connection uses now, credentials redacted."""
+        return redact_url(geturl(self._nc))
 
     def on_reconnect(self, listener: Callable[[], None]) -> None:
         self._reconnect_listeners.append(listener)
@@ -266,8 +316,13 @@ class Connection:
             self._on_purged(fut, subject, msg)
             return
         if msg.headers and msg.headers.get("Status") == "503":
+            # No stream took it: transient right after a restart or during a leader election
+            # (measured: a complete answered config.invalid then), or not provisioned at all.
             fut.set_exception(
-                ConfigurationError(f"no JetStream stream stores {subject}; is the namespace provisioned?")
+                JetStreamUnavailable(
+                    f"no JetStream stream stored {subject}: JetStream is unavailable (restarting?) "
+                    "or the namespace is not provisioned"
+                )
             )
             return
         try:
@@ -378,6 +433,7 @@ class Connection:
         deadline = asyncio.get_running_loop().time() + timeout
         attempt_timeout = 2.0
         while True:
+            self._check_open()  # closed for good: say so now, not after the retries
             try:
                 with map_errors(f"read {subject}"):
                     msg = await self._nc.request(
@@ -398,6 +454,7 @@ class Connection:
         like ``get_last``)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
+            self._check_open()
             try:
                 return await self._read_all(stream, subject, start_seq, batch, min(timeout, 5.0))
             except (ConnectionLost, ConfigurationError):

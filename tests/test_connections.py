@@ -1,0 +1,217 @@
+"""Connections (issue 10, item 4 and the end of item 1): the first connect is bounded and says
+why it failed, credentials never show, a connection closed for good is seen, and a transient
+JetStream outage is answered with a retryable code that the client retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from perdure import Client, ConnectionLost, EmbeddedServer, Settings, Worker
+from perdure.runtime import codec
+from perdure.runtime.embedded import find_nats_server, free_port
+from perdure.runtime.errors import PerdureError
+from perdure.runtime.provision import Provisioner
+
+BOUND = 2.0  # the connect bound the tests set; the default is 10 s
+SLACK = 3.0  # a loaded 2-core machine
+
+
+class PasswordServer:
+    """nats-server with a user and password, JetStream on, from a config file (reloadable)."""
+
+    def __init__(self, tmp: Path, user: str = "alice", password: str = "s3cret") -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.conf = tmp / "nats.conf"
+        self.write(user, password)
+        self.proc = subprocess.Popen(
+            [find_nats_server(), "-c", str(self.conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                if s.recv(4).startswith(b"INFO"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("nats-server with a password did not start")
+
+    def write(self, user: str, password: str) -> None:
+        self.conf.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{ store_dir: "{self.tmp / "store"}" }}\n'
+            f'authorization {{ user: "{user}", password: "{password}" }}\n'
+        )
+
+    def url(self, user: str = "alice", password: str = "s3cret") -> str:
+        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
+
+    def reload(self, user: str, password: str) -> None:
+        """Rotate the credentials: the server closes connections using the old ones."""
+        self.write(user, password)
+        self.proc.send_signal(1)  # SIGHUP: reload the configuration
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def password_server(tmp_path: Path) -> Iterator[PasswordServer]:
+    server = PasswordServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def closed_port() -> int:
+    return free_port()  # nothing listens there once the probe socket is closed
+
+
+@pytest.fixture(autouse=True)
+def connect_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERDURE_CONNECT_TIMEOUT", str(BOUND))
+
+
+async def connect_fails(url: str) -> tuple[PerdureError, float]:
+    began = time.monotonic()
+    with pytest.raises(PerdureError) as caught:
+        async with asyncio.timeout(BOUND + SLACK + 5):  # the test's own guard against a hang
+            client = await Client.connect(url)
+            await client.close()
+    return caught.value, time.monotonic() - began
+
+
+async def test_connect_to_a_closed_port_fails_within_the_bound() -> None:
+    port = closed_port()
+    exc, took = await connect_fails(f"nats://127.0.0.1:{port}")
+    assert isinstance(exc, ConnectionLost)
+    assert took < BOUND + SLACK, took
+    assert f"nats://127.0.0.1:{port}" in str(exc) and "refused" in str(exc), str(exc)
+
+
+async def test_connect_to_an_unresolvable_host_fails_within_the_bound() -> None:
+    exc, took = await connect_fails("nats://no-such-host.invalid:4222")
+    assert isinstance(exc, ConnectionLost)
+    assert took < BOUND + SLACK, took
+    assert "no-such-host.invalid" in str(exc) and "resolve" in str(exc), str(exc)
+
+
+@pytest.mark.parametrize("url", ["nats://127.0.0.1:notaport", "nats://:4222x", "http//oops"])
+async def test_a_malformed_url_fails_at_once(url: str) -> None:
+    exc, took = await connect_fails(url)
+    assert exc.code == "config.invalid", exc
+    assert took < 1.0, took
+    assert "malformed" in str(exc), str(exc)
+
+
+async def test_a_wrong_password_fails_fast_and_is_never_shown(
+    password_server: PasswordServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERDURE_CONNECT_TIMEOUT", "10")
+    exc, took = await connect_fails(password_server.url(password="wrong-pw"))
+    assert took < 2.0, f"a wrong password waited {took:.1f} s"
+    assert exc.code == "config.invalid"
+    assert "authorization" in str(exc).lower(), str(exc)
+    assert "wrong-pw" not in str(exc) and f"alice:***@127.0.0.1:{password_server.port}" in str(exc)
+
+
+async def test_the_right_password_connects(password_server: PasswordServer) -> None:
+    client = await Client.connect(password_server.url())
+    await client.conn.flush()
+    await client.close()
+
+
+def test_redact_url() -> None:
+    from perdure.runtime.urls import redact_url
+
+    assert redact_url("nats://alice:s3cret@h:4222") == "nats://alice:***@h:4222"
+    assert redact_url("nats://tok3n@h:4222") == "nats://***@h:4222"
+    assert redact_url("nats://a:b@h1:1,nats://h2:2") == "nats://a:***@h1:1,nats://h2:2"
+    assert redact_url("nats://h:4222") == "nats://h:4222"
+    assert redact_url("tls://u:p%40ss@h") == "tls://u:***@h"
+
+
+async def test_a_connection_closed_for_good_fails_the_next_call(
+    nats_server: EmbeddedServer, namespace: str
+) -> None:
+    """nats-server closes a connection whose message (headers included) exceeds max_payload,
+    and nats-py does not come back: the next call says so at once, it does not hang."""
+    client = await Client.connect(nats_server.url, namespace=namespace)
+    raw = client.conn.raw
+    payload = b"x" * (raw.max_payload - 8)
+    await raw.publish("x.y", payload, headers={"Pad": "p" * 64})  # fits alone, not with headers
+    async with asyncio.timeout(10):
+        lost = await client.conn.wait_closed()
+    assert lost is not None and "closed the connection for good" in str(lost), lost
+    began = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        await client.describe("anything")
+    assert time.monotonic() - began < 1.0
+    with pytest.raises(ConnectionLost):
+        await client.start("wf", 1, id="x")
+    await client.close()
+
+
+async def test_jetstream_unavailable_is_retried_by_the_client(
+    nats_server: EmbeddedServer, namespace: str
+) -> None:
+    """A publish no stream takes (a restart, a leader election) is ``unavailable``, retryable,
+    and the client retries it for its request timeout before giving up."""
+    settings = Settings(url=nats_server.url, namespace=namespace)
+    client = await Client.connect(nats_server.url, namespace=namespace)
+    try:
+        client.request_timeout = 1.5
+        began = time.monotonic()
+        with pytest.raises(ConnectionLost) as caught:
+            await client.start("wf", 1, id="a")  # not provisioned: nothing stores the inbox
+        assert caught.value.retryable and caught.value.code == "unavailable"
+        assert 1.0 < time.monotonic() - began < 1.5 + SLACK
+        client.request_timeout = 10.0
+
+        async def provision_later() -> None:
+            await asyncio.sleep(0.5)
+            conn = client.conn
+            await Provisioner(conn, settings).provision()
+
+        late = asyncio.ensure_future(provision_later())
+        handle = await client.start("wf", 1, id="b")  # retried until the stream exists
+        await late
+        assert handle.id == "b"
+    finally:
+        await client.close()
+
+
+async def test_api_answers_unavailable_when_the_inbox_stream_is_gone(
+    nats_server: EmbeddedServer, namespace: str
+) -> None:
+    """The completion service's inbox publish meeting no stream answers ``unavailable``
+    (retryable), not ``config.invalid`` (which reads as permanent)."""
+    from activity_workflows import approval, approve
+
+    settings = Settings(url=nats_server.url, namespace=namespace, name=f"rt-{namespace}")
+    async with Worker([approval, approve], settings=settings):
+        client = await Client.connect(nats_server.url, namespace=namespace)
+        try:
+            handle = await client.start(approval, "r", id="x1")
+            async with asyncio.timeout(20):
+                async for record in handle.watch():
+                    if record.history_length > 0:
+                        break
+            await client.conn.raw.jetstream().delete_stream(client.names.inbox_stream)
+            body = codec.encode({"execution_id": "x1", "name": "go", "payload": 1})
+            reply = await client.conn.request(client.names.api("signal"), body, timeout=10)
+            error = codec.decode(codec.api_reply, reply, what="reply").error
+            assert error is not None and error.code == "unavailable", reply
+        finally:
+            with contextlib.suppress(Exception):
+                await Provisioner(client.conn, settings).provision()
+            await client.close()
