@@ -208,7 +208,11 @@ class Worker:
 
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
-        conn = await Connection.connect(self.settings.url, name=f"perdure-runtime-{self.settings.name}")
+        conn = await Connection.connect(
+            self.settings.url,
+            name=f"perdure-runtime-{self.settings.name}",
+            timeout=self.settings.connect_timeout,
+        )
         self._conn = conn
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names

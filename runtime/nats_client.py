@@ -39,6 +39,9 @@ from .urls import check_urls, redact_url, split_urls
 
 log = structlog.get_logger("perdure.nats")
 
+# Logins refused in a row on reconnect before the connection is given up (nats.go: 2).
+REFUSED_LOGINS_BEFORE_CLOSING = 3
+
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
 KV_KEY_EXISTS = 10164
@@ -164,6 +167,8 @@ class Connection:
         self._read_sub: Any = None
         self._closed = asyncio.Event()
         self.lost: ConnectionLost | None = None  # set when NATS closed the connection for good
+        self._refused_logins = 0
+        self._giving_up: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,6 +194,7 @@ class Connection:
         async def reconnected() -> None:
             if holder:
                 log.info("nats.reconnected", url=holder[0].connected_url)
+                holder[0]._refused_logins = 0
                 holder[0]._notify_reconnect()
 
         async def disconnected() -> None:
@@ -200,6 +206,7 @@ class Connection:
                 first_errors.append(exc)
             elif not holder[0]._closing:
                 log.warning("nats.error", error=redact_url(str(exc)))
+                holder[0]._count_refused_login(exc)
 
         async def closed() -> None:
             if holder:
@@ -224,6 +231,19 @@ class Connection:
         await conn._start_ack_mux()
         await conn._start_read_mux()
         return conn
+
+    def _count_refused_login(self, exc: Exception) -> None:
+        """Credentials revoked or rotated: nats-py would retry the login for ever (a warning
+        every 250 ms, the process up doing nothing). Like nats.go, give up after a few
+        refusals in a row: the connection closes for good and its owner ends or raises."""
+        if "authorization" not in str(exc).lower():
+            self._refused_logins = 0
+            return
+        self._refused_logins += 1
+        if self._refused_logins == REFUSED_LOGINS_BEFORE_CLOSING:
+            self._giving_up = asyncio.get_running_loop().create_task(
+                self._nc.close(), name="nats:close-refused-login"
+            )
 
     def _on_closed(self, shown: str, cause: BaseException | None) -> None:
         """nats-py closed the connection and will not reconnect (the server closed it for

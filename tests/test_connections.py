@@ -215,3 +215,19 @@ async def test_api_answers_unavailable_when_the_inbox_stream_is_gone(
             with contextlib.suppress(Exception):
                 await Provisioner(client.conn, settings).provision()
             await client.close()
+
+
+async def test_revoked_credentials_close_the_client_for_good(password_server: PasswordServer) -> None:
+    """Credentials rotated under a connected client: nats-py would retry the refused login for
+    ever; the connection is given up after a few refusals and the next call raises."""
+    client = await Client.connect(password_server.url())
+    try:
+        password_server.reload("alice", "rotated")
+        async with asyncio.timeout(15):
+            lost = await client.conn.wait_closed()
+        assert lost is not None and "authorization" in str(lost).lower(), lost
+        assert "s3cret" not in str(lost)
+        with pytest.raises(ConnectionLost):
+            await client.describe("anything")
+    finally:
+        await client.close()
