@@ -91,12 +91,44 @@ class WorkflowHandle:
 
         Watches the execution's index entry (a subscription on its KV subject, re-read after
         every reconnect), so there is no polling loop.
+
+        Raises ``ExecutionNotFound`` at once if no execution has this id (nothing in the
+        index, the inbox or history), and ``TimeoutError`` saying what it waited for (the id,
+        the timeout, the last status seen) if it does not close within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout):
-            async for record in self._records():
-                if record.status in TERMINAL_STATUSES:
-                    return self._outcome(record)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._closed_outcome()
+        except TimeoutError:
+            record = await self._record()
+            status = record.status if record else "started, has not been taken by a runtime yet"
+            raise TimeoutError(
+                f"execution {self.id!r} did not close within {timeout:g} s (status: {status})"
+            ) from None
+
+    async def _closed_outcome(self) -> Any:
+        async with self._client.index_watch.changes(self.id) as queue:
+            record = await self._record()  # after registering: a later change cannot slip by
+            if record is None and not await self._pending():
+                raise ExecutionNotFound(f"no execution {self.id!r} (not in the index, inbox or history)")
+            while record is None or record.status not in TERMINAL_STATUSES:
+                message = await queue.get()
+                if message.data and "KV-Operation" not in message.headers:
+                    record = codec.decode(
+                        codec.execution_record, message.data, what=f"index entry of {self.id}"
+                    )
+            return self._outcome(record)
+
+    async def _pending(self) -> bool:
+        """Whether the execution exists without an index entry yet: its start still in the
+        inbox, or already in history. Read in that order: a runtime appends history before
+        it acknowledges (removes) the inbox message, so one of the two is always seen."""
+        names, conn = self._client.names, self._client.conn
+        partition = partition_of(self.id, await self._client.partitions())
+        inbox = f"{names.namespace}.inbox.{partition}.{self.id}"
+        if await conn.get_last(names.inbox_stream, inbox) is not None:
+            return True
+        return await conn.get_last(names.history_stream, names.history(self.id)) is not None
 
     async def watch(self) -> AsyncIterator[ExecutionDescription]:
         """The execution's description now, then each time it changes (status, length)."""

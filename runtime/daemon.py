@@ -187,7 +187,6 @@ async def _worker(args: argparse.Namespace) -> int:
     from perdure.actors import Registry, Worker
 
     stop = StopSignals()
-    registry = Registry.from_targets(args.targets)
     settings = Settings.from_env(
         url=args.url,
         namespace=args.namespace,
@@ -199,6 +198,7 @@ async def _worker(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         connect_timeout=args.connect_timeout,
     )
+    registry = Registry.from_targets(args.targets)
     embedded: EmbeddedServer | None = None
     if not settings.url:
         url, embedded = await asyncio.to_thread(start_embedded_server, args.store_dir)
