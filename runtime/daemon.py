@@ -177,9 +177,14 @@ class StopSignals:
         if task.done():
             task.result()  # its error, if it failed
             return True
-        task.cancel()
+        # Cancel until it ends: on Python 3.11 a cancellation that meets a completing
+        # ``asyncio.wait_for`` (nats-py's TCP connect) is swallowed (gh-86296); measured here,
+        # one SIGTERM in a few left the connect loop running to its 10 s bound.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
         with contextlib.suppress(BaseException):
-            await task
+            task.result()
         return False
 
 

@@ -237,8 +237,7 @@ class Connection:
         every 250 ms, the process up doing nothing). Like nats.go, give up after a few
         refusals in a row: the connection closes for good and its owner ends or raises."""
         if "authorization" not in str(exc).lower():
-            self._refused_logins = 0
-            return
+            return  # other errors interleave (resets, timeouts); only a reconnect clears the count
         self._refused_logins += 1
         if self._refused_logins == REFUSED_LOGINS_BEFORE_CLOSING:
             self._giving_up = asyncio.get_running_loop().create_task(
