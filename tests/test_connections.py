@@ -140,27 +140,6 @@ def test_redact_url() -> None:
     assert redact_url("tls://u:p%40ss@h") == "tls://u:***@h"
 
 
-async def test_a_connection_closed_for_good_fails_the_next_call(
-    nats_server: EmbeddedServer, namespace: str
-) -> None:
-    """nats-server closes a connection whose message (headers included) exceeds max_payload,
-    and nats-py does not come back: the next call says so at once, it does not hang."""
-    client = await Client.connect(nats_server.url, namespace=namespace)
-    raw = client.conn.raw
-    payload = b"x" * (raw.max_payload - 8)
-    await raw.publish("x.y", payload, headers={"Pad": "p" * 64})  # fits alone, not with headers
-    async with asyncio.timeout(10):
-        lost = await client.conn.wait_closed()
-    assert lost is not None and "closed the connection for good" in str(lost), lost
-    began = time.monotonic()
-    with pytest.raises(ConnectionLost):
-        await client.describe("anything")
-    assert time.monotonic() - began < 1.0
-    with pytest.raises(ConnectionLost):
-        await client.start("wf", 1, id="x")
-    await client.close()
-
-
 async def test_jetstream_unavailable_is_retried_by_the_client(
     nats_server: EmbeddedServer, namespace: str
 ) -> None:
@@ -217,17 +196,29 @@ async def test_api_answers_unavailable_when_the_inbox_stream_is_gone(
             await client.close()
 
 
-async def test_revoked_credentials_close_the_client_for_good(password_server: PasswordServer) -> None:
+async def test_a_connection_closed_for_good_fails_calls_and_waits(password_server: PasswordServer) -> None:
     """Credentials rotated under a connected client: nats-py would retry the refused login for
-    ever; the connection is given up after a few refusals and the next call raises."""
-    client = await Client.connect(password_server.url())
+    ever (a warning every 250 ms). The connection is given up after a few refusals, a pending
+    ``result()`` ends with ``ConnectionLost`` and so does the next call, at once."""
+    client = await Client.connect(password_server.url(), namespace="pw")
     try:
+        await Provisioner(client.conn, Settings(url=password_server.url(), namespace="pw")).provision()
+        handle = await client.start("wf", 1, id="waiting")  # no runtime: result() waits
+        waiting = asyncio.ensure_future(handle.result())
+        await client.conn.flush()
         password_server.reload("alice", "rotated")
         async with asyncio.timeout(15):
             lost = await client.conn.wait_closed()
         assert lost is not None and "authorization" in str(lost).lower(), lost
         assert "s3cret" not in str(lost)
+        async with asyncio.timeout(2):
+            with pytest.raises(ConnectionLost):
+                await waiting  # a pending wait ends at once too, it does not hang
+        began = time.monotonic()
         with pytest.raises(ConnectionLost):
             await client.describe("anything")
+        with pytest.raises(ConnectionLost):
+            await client.start("wf", 1, id="x")
+        assert time.monotonic() - began < 1.0
     finally:
         await client.close()
