@@ -169,6 +169,7 @@ class Connection:
         self.lost: ConnectionLost | None = None  # set when NATS closed the connection for good
         self._refused_logins = 0
         self._giving_up: asyncio.Task[None] | None = None
+        self._shown = ""  # the URLs, credentials redacted
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,6 +228,7 @@ class Connection:
         }
         nc = await first_connect(options, bound, shown, first_errors)
         conn = cls(nc)
+        conn._shown = shown
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
@@ -241,8 +243,17 @@ class Connection:
         self._refused_logins += 1
         if self._refused_logins == REFUSED_LOGINS_BEFORE_CLOSING:
             self._giving_up = asyncio.get_running_loop().create_task(
-                self._nc.close(), name="nats:close-refused-login"
+                self._give_up(exc), name="nats:close-refused-login"
             )
+
+    async def _give_up(self, cause: Exception) -> None:
+        try:
+            await self._nc.close()
+        except Exception as exc:  # flushing to the dead socket can fail before nats-py's callbacks
+            log.debug("nats.close_failed", error=str(exc))
+        finally:
+            if not self._closed.is_set():
+                self._on_closed(self._shown, cause)
 
     def _on_closed(self, shown: str, cause: BaseException | None) -> None:
         """nats-py closed the connection and will not reconnect (the server closed it for

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from password_server import PasswordServer
 
 from perdure import Client, EmbeddedServer, Settings
 from perdure.runtime.embedded import free_port
 from perdure.runtime.provision import Provisioner
 
 from support import TESTS_DIR, RuntimeProcess
-from test_connections import PasswordServer
 
 BOUND = 2.0
 SLACK = 4.0
