@@ -7,11 +7,12 @@ import os
 import sys
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 from .urls import redact_url
 
 
-def redact_credentials(_logger: object, _method: str, event: dict[str, object]) -> dict[str, object]:
+def redact_credentials(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
     """Never log a secret: any string field quoting a URL with credentials is redacted
     (``url=nats://alice:***@host``), whoever logged it (a runtime's ``runtime.started``)."""
     for key, value in event.items():

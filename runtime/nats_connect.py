@@ -45,7 +45,7 @@ async def first_connect(
                     **options,
                     allow_reconnect=False,
                     max_reconnect_attempts=1,  # each seed twice per round, then NoServersError
-                    connect_timeout=max(0.05, min(remaining, 5.0)),
+                    connect_timeout=max(0.05, min(remaining, 5.0)),  # type: ignore[arg-type]  # typed int, takes seconds
                 )
             break
         except (TimeoutError, OSError, nats.errors.Error) as exc:

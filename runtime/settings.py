@@ -71,8 +71,9 @@ class Settings:
             partitions=env_int("PERDURE_PARTITIONS", 12),
             connect_timeout=connect_timeout_from_env(),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
-            **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
         )
+        if os.environ.get("PERDURE_NAME"):
+            base = replace(base, name=os.environ["PERDURE_NAME"])
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean)  # type: ignore[arg-type]
 
