@@ -17,7 +17,7 @@ from perdure.runtime.errors import (
     ExecutionAlreadyExists,
     ExecutionNotFound,
     InvalidPayload,
-    JetStreamUnavailable,
+    Unavailable,
     from_info,
 )
 from perdure.runtime.messages import (
@@ -153,14 +153,14 @@ class Client:
 
     async def _retry_unavailable(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again while JetStream is unavailable (nothing was stored, so sending
-        again is safe), for at most ``request_timeout``; then the ``JetStreamUnavailable``."""
+        again is safe), for at most ``request_timeout``; then the ``Unavailable``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         delay = 0.05
         while True:
             try:
                 return await call()
-            except JetStreamUnavailable:
+            except Unavailable:
                 if loop.time() + delay >= deadline:
                     raise
             await asyncio.sleep(delay)

@@ -14,6 +14,7 @@ from perdure.runtime.errors import (
     ConfigurationError,
     ErrorInfo,
     ExecutionNotFound,
+    Unavailable,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowTerminated,
@@ -192,7 +193,7 @@ class WorkflowHandle:
                     subject, codec.encode(body), timeout=self._client.request_timeout
                 )
                 break
-            except ConfigurationError:
+            except (ConfigurationError, Unavailable):
                 # No runtime serves the partition at this instant (starting, or handing it
                 # over): ask again until the timeout.
                 if asyncio.get_running_loop().time() > deadline:

@@ -3,7 +3,7 @@
     PerdureError                         code
     ├── ConfigurationError               "config.invalid"
     ├── ConnectionLost                   "nats.unavailable"
-    │   └── JetStreamUnavailable         "unavailable"  (retryable: no stream answered, e.g. a restart)
+    │   └── Unavailable                  "unavailable"  (retryable: nothing answered, e.g. a restart)
     ├── InvalidPayload                   "payload.invalid"
     │   └── PayloadTooLarge              "payload.too_large"
     ├── InvalidToken                     "token.invalid"
@@ -80,11 +80,12 @@ class ConnectionLost(PerdureError):
     retryable = True
 
 
-class JetStreamUnavailable(ConnectionLost):
-    """NATS is reachable but no JetStream stream took the message (HTTP-like status 503):
-    right after a server restart, during a leader election, or when the namespace is not
-    provisioned. Nothing was stored, so sending again is safe; the Python client does so
-    for its request timeout before raising this."""
+class Unavailable(ConnectionLost):
+    """NATS is reachable but nothing took the message: no JetStream stream stored it (HTTP-like
+    status 503) or no runtime serves the request. Transient right after a server restart,
+    during a leader election or while runtimes (re)start; lasting if the namespace is not
+    provisioned or no runtime runs. Nothing was stored or applied, so sending again is safe;
+    the Python client does so for its request timeout before raising this."""
 
     code = "unavailable"
     retryable = True
@@ -192,7 +193,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
     for cls in (
         ConfigurationError,
         ConnectionLost,
-        JetStreamUnavailable,
+        Unavailable,
         InvalidPayload,
         PayloadTooLarge,
         InvalidToken,

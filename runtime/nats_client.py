@@ -30,8 +30,8 @@ from .errors import (
     ConfigurationError,
     ConnectionLost,
     HistoryConflict,
-    JetStreamUnavailable,
     PerdureError,
+    Unavailable,
 )
 from .nats_connect import first_connect, geturl
 from .settings import connect_timeout_from_env
@@ -349,7 +349,7 @@ class Connection:
             # No stream took it: transient right after a restart or during a leader election
             # (measured: a complete answered config.invalid then), or not provisioned at all.
             fut.set_exception(
-                JetStreamUnavailable(
+                Unavailable(
                     f"no JetStream stream stored {subject}: JetStream is unavailable (restarting?) "
                     "or the namespace is not provisioned"
                 )
@@ -606,7 +606,14 @@ class Connection:
         self, subject: str, data: bytes, *, timeout: float = 5.0, headers: dict[str, str] | None = None
     ) -> bytes:
         with map_errors(f"request to {subject}"):
-            msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+            try:
+                msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+            except nats.errors.NoRespondersError:
+                # No runtime serves the subject at this instant (a restart, runtimes starting):
+                # nothing received it, so it is safe to send again.
+                raise Unavailable(
+                    f"no runtime answers {subject}: is one running for this namespace?"
+                ) from None
         return msg.data
 
     async def serve(

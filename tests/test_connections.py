@@ -180,3 +180,32 @@ async def test_a_connection_closed_for_good_fails_calls_and_waits(password_serve
         assert time.monotonic() - began < 1.0
     finally:
         await client.close()
+
+
+async def test_complete_right_after_a_nats_restart_succeeds(tmp_path: Path) -> None:
+    """Right after nats-server restarts (same store, same port), completing an activity by
+    token works: what JetStream cannot take yet is answered ``unavailable`` and retried,
+    never ``config.invalid``."""
+    from activity_workflows import approval, approve, tokens
+
+    port = free_port()
+    server = EmbeddedServer(store_dir=tmp_path / "nats", port=port)
+    server.start()
+    namespace = "restart"
+    settings = Settings(url=server.url, namespace=namespace, name="rt-restart")
+    try:
+        async with Worker([approval, approve], settings=settings):
+            client = await Client.connect(server.url, namespace=namespace)
+            try:
+                handle = await client.start(approval, "r", id="r1")
+                async with asyncio.timeout(20):
+                    token = await tokens("r1").get()
+                await asyncio.to_thread(server.stop)
+                server = EmbeddedServer(store_dir=tmp_path / "nats", port=port)
+                await asyncio.to_thread(server.start)
+                await client.complete_activity(token, True)  # at once, while everyone reconnects
+                assert await handle.result(timeout=20) == "approved"
+            finally:
+                await client.close()
+    finally:
+        server.stop()
