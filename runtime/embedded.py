@@ -85,7 +85,10 @@ class EmbeddedServer:
         log_file: str | Path | None = None,
     ) -> None:
         self._own_dir = store_dir is None
-        self.store_dir = Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="perdure-nats-"))
+        # Absolute: the store is recognised by its path in the server's command line.
+        self.store_dir = (
+            Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="perdure-nats-"))
+        ).absolute()
         self.port = port or free_port(host)
         self.host = host
         self.binary = binary or find_nats_server()
@@ -220,8 +223,8 @@ def _store_lock(store_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _is_nats_server(pid: int) -> bool:
-    """Alive, and a nats-server (not another process that got a recycled pid)."""
+def _runs_store(pid: int, store_dir: Path) -> bool:
+    """Alive, and the nats-server of this store (not a process that got a recycled pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -229,9 +232,10 @@ def _is_nats_server(pid: int) -> bool:
     except PermissionError:
         return True  # alive, someone else's
     try:
-        return b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True  # no /proc (macOS): trust the pid
+    return b"nats-server" in argv[0] and str(store_dir).encode() in argv
 
 
 def running_server(store_dir: str | Path) -> RunningServer | None:
@@ -241,7 +245,7 @@ def running_server(store_dir: str | Path) -> RunningServer | None:
         pid, url = int(data["pid"]), str(data["url"])
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
-    return RunningServer(pid, url) if _is_nats_server(pid) else None
+    return RunningServer(pid, url) if _runs_store(pid, Path(store_dir).absolute()) else None
 
 
 def advertised_url(home: Path | None = None) -> str | None:
