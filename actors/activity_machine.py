@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from perdure.runtime.codec import PayloadCodec
-from perdure.runtime.errors import ActivityCancelled, ErrorInfo, from_info
+from perdure.runtime.errors import ActivityCancelled, ErrorInfo, activity_failure, from_info
 from perdure.runtime.events import (
     ActivityCancelRequested,
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityFailed,
     ActivityObserved,
     ActivityOptions,
@@ -136,7 +136,7 @@ class ActivityMachine:
         outcome = "timed_out" if "timeout" in error.code else "failed"
         self._close_activity(state, outcome)
         if not state.future.done():
-            state.future.set_exception(from_info(error))
+            state.future.set_exception(activity_failure(error))
 
     def _past_deadline(self: Any, state: ActivityState) -> bool:
         s2c = state.options.schedule_to_close
@@ -166,7 +166,7 @@ class ActivityMachine:
     def _close_activity(self: Any, state: ActivityState, outcome: str) -> None:
         state.closed = True
         state.wake_progress()
-        self._decide(ActivityClosed(seq=state.seq, outcome=outcome))
+        self._decide(ActivityConcluded(seq=state.seq, outcome=outcome))
         self._effect(
             CloseActivity(
                 state.seq, state.attempt, state.nonce, state.options, cancelled=outcome == "cancelled"
