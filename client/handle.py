@@ -112,8 +112,8 @@ class WorkflowHandle:
     async def _closed_outcome(self) -> Any:
         async with self._client.index_watch.changes(self.id) as queue:
             record = await self._record()  # after registering: a later change cannot slip by
-            if record is None and not await self._pending():
-                raise ExecutionNotFound(f"no execution {self.id!r} (not in the index, inbox or history)")
+            if record is None:
+                await self._require_exists()  # ExecutionNotFound: not in the index, inbox or history
             while record is None or record.status not in TERMINAL_STATUSES:
                 message = await queue.get()
                 if message.data and "KV-Operation" not in message.headers:
@@ -121,17 +121,6 @@ class WorkflowHandle:
                         codec.execution_record, message.data, what=f"index entry of {self.id}"
                     )
             return self._outcome(record)
-
-    async def _pending(self) -> bool:
-        """Whether the execution exists without an index entry yet: its start still in the
-        inbox, or already in history. Read in that order: a runtime appends history before
-        it acknowledges (removes) the inbox message, so one of the two is always seen."""
-        names, conn = self._client.names, self._client.conn
-        partition = partition_of(self.id, await self._client.partitions())
-        inbox = f"{names.namespace}.inbox.{partition}.{self.id}"
-        if await conn.get_last(names.inbox_stream, inbox) is not None:
-            return True
-        return await conn.get_last(names.history_stream, names.history(self.id)) is not None
 
     async def watch(self) -> AsyncIterator[ExecutionDescription]:
         """The execution's description now, then each time it changes (status, length)."""
