@@ -35,14 +35,11 @@ from .errors import (
     Unavailable,
 )
 from .limits import payload_limit
-from .nats_connect import first_connect, geturl
+from .nats_connect import ClosureWatch, first_connect, geturl
 from .settings import connect_timeout_from_env
 from .urls import check_urls, redact_url, split_urls
 
 log = structlog.get_logger("perdure.nats")
-
-# Logins refused in a row on reconnect before the connection is given up (nats.go: 2).
-REFUSED_LOGINS_BEFORE_CLOSING = 3
 
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
@@ -175,16 +172,11 @@ class Connection:
         self._ack_counter = 0
         self._ack_sub: Any = None
         self._reconnect_listeners: list[Callable[[], None]] = []
-        self._closing = False
+        self._watch = ClosureWatch("")
         self._reads: dict[bytes, asyncio.Queue[_Msg]] = {}
         self._read_prefix = b""
         self._read_counter = 0
         self._read_sub: Any = None
-        self._closed = asyncio.Event()
-        self.lost: ConnectionLost | None = None  # set when NATS closed the connection for good
-        self._refused_logins = 0
-        self._giving_up: asyncio.Task[None] | None = None
-        self._shown = ""  # the URLs, credentials redacted
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,29 +196,30 @@ class Connection:
         check_urls(urls)
         shown = redact_url(", ".join(urls))
         bound = connect_timeout_from_env() if timeout is None else timeout
+        watch = ClosureWatch(shown)
         holder: list[Connection] = []
         first_errors: list[BaseException] = []  # said once, in the error, not every 250 ms
 
         async def reconnected() -> None:
+            watch.reconnected()
             if holder:
                 log.info("nats.reconnected", url=holder[0].connected_url)
-                holder[0]._refused_logins = 0
                 holder[0]._notify_reconnect()
 
         async def disconnected() -> None:
-            if holder and not holder[0]._closing:
+            if holder and not watch.closing:
                 log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
             if not holder:
                 first_errors.append(exc)
-            elif not holder[0]._closing:
+            elif not watch.closing:
                 log.warning("nats.error", error=redact_url(str(exc)))
-                holder[0]._count_refused_login(exc)
+                watch.refused_login(exc)
 
         async def closed() -> None:
             if holder:
-                holder[0]._on_closed(shown, holder[0]._nc.last_error)
+                watch.closed(holder[0]._nc.last_error)
 
         options: dict[str, Any] = {
             "servers": urls,
@@ -243,68 +236,37 @@ class Connection:
         }
         nc = await first_connect(options, bound, shown, first_errors)
         conn = cls(nc)
-        conn._shown = shown
+        conn._watch = watch
+        watch.bind(nc.close, conn._fail_acks)
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
         return conn
 
-    def _count_refused_login(self, exc: Exception) -> None:
-        """Credentials revoked or rotated: nats-py would retry the login for ever (a warning
-        every 250 ms, the process up doing nothing). Like nats.go, give up after a few
-        refusals in a row: the connection closes for good and its owner ends or raises."""
-        if "authorization" not in str(exc).lower():
-            return  # other errors interleave (resets, timeouts); only a reconnect clears the count
-        self._refused_logins += 1
-        if self._refused_logins == REFUSED_LOGINS_BEFORE_CLOSING:
-            self._giving_up = asyncio.get_running_loop().create_task(
-                self._give_up(exc), name="nats:close-refused-login"
-            )
-
-    async def _give_up(self, cause: Exception) -> None:
-        try:
-            await self._nc.close()
-        except Exception as exc:  # flushing to the dead socket can fail before nats-py's callbacks
-            log.debug("nats.close_failed", error=str(exc))
-        finally:
-            if not self._closed.is_set():
-                self._on_closed(self._shown, cause)
-
-    def _on_closed(self, shown: str, cause: BaseException | None) -> None:
-        """nats-py closed the connection and will not reconnect (the server closed it for
-        good: a protocol violation, credentials revoked), or we closed it."""
-        if not self._closing:
-            why = redact_url(str(cause or "closed by the server"))
-            self.lost = ConnectionLost(f"NATS at {shown} closed the connection for good: {why}")
-            log.error("nats.closed", url=shown, error=why)
-            for fut, _, handle, _purge in self._acks.values():
-                handle.cancel()
-                if not fut.done():
-                    fut.set_exception(self.lost)
-            self._acks.clear()
-        self._closed.set()
-
-    async def wait_closed(self) -> ConnectionLost | None:
-        """Wait until the connection is closed for good; the error if we did not close it."""
-        await self._closed.wait()
-        return self.lost
-
-    def _check_open(self) -> None:
-        if self.lost is not None:
-            raise ConnectionLost(self.lost.message)
-
-    async def close(self) -> None:
-        self._closing = True
+    def _fail_acks(self, error: ConnectionLost) -> None:
         for fut, _, handle, _purge in self._acks.values():
             handle.cancel()
             if not fut.done():
-                fut.set_exception(ConnectionLost("connection closed before the ack arrived"))
+                fut.set_exception(error)
         self._acks.clear()
+
+    @property
+    def lost(self) -> ConnectionLost | None:
+        """Why NATS closed this connection for good (None while it lives, or if we closed it)."""
+        return self._watch.lost
+
+    async def wait_closed(self) -> ConnectionLost | None:
+        """Wait until the connection is closed for good; the error if we did not close it."""
+        return await self._watch.wait()
+
+    async def close(self) -> None:
+        self._watch.closing = True
+        self._fail_acks(ConnectionLost("connection closed before the ack arrived"))
         with contextlib.suppress(Exception):
             await self._nc.drain()
         with contextlib.suppress(Exception):
             await self._nc.close()
-        self._closed.set()
+        self._watch.closed(None)
 
     @property
     def is_connected(self) -> bool:
@@ -502,7 +464,7 @@ class Connection:
         deadline = asyncio.get_running_loop().time() + timeout
         attempt_timeout = 2.0
         while True:
-            self._check_open()  # closed for good: say so now, not after the retries
+            self._watch.check_open()  # closed for good: say so now, not after the retries
             try:
                 with map_errors(f"read {subject}"):
                     msg = await self._nc.request(
@@ -523,7 +485,7 @@ class Connection:
         like ``get_last``)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            self._check_open()
+            self._watch.check_open()
             try:
                 return await self._read_all(stream, subject, start_seq, batch, min(timeout, 5.0))
             except (ConnectionLost, ConfigurationError):
