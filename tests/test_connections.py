@@ -209,3 +209,17 @@ async def test_complete_right_after_a_nats_restart_succeeds(tmp_path: Path) -> N
                 await client.close()
     finally:
         server.stop()
+
+
+def test_the_connect_bound_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perdure.runtime.errors import ConfigurationError
+    from perdure.runtime.settings import connect_timeout_from_env
+
+    monkeypatch.delenv("PERDURE_CONNECT_TIMEOUT")
+    assert connect_timeout_from_env() == 10.0 and Settings().connect_timeout == 10.0
+    monkeypatch.setenv("PERDURE_CONNECT_TIMEOUT", "2.5")
+    assert Settings.from_env().connect_timeout == 2.5
+    for bad in ("abc", "0", "-1"):
+        monkeypatch.setenv("PERDURE_CONNECT_TIMEOUT", bad)
+        with pytest.raises(ConfigurationError, match="PERDURE_CONNECT_TIMEOUT"):
+            Settings.from_env()
