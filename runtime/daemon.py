@@ -224,11 +224,14 @@ async def _worker(args: argparse.Namespace) -> int:
         tune_gc()
         return await _serve(worker, stop)
     finally:
-        await _shutdown(worker, DRAIN_SECONDS, started=started)
+        clean = await _shutdown(worker, DRAIN_SECONDS, started=started)
         if health is not None:
             health.close()
         if embedded is not None:
             embedded.stop()
+        if not clean:  # a stop stuck past its bound: asyncio.run would wait for it on exit
+            sys.stderr.flush()
+            os._exit(1)
 
 
 DRAIN_SECONDS = 10.0  # a stopping runtime's own bound; the process is gone soon after
@@ -258,16 +261,20 @@ async def _serve(worker: Any, stop: StopSignals) -> int:
     return code
 
 
-async def _shutdown(worker: Any, seconds: float, *, started: bool) -> None:
-    """Drain within ``seconds`` (plus the close): never hang a stop on a dead connection.
-    A start that failed or was interrupted has only its connection to close."""
+async def _shutdown(worker: Any, seconds: float, *, started: bool) -> bool:
+    """Drain within ``seconds`` (plus the close); False if the stop is still stuck then (a
+    dead connection, a step that ignores cancellation). A start that failed or was
+    interrupted has only its connection to close."""
     if started:
         log.info("runtime.draining", runtime=worker.settings.name)
-    try:
-        async with asyncio.timeout(seconds + 5.0):
-            await worker.stop(timeout=seconds)
-    except TimeoutError:
+    stopping = asyncio.ensure_future(worker.stop(timeout=seconds))
+    done, _ = await asyncio.wait({stopping}, timeout=seconds + 5.0)
+    if not done:
         log.warning("runtime.drain_timeout", runtime=worker.settings.name, seconds=seconds + 5.0)
+        return False
+    if stopping.exception() is not None:
+        log.warning("runtime.stop_failed", runtime=worker.settings.name, error=repr(stopping.exception()))
+    return True
 
 
 async def _serve_health(host: str, port: int, worker: Any) -> asyncio.Server:
