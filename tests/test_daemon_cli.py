@@ -285,3 +285,15 @@ async def test_replay_of_a_missing_execution_says_not_found(
     code, out, err, _ = await asyncio.to_thread(finish, proc, 30)
     assert code == 2, (out, err)
     assert "not found" in out.lower() and "DIVERGES" not in out, out
+
+
+def test_kubernetes_probes_reach_the_health_port() -> None:
+    """The kubelet probes the pod's IP, not loopback: the manifest must widen the health host."""
+    import yaml
+
+    manifest = TESTS_DIR.parent / "deploy" / "kubernetes" / "runtime-deployment.yaml"
+    deployment = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "httpGet" in container["readinessProbe"]
+    command = container["command"]
+    assert command[command.index("--health-host") + 1] == "0.0.0.0", command
