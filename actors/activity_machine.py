@@ -81,7 +81,7 @@ class ActivityMachine:
             seq=seq,
             name=name,
             input=input,
-            options=options,
+            options=decision.options,  # the recorded ones: a redeploy does not change a scheduled activity's policy
             nonce=decision.nonce,
             scheduled_at=self.loop.now,
             future=self.loop.create_future(),
@@ -213,18 +213,9 @@ class ActivityMachine:
                 return False
             self._start_retry(state)
             return True
-        if state.waiting_retry or attempt != state.attempt or kind not in ("to", "hb"):
+        if state.waiting_retry or attempt != state.attempt or kind not in _ATTEMPT_TIMERS:
             return False
-        if kind == "hb":
-            code, what = "activity.heartbeat_timeout", f"sent no heartbeat for {state.options.heartbeat}s"
-        else:
-            code, what = "activity.timeout", f"did not finish within {state.options.timeout}s"
-        error = ErrorInfo(
-            code=code,
-            type="HeartbeatTimeout" if kind == "hb" else "ActivityTimeout",
-            message=f"activity {state.name!r} (seq {state.seq}) attempt {attempt} {what}",
-        )
-        self._attempt_failed(state, error)
+        self._attempt_failed(state, attempt_timeout(state, attempt, kind))
         return True
 
     # -------------------------------------------------------------------- progress
@@ -247,3 +238,35 @@ class ActivityMachine:
             else:
                 state.progress_waiter = self.loop.create_future()
                 await state.progress_waiter
+
+
+# ------------------------------------------------------- timers of one attempt (issue 10)
+
+_ATTEMPT_TIMERS = ("to", "hb", "s2s", "live")
+
+
+def attempt_timeout(state: ActivityState, attempt: int, kind: str) -> ErrorInfo:
+    """The error of an attempt whose timer ``a.<seq>.<attempt>.<kind>`` fired: ``to`` start
+    to close, ``hb`` heartbeat, ``s2s`` schedule to start (not retried: like Temporal, the
+    queue had no room, another attempt would wait as long), ``live`` the runtime running it
+    stopped renewing the attempt's liveness key (it crashed or lost NATS): retried."""
+    options = state.options
+    retryable = True
+    if kind == "hb":
+        code, what = "activity.heartbeat_timeout", f"sent no heartbeat for {options.heartbeat}s"
+    elif kind == "s2s":
+        code, what = (
+            "activity.timeout",
+            f"was not started within {options.schedule_to_start}s (schedule to start)",
+        )
+        retryable = False
+    elif kind == "live":
+        code, what = "activity.timeout", "was lost: the runtime running it stopped (its liveness key expired)"
+    else:
+        code, what = "activity.timeout", f"did not finish within {options.timeout}s"
+    return ErrorInfo(
+        code=code,
+        type="HeartbeatTimeout" if kind == "hb" else "ActivityTimeout",
+        message=f"activity {state.name!r} (seq {state.seq}) attempt {attempt} {what}",
+        retryable=retryable,
+    )

@@ -122,6 +122,26 @@ def retry_timer(seq: int, attempt: int) -> str:
     return f"a.{seq}.{attempt}.retry"
 
 
+def schedule_to_start_timer(seq: int, attempt: int) -> str:
+    """Armed when the attempt is scheduled; the runtime that starts it cancels it."""
+    return f"a.{seq}.{attempt}.s2s"
+
+
+def liveness_timer(seq: int, attempt: int) -> str:
+    """Renewed by the runtime running the attempt (actors/attempt_timers.py); expires if it dies."""
+    return f"a.{seq}.{attempt}.live"
+
+
+def attempt_timers(seq: int, attempt: int) -> list[str]:
+    """Every timer of one attempt that may be armed in memory."""
+    return [
+        timeout_timer(seq, attempt),
+        schedule_to_start_timer(seq, attempt),
+        liveness_timer(seq, attempt),
+        record_timer(seq, attempt),
+    ]
+
+
 CHECKPOINT_TTL = 30 * 24 * 3600.0  # outlives any attempt and back-off; then it goes by itself
 
 

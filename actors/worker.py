@@ -35,6 +35,7 @@ from perdure.runtime.settings import Settings
 from perdure.runtime.supervisor import Supervisor
 
 from .activity_actor import ActivityActor
+from .attempt_timers import AttemptTimers
 from .completion import CompletionService, HeartbeatService
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
@@ -76,6 +77,7 @@ class WorkerServices:
     effects: EffectRunner
     timers: TimerService
     heartbeats: HeartbeatService
+    attempts: AttemptTimers
 
 
 class PartitionHost:
@@ -225,6 +227,7 @@ class Worker:
             effects=EffectRunner(conn, names, timers),
             timers=timers,
             heartbeats=heartbeats,
+            attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
@@ -236,6 +239,8 @@ class Worker:
             supervisor.spawn(actor.run(), name=f"activities:{name}", critical=True)
             for name, actor in activity_actors.items()
         ]
+        if activity_actors:
+            supervisor.spawn(self.services.attempts.run(), name="attempt-liveness", critical=True)
         if activity_actors and self.settings.eager_activities:
             self.services.effects.local = LocalActivities(
                 activity_actors,
