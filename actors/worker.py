@@ -210,6 +210,7 @@ class Worker:
         conn = await Connection.connect(
             self.settings.url,
             name=f"perdure-runtime-{self.settings.name}",
+            options=self.settings.connect,
             timeout=self.settings.connect_timeout,
         )
         self._conn = conn

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from perdure.runtime import codec
+from perdure.runtime.connect_options import ConnectOptions
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
 from perdure.runtime.errors import (
@@ -62,16 +63,25 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str | None = None, *, namespace: str = "perdure", connect_timeout: float | None = None
+        cls,
+        url: str | None = None,
+        *,
+        namespace: str = "perdure",
+        options: ConnectOptions | None = None,
+        connect_timeout: float | None = None,
     ) -> Client:
-        """Connect to ``url`` (comma-separated seeds; credentials allowed, never shown).
+        """Connect to ``url`` (comma-separated seeds; credentials allowed, never shown), with
+        ``options``: authentication and TLS (default: the ``PERDURE_*`` variables).
 
         Gives up after ``connect_timeout`` seconds (default ``PERDURE_CONNECT_TIMEOUT``, 10 s)
         with ``ConnectionLost`` naming the URL and the cause (refused, unresolvable, no
-        answer); a malformed URL or refused credentials raise ``ConfigurationError`` at once.
+        answer); a malformed URL raises ``ConfigurationError`` and refused credentials or TLS
+        ``NotAuthenticated`` / ``TLSRefused`` at once.
         """
         names = Names(namespace)
-        conn = await Connection.connect(url or default_url(), name="perdure-client", timeout=connect_timeout)
+        conn = await Connection.connect(
+            url or default_url(), name="perdure-client", options=options, timeout=connect_timeout
+        )
         return cls(conn, names)
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from . import logs
+from . import connect_options, logs
 from .embedded import DEFAULT_PORT, EmbeddedServer, perdure_home, port_is_free, running_server
 from .errors import PerdureError
 from .settings import Settings
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--store-dir", default=None, help="embedded server's data directory")
     worker.add_argument("--log-level", default=None)
     worker.add_argument("--log-json", action="store_true")
+    connect_options.add_arguments(worker)
 
     server = sub.add_parser("server", help="run a local NATS server with JetStream")
     server.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--file", action="append", default=[], help="a history exported as JSON lines")
     replay.add_argument("--url", default=os.environ.get("PERDURE_URL"))
     replay.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
+    connect_options.add_arguments(replay)
     return parser
 
 
@@ -202,6 +204,7 @@ async def _worker(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         lease_ttl=args.lease_ttl,
         connect_timeout=args.connect_timeout,
+        connect=connect_options.ConnectOptions.from_args(args),
     )
     registry = Registry.from_targets(args.targets)
     embedded: EmbeddedServer | None = None

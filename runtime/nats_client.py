@@ -26,6 +26,7 @@ import structlog
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg as _Msg
 
+from .connect_options import ConnectOptions
 from .errors import (
     ConfigurationError,
     ConnectionLost,
@@ -35,7 +36,8 @@ from .errors import (
     Unavailable,
 )
 from .limits import payload_limit
-from .nats_connect import ClosureWatch, first_connect, geturl
+from .nats_access import PermissionWatch, encrypted, login_description, not_encrypted, refusal
+from .nats_connect import ClosureWatch, close_quickly, first_connect, geturl
 from .settings import connect_timeout_from_env
 from .urls import check_urls, redact_url, split_urls
 
@@ -177,24 +179,34 @@ class Connection:
         self._read_prefix = b""
         self._read_counter = 0
         self._read_sub: Any = None
+        self._denied = PermissionWatch()  # operations failed at once on a permissions violation
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
     async def connect(
-        cls, servers: str | list[str], *, name: str = "perdure", timeout: float | None = None
+        cls,
+        servers: str | list[str],
+        *,
+        name: str = "perdure",
+        options: ConnectOptions | None = None,
+        timeout: float | None = None,
     ) -> Connection:
-        """Connect, giving up after ``timeout`` seconds (``PERDURE_CONNECT_TIMEOUT``, 10 s).
+        """Connect with ``options`` (authentication, TLS; default: the ``PERDURE_*`` variables),
+        giving up after ``timeout`` seconds (``PERDURE_CONNECT_TIMEOUT``, 10 s).
 
         Only the first connect is bounded: once connected, a lost connection is re-established
-        for as long as it takes. A malformed URL or credentials the server refuses fail at once
-        (``ConfigurationError``: waiting would not help); a refused connection, a host that does
-        not resolve or a server that does not answer are retried until the bound, then raise
-        ``ConnectionLost`` naming the (redacted) URL and the last cause.
+        for as long as it takes. What waiting cannot cure fails at once: a malformed URL
+        (``ConfigurationError``), a refused login or TLS handshake (``NotAuthenticated``,
+        ``TLSRefused``). A refused connection, a host that does not resolve or a server that
+        does not answer are retried until the bound, then raise ``ConnectionLost`` naming the
+        (redacted) URL and the last cause.
         """
+        options = ConnectOptions.from_env() if options is None else options
         urls = split_urls(servers)
         check_urls(urls)
         shown = redact_url(", ".join(urls))
+        how = login_description(urls, options.describe())
         bound = connect_timeout_from_env() if timeout is None else timeout
         watch = ClosureWatch(shown)
         holder: list[Connection] = []
@@ -211,8 +223,13 @@ class Connection:
                 log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
-            if not holder:
+            if not holder:  # first connect: stop at once when retrying cannot help
+                refused = refusal(exc, shown, how)
+                if refused is not None:
+                    raise refused
                 first_errors.append(exc)
+            elif holder[0]._denied.report(exc) is not None:
+                log.warning("nats.permission_denied", error=redact_url(str(exc)))
             elif not watch.closing:
                 log.warning("nats.error", error=redact_url(str(exc)))
                 watch.refused_login(exc)
@@ -221,7 +238,7 @@ class Connection:
             if holder:
                 watch.closed(holder[0]._nc.last_error)
 
-        options: dict[str, Any] = {
+        nats_options: dict[str, Any] = {
             "servers": urls,
             "name": name,
             "reconnect_time_wait": 0.25,
@@ -233,15 +250,34 @@ class Connection:
             "closed_cb": closed,
             "pending_size": 64 * 1024 * 1024,
             "flush_timeout": 30,
+            **options.nats_kwargs(),
         }
-        nc = await first_connect(options, bound, shown, first_errors)
+        nc = await first_connect(nats_options, bound, shown, first_errors)
+        if options.tls_requested and not encrypted(nc):
+            await close_quickly(nc)
+            raise not_encrypted(shown)
         conn = cls(nc)
         conn._watch = watch
+        conn._denied = PermissionWatch(options.inbox_prefix or "_INBOX")
         watch.bind(nc.close, conn._fail_acks)
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
+        await conn._check_reply_permission()
         return conn
+
+    async def _check_reply_permission(self) -> None:
+        """A user that may not receive replies would send requests and never hear back."""
+        # nats-py writes a PING straight to the socket, ahead of SUBs still in its buffer: the
+        # first round trip lets its flusher send them, the second one's PONG then comes after
+        # the server's verdict on them (one flush missed 4 refusals in 40 connects).
+        with contextlib.suppress(Exception):
+            for _ in range(2):
+                await self._nc.flush(timeout=5)
+        refused = self._denied.inbox_refusal()
+        if refused is not None:
+            await self.close()
+            raise refused
 
     def _fail_acks(self, error: ConnectionLost) -> None:
         for fut, _, handle, _purge in self._acks.values():
@@ -431,6 +467,7 @@ class Connection:
         token = str(self._ack_counter).encode()
         handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
         self._acks[token] = (fut, about, handle, purge)
+        self._denied.attach(subject, fut)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
@@ -466,7 +503,7 @@ class Connection:
         while True:
             self._watch.check_open()  # closed for good: say so now, not after the retries
             try:
-                with map_errors(f"read {subject}"):
+                with map_errors(f"read {subject}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
                     msg = await self._nc.request(
                         f"$JS.API.DIRECT.GET.{stream}", body, timeout=min(attempt_timeout, timeout)
                     )
@@ -522,7 +559,10 @@ class Connection:
         from nats.js.api import DeliverPolicy
 
         js = self._nc.jetstream()
-        with map_errors(f"list {subject}"):
+        with (
+            map_errors(f"list {subject}"),
+            self._denied.guard(f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}"),
+        ):
             info = await js.stream_info(stream)
             if info.state.messages == 0:
                 return []
@@ -578,7 +618,7 @@ class Connection:
         token = str(self._read_counter).encode()
         queue: asyncio.Queue[_Msg] = asyncio.Queue()
         self._reads[token] = queue
-        with map_errors(f"read {what}"):
+        with map_errors(f"read {what}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
             try:
                 await self._nc.publish(
                     f"$JS.API.DIRECT.GET.{stream}",
@@ -607,7 +647,7 @@ class Connection:
         self, subject: str, data: bytes, *, timeout: float = 5.0, headers: dict[str, str] | None = None
     ) -> bytes:
         self.check_fits(subject, data, headers)
-        with map_errors(f"request to {subject}"):
+        with map_errors(f"request to {subject}"), self._denied.guard(subject):
             try:
                 msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
             except nats.errors.NoRespondersError:
@@ -643,7 +683,7 @@ class Connection:
 
     async def partition_count(self, stream: str) -> int:
         """N of the stream's ``partition(N, ...)`` subject transform."""
-        with map_errors(f"read stream {stream}"):
+        with map_errors(f"read stream {stream}"), self._denied.guard(f"$JS.API.STREAM.INFO.{stream}"):
             info = await self._nc.jetstream().stream_info(stream)
         transform = info.config.subject_transform
         match = re.search(r"partition\((\d+)", transform.dest if transform else "")
@@ -675,7 +715,7 @@ class Connection:
             )
 
         js = self._nc.jetstream()
-        with map_errors(f"watch {subject}"):
+        with map_errors(f"watch {subject}"), self._denied.guard(f"$JS.API.CONSUMER.CREATE.{stream}"):
             sub = await js.subscribe(
                 subject,
                 stream=stream,

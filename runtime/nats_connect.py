@@ -25,7 +25,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as _NatsClient
 
-from .errors import ConfigurationError, ConnectionLost
+from .errors import ConnectionLost, PerdureError
 from .urls import redact_url
 
 log = structlog.get_logger("perdure.nats")
@@ -44,9 +44,10 @@ async def first_connect(
 ) -> _NatsClient:
     """A nats-py client connected within ``bound`` seconds, set to reconnect for ever.
 
-    Each round tries every seed with reconnects off (so a refused login raises at once);
-    rounds repeat until the bound; ``errors`` collects what each round met (the error
-    callback adds to it too) for the one message raised at the end.
+    Each round tries every seed with reconnects off; rounds repeat until the bound;
+    ``errors`` collects what each round met (the error callback adds to it) for the one
+    message raised at the end. The error callback raises what retrying cannot cure (a
+    refused login or TLS handshake, ``nats_access.refusal``): that ends the connect at once.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound
@@ -62,13 +63,12 @@ async def first_connect(
                     connect_timeout=max(0.05, min(remaining, 5.0)),  # type: ignore[arg-type]  # typed int, takes seconds
                 )
             break
+        except PerdureError:
+            await close_quickly(nc)
+            raise
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             errors.append(exc)
-            with contextlib.suppress(Exception):
-                await nc.close()
-            refused = _refused_login(errors)
-            if refused is not None:
-                raise ConfigurationError(f"NATS at {shown} refused to log in: {refused}") from None
+            await close_quickly(nc)
             if loop.time() + 0.25 >= deadline:
                 cause = _describe(errors)
                 raise ConnectionLost(
@@ -81,14 +81,12 @@ async def first_connect(
     return nc
 
 
-def _refused_login(errors: list[BaseException]) -> str | None:
-    for exc in errors:
-        text = str(exc).lower()
-        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
-            return "authorization violation (wrong user, password or token)"
-        if "authentication" in text:
-            return redact_url(str(exc))
-    return None
+async def close_quickly(nc: _NatsClient) -> None:
+    """Clean up a client that did not connect. Bounded: closing a half-made TLS connection
+    can wait on the peer, and this is only cleanup."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(0.1):
+            await nc.close()
 
 
 def _describe(errors: list[BaseException]) -> str:

@@ -7,6 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field, replace
 
+from .connect_options import ConnectOptions
 from .errors import ConfigurationError
 from .naming import Names
 
@@ -61,6 +62,8 @@ class Settings:
     history_warn_events: int = 10_000  # workflow.info().history_long turns true past this
     # The first connect to NATS gives up after this long (then reconnects are endless).
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    # Authentication and TLS (PERDURE_USER, PERDURE_CREDS_FILE, PERDURE_TLS_CA...; repr redacted).
+    connect: ConnectOptions = field(default_factory=ConnectOptions)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -71,6 +74,7 @@ class Settings:
             partitions=env_int("PERDURE_PARTITIONS", 12),
             connect_timeout=connect_timeout_from_env(),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
+            connect=ConnectOptions.from_env(),
         )
         if os.environ.get("PERDURE_NAME"):
             base = replace(base, name=os.environ["PERDURE_NAME"])

@@ -16,7 +16,7 @@ from password_server import PasswordServer
 from perdure import Client, ConnectionLost, EmbeddedServer, Settings, Worker
 from perdure.runtime import codec
 from perdure.runtime.embedded import free_port
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import ConfigurationError, PerdureError
 from perdure.runtime.provision import Provisioner
 
 BOUND = 2.0  # the connect bound the tests set; the default is 10 s
@@ -77,7 +77,7 @@ async def test_a_wrong_password_fails_fast_and_is_never_shown(
     monkeypatch.setenv("PERDURE_CONNECT_TIMEOUT", "10")
     exc, took = await connect_fails(password_server.url(password="wrong-pw"))
     assert took < 2.0, f"a wrong password waited {took:.1f} s"
-    assert exc.code == "config.invalid"
+    assert isinstance(exc, ConfigurationError) and exc.code == "nats.auth_refused", exc
     assert "authorization" in str(exc).lower(), str(exc)
     assert "wrong-pw" not in str(exc) and f"alice:***@127.0.0.1:{password_server.port}" in str(exc)
 
@@ -212,7 +212,6 @@ async def test_complete_right_after_a_nats_restart_succeeds(tmp_path: Path) -> N
 
 
 def test_the_connect_bound_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from perdure.runtime.errors import ConfigurationError
     from perdure.runtime.settings import connect_timeout_from_env
 
     monkeypatch.delenv("PERDURE_CONNECT_TIMEOUT")
