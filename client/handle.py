@@ -101,7 +101,7 @@ class WorkflowHandle:
         """
         try:
             async with asyncio.timeout(timeout):
-                return await self._closed_outcome()
+                return await self._client.conn.unless_closed(self._closed_outcome())
         except TimeoutError:
             record = await self._record()
             status = record.status if record else "started, has not been taken by a runtime yet"

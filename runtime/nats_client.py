@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -42,6 +42,7 @@ from .settings import connect_timeout_from_env
 from .urls import check_urls, redact_url, split_urls
 
 log = structlog.get_logger("perdure.nats")
+T = TypeVar("T")
 
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
@@ -294,6 +295,24 @@ class Connection:
     async def wait_closed(self) -> ConnectionLost | None:
         """Wait until the connection is closed for good; the error if we did not close it."""
         return await self._watch.wait()
+
+    async def unless_closed(self, work: Awaitable[T]) -> T:
+        """``await work``, unless the connection closes for good first: then ``ConnectionLost``.
+        A wait on a watch (``handle.result()``) would otherwise wait for ever: when nats-py's
+        own close fails on the dead socket, its subscriptions are never ended."""
+        self._watch.check_open()
+        task = asyncio.ensure_future(work)
+        closed = asyncio.ensure_future(self._watch.wait())
+        try:
+            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        self._watch.check_open()
+        raise ConnectionLost("the connection to NATS was closed")
 
     async def close(self) -> None:
         self._watch.closing = True
