@@ -6,6 +6,7 @@ imports it), so client applications never load the replay engine.
     perdure worker MODULE[:ATTR] ...   host the workflows and activities found there
     perdure server                     run a NATS server with JetStream (the embedded default)
     perdure replay ...                 check recorded histories against the current code
+    perdure console ...                serve the web console (perdure.client.console)
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--health-port", type=int, default=None, help="serve /healthz and /readyz on this port"
     )
+    worker.add_argument(
+        "--console-port", type=int, default=None, help="serve the web console on this port (127.0.0.1)"
+    )
     worker.add_argument("--store-dir", default=None, help="embedded server's data directory")
     worker.add_argument("--log-level", default=None)
     worker.add_argument("--log-json", action="store_true")
@@ -73,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", default=os.environ.get("PERDURE_URL"))
     replay.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
     connect_options.add_arguments(replay)
+
+    console = sub.add_parser("console", help="serve the web console (needs perdure[console])")
+    console.add_argument("--url", default=os.environ.get("PERDURE_URL"))
+    console.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    console.add_argument("--port", type=int, default=8240)
+    connect_options.add_arguments(console)
     return parser
 
 
@@ -86,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
             _serve_nats(args)
         elif args.command == "replay":
             sys.exit(_run(_replay(args)))
+        elif args.command == "console":
+            from perdure.client.console import run_console
+
+            _run(run_console(args))
     except PerdureError as exc:
         print(f"perdure: {exc.code}: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -143,8 +158,13 @@ async def _worker(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     health = await _serve_health(args.health_port, worker) if args.health_port else None
+    console = None
     try:
         await worker.start()
+        if args.console_port is not None:
+            from perdure.client.console import start_for_worker
+
+            console = await start_for_worker(settings, args.console_port)
         failed = asyncio.ensure_future(worker.wait_failed())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,6 +174,8 @@ async def _worker(args: argparse.Namespace) -> None:
             fut.cancel()
     finally:
         log.info("runtime.draining", runtime=settings.name)
+        if console is not None:
+            await console.stop()
         await worker.stop()
         if health is not None:
             health.close()
