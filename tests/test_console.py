@@ -141,6 +141,7 @@ async def test_console_shows_executions_and_cancels_one(
             await expect(page.locator("#execution-id")).to_have_text("ship-1-pack")
             await expect(page.locator("#live")).to_contain_text("activity.scheduled")
             await expect(page.locator('a[href="/executions/ship-1"]')).to_be_visible()
+            await page.screenshot(path=str(tmp_path / "console-child.png"), full_page=True)
 
             # Pending activities and tokens, runtimes and their partitions.
             await page.goto(f"{base}/activities")
@@ -150,12 +151,19 @@ async def test_console_shows_executions_and_cancels_one(
             await expect(row).to_contain_text("heartbeat")
             await expect(row).to_contain_text("start to close")
             await expect(page.locator("#activities")).not_to_contain_text("expense-3")
+            await page.screenshot(path=str(tmp_path / "console-activities.png"), full_page=True)
             await page.goto(f"{base}/tokens")
             await expect(page.locator("#tokens tr", has_text="expense-3")).to_contain_text("ask_manager")
             await expect(page.locator("#tokens code.token")).to_have_text(token)
+            await page.screenshot(path=str(tmp_path / "console-tokens.png"), full_page=True)
+            # Lists follow live: the completed token leaves the page without a reload.
+            await client.complete_activity(token, True)
+            await expect(page.locator("#tokens")).not_to_contain_text("expense-3")
+            await expect(page.locator("#tokens")).to_contain_text("No token is pending.")
             await page.goto(f"{base}/runtimes")
             runtime_row = page.locator("#runtimes tr", has_text=settings.name)
             await expect(runtime_row.locator(".chip")).to_have_count(settings.partitions)
+            await page.screenshot(path=str(tmp_path / "console-runtimes.png"), full_page=True)
 
             # Cancel through the confirmation dialog; a list in another tab follows too.
             listing = await browser.new_page()
@@ -177,6 +185,16 @@ async def test_console_shows_executions_and_cancels_one(
             await expect(page.locator("#actions")).to_be_hidden()
             await expect(listing.locator('tr[data-id="order-7"] .badge')).to_have_text("CANCELLED")
             assert (await waiting.describe()).status == "CANCELLED"
+
+            # An execution's page follows it live (server-sent events): no reload.
+            await page.goto(f"{base}/executions/report-1")
+            await expect(page.locator("#status")).to_have_text("RUNNING")
+            await expect(page.locator("#live")).to_contain_text("crunch")
+            marker = await page.evaluate("() => (window.__same_page = true)")
+            release.set()
+            await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=30_000)
+            await expect(page.locator("#timeline")).to_contain_text("workflow.completed")
+            assert marker and await page.evaluate("() => window.__same_page === true")
             await page.screenshot(path=str(tmp_path / "console-execution.png"), full_page=True)
             await listing.screenshot(path=str(tmp_path / "console-executions.png"), full_page=True)
         finally:

@@ -62,7 +62,6 @@ class Pages:
         return [
             Route("/", lambda _: RedirectResponse("/executions", status_code=302)),
             Route("/executions", self.executions),
-            Route("/executions/rows", self.execution_rows),
             Route("/executions/{id}", self.execution),
             Route("/executions/{id}/live", self.execution_live),
             Route("/executions/{id}/events", self.execution_events),
@@ -96,9 +95,6 @@ class Pages:
 
     async def executions(self, request: Request) -> Response:
         return self.render(request, "executions.html", page="executions", **await self._listed(request))
-
-    async def execution_rows(self, request: Request) -> Response:
-        return self.render(request, "_execution_rows.html", **await self._listed(request))
 
     async def _execution(self, execution_id: str) -> dict[str, Any] | None:
         try:

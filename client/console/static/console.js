@@ -31,11 +31,24 @@ async function refresh(el) {
   }
 }
 
-// The executions list: refreshed every 2 s while the tab is visible.
-function pollList() {
-  const rows = document.getElementById("execution-rows");
-  if (!rows) return;
-  setInterval(() => { if (document.visibilityState === "visible") refresh(rows).catch(() => {}); }, 2000);
+// Lists (executions, activities, tokens, runtimes): every element marked data-poll is
+// refreshed from the same page every 2 s while the tab is visible.
+function pollLists() {
+  const parts = document.querySelectorAll("[data-poll][id]");
+  if (!parts.length) return;
+  setInterval(async () => {
+    if (document.visibilityState !== "visible") return;
+    try {
+      const response = await fetch(location.href, { headers: { "Accept": "text/html" } });
+      if (!response.ok) return;
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      parts.forEach((el) => {
+        const replacement = fresh.getElementById(el.id);
+        if (replacement) el.innerHTML = replacement.innerHTML;
+      });
+      tickTimes();
+    } catch (error) { /* the server restarts: try again at the next tick */ }
+  }, 2000);
 }
 
 // One execution: its index entry streams in (server-sent events); a new step or status
@@ -77,7 +90,7 @@ function wireDialogs() {
 
 document.addEventListener("DOMContentLoaded", () => {
   wireDialogs();
-  pollList();
+  pollLists();
   followExecution();
   tickTimes();
   setInterval(tickTimes, 1000);
