@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -160,7 +160,8 @@ class Pages:
                     yield f"data: {json.dumps(body)}\n\n"
             finally:
                 stopping.cancel()
-                await changes.aclose()
+                if isinstance(changes, AsyncGenerator):  # ends the index watch now, not at GC
+                    await changes.aclose()
 
         return StreamingResponse(
             stream(),
