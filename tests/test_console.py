@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -22,6 +23,8 @@ from console_workflows import ALL, TOKENS, Order, await_approval, expense, heart
 from perdure import Client, Settings, Worker
 from perdure.runtime import codec
 from perdure.runtime.nats_client import StoredMessage
+
+from support import RuntimeProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -241,3 +244,96 @@ async def test_perdure_console_command_serves_the_namespace(settings: Settings, 
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode()
+
+
+async def test_console_signals_and_terminates_after_confirmation(
+    browser: object, settings: Settings, client: Client, tmp_path: Path
+) -> None:
+    from playwright.async_api import Browser, expect
+
+    from perdure.client.console import ConsoleServer
+
+    assert isinstance(browser, Browser)
+    order = Order(id="o-8", items=["lamp"], total=19.0)
+    async with Worker(ALL, settings=settings):
+        approved = await client.start(await_approval, order, id="order-8")
+        doomed = await client.start(await_approval, order, id="order-9")
+        await _first_step(client, "order-8")
+        await _first_step(client, "order-9")
+        console = ConsoleServer(client, port=0)
+        await console.start()
+        try:
+            page = await browser.new_page(viewport={"width": 1360, "height": 1000})
+            base = console.url
+
+            # A payload that is not JSON is refused with a message; nothing is sent.
+            await page.goto(f"{base}/executions/order-8")
+            await page.click('button:has-text("Signal")')
+            await page.fill('#signal-dialog input[name="name"]', "approval")
+            await page.fill('#signal-dialog textarea[name="payload"]', "yes please")
+            await page.click("#confirm-signal")
+            await expect(page.locator(".flash.error")).to_contain_text("the payload is not JSON")
+            await expect(page.locator("#status")).to_have_text("RUNNING")
+
+            # Closing the dialog sends nothing either.
+            await page.click('button:has-text("Signal")')
+            await page.fill('#signal-dialog input[name="name"]', "approval")
+            await page.click("#signal-dialog [data-close]")
+            await expect(page.locator("#signal-dialog")).to_be_hidden()
+
+            await page.click('button:has-text("Signal")')
+            await page.fill('#signal-dialog input[name="name"]', "approval")
+            await page.fill('#signal-dialog textarea[name="payload"]', "true")
+            await page.click("#confirm-signal")
+            await expect(page.locator(".flash.ok")).to_have_text("Signal 'approval' sent.")
+            await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=30_000)
+            await expect(page.locator("#timeline")).to_contain_text("signal.received")
+            await expect(page.locator("#live")).to_contain_text('"approved"')
+            assert await approved.result(timeout=5) == "approved"
+
+            await page.goto(f"{base}/executions/order-9")
+            await page.click('button:has-text("Terminate")')
+            await expect(page.locator("#terminate-dialog")).to_be_visible()
+            await page.fill('#terminate-dialog input[name="reason"]', "duplicate order")
+            await page.click("#confirm-terminate")
+            await expect(page.locator("#status")).to_have_text("TERMINATED", timeout=30_000)
+            await expect(page.locator("#timeline")).to_contain_text("duplicate order")
+            assert (await doomed.describe()).status == "TERMINATED"
+            await page.screenshot(path=str(tmp_path / "console-terminated.png"), full_page=True)
+
+            # A form posted from another site is refused: the console acts with the client's rights.
+            forged = await page.request.post(
+                f"{base}/executions/order-8/cancel", headers={"Origin": "http://evil.example"}, form={}
+            )
+            assert forged.status == 403
+            missing = await page.request.get(f"{base}/executions/no-such-execution")
+            assert missing.status == 404
+        finally:
+            await console.stop()
+
+
+async def test_worker_serves_the_console_on_console_port(settings: Settings, client: Client) -> None:
+    """``perdure worker --console-port`` serves the console beside the runtime; SIGTERM ends both."""
+    pytest.importorskip("starlette")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert settings.url is not None
+    runtime = RuntimeProcess(
+        settings.url,
+        settings.namespace,
+        settings.name,
+        targets=("console_workflows",),
+        extra_args=("--console-port", str(port)),
+    )
+    await runtime.astart()
+    try:
+        await runtime.await_line("console.listening")
+        handle = await client.start(ship, Order(id="o-2", items=["cup"], total=3.0), id="worker-1")
+        await handle.result(timeout=30)
+        page = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/executions/worker-1")
+        assert "COMPLETED" in page and "shipped (o-2: 1 items, 3.00 EUR)" in page
+        runtimes = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/runtimes")
+        assert settings.name in runtimes
+    finally:
+        assert await runtime.aterminate() == 0

@@ -191,7 +191,10 @@ class Pages:
                 if not name:
                     raise ValueError("a signal needs a name")
                 text = str(form.get("payload", "")).strip()
-                payload = json.loads(text) if text else None
+                try:
+                    payload = json.loads(text) if text else None
+                except ValueError as exc:
+                    raise ValueError(f"the payload is not JSON ({exc}); nothing was sent") from None
                 await self.client.signal(execution_id, name, payload)
                 notice = f"Signal {name!r} sent."
             else:

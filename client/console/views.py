@@ -116,7 +116,16 @@ def event_view(event: Any, *, decision: bool) -> EventView:
             summary.append(f"{name}={human_time(value)}")
         elif value not in (None, "", [], 0) or name in ("seq", "attempt"):
             summary.append(f"{name}={value}")
-    return EventView(str(kind), str(kind).split(".")[0], " · ".join(summary), payloads, decision)
+    return EventView(str(kind), _group(str(kind)), " · ".join(summary), payloads, decision)
+
+
+def _group(kind: str) -> str:
+    """The badge colour: failures and ends by force stand out from the ordinary flow."""
+    if kind.endswith((".failed", ".terminated")):
+        return "failure"
+    if kind.endswith((".cancelled", ".cancel_requested")):
+        return "cancel"
+    return kind.split(".")[0]
 
 
 def timeline(steps: list[HistoryStep]) -> list[StepView]:
