@@ -5,6 +5,18 @@ Imported only by ``perdure console`` and ``perdure worker --console-port`` (it n
 of it.
 """
 
+try:
+    import jinja2  # noqa: F401
+    import starlette  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    from perdure.runtime.errors import ConfigurationError
+
+    raise ConfigurationError(
+        f"the console needs the perdure[console] extra ({exc.name} is missing): "
+        "pip install 'perdure[console]'"
+    ) from None
+
 from .command import run_console, start_for_worker
 from .pages import create_app
 from .server import DEFAULT_PORT, ConsoleServer

@@ -27,9 +27,6 @@ from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage
 from perdure.runtime.tokens import TokenData, encode_token
 
-# One multi-last direct get answers at most this many keys (nats_client.get_multi_last).
-READ_LIMIT = 10_000
-
 _TIMESTAMP_RE = re.compile(r"^(.*?\.\d{1,6})\d*(Z|[+-]\d\d:\d\d)$")
 
 DEADLINE_LABELS = {
@@ -84,7 +81,7 @@ class OpenAttempt:
         if self.record.cancel_requested:
             return "cancel requested"
         if not self.record.started and not self.live:
-            return "queued"
+            return "scheduled"  # queued, or running in the runtime that scheduled it (eager)
         if self.waiting_for_token:
             return "waiting for token"
         return "running"
@@ -104,7 +101,8 @@ async def open_attempts(
     with its deadlines and checkpoint."""
     bucket = names.timers_bucket
     prefix = f"$KV.{bucket}."
-    # Only activity keys (``<p>.<exec>.<run>.a.>``): workflow timers are not read.
+    # Only activity keys (``<p>.<exec>.<run>.a.>``): workflow timers are not read. One
+    # multi-last read answers the first 10,000 keys: about 2,500 open attempts.
     where = f"{execution[1]}.{execution[0]}" if execution else "*.*"
     stored = await conn.get_multi_last(f"KV_{bucket}", [f"{prefix}{where}.*.a.>"])
     attempts: dict[tuple[str, int, int, int], OpenAttempt] = {}
