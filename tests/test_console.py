@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,11 @@ async def test_console_shows_executions_and_cancels_one(
             await expect(row).to_contain_text("start to close")
             await expect(page.locator("#activities")).not_to_contain_text("expense-3")
             await page.screenshot(path=str(tmp_path / "console-activities.png"), full_page=True)
+            await page.goto(f"{base}/executions/expense-3")
+            pending = page.locator("#live tr", has_text="ask_manager")
+            await expect(pending).to_contain_text("waiting for token")
+            await expect(pending).to_contain_text("start to close")
+            await expect(page.locator("#live code.token")).to_have_text(token)
             await page.goto(f"{base}/tokens")
             await expect(page.locator("#tokens tr", has_text="expense-3")).to_contain_text("ask_manager")
             await expect(page.locator("#tokens code.token")).to_have_text(token)
@@ -337,3 +343,24 @@ async def test_worker_serves_the_console_on_console_port(settings: Settings, cli
         assert settings.name in runtimes
     finally:
         assert await runtime.aterminate() == 0
+
+
+def test_times_and_durations_read_as_a_person_would_say_them() -> None:
+    from perdure.client.console import state, views
+
+    assert views.human_time(0.0) == "—"
+    assert (
+        views.human_time(datetime(2026, 11, 30, 7, 5, 9, tzinfo=UTC).timestamp()) == "2026-11-30 07:05:09 UTC"
+    )
+    assert [views.human_duration(s) for s in (0.25, 4.21, 42, 200, 7500, 190_000)] == [
+        "250 ms", "4.2 s", "42 s", "3 min 20 s", "2 h 5 min", "2 d 4 h",
+    ]  # fmt: skip
+    assert views.relative(100.0, now=112.0) == "12 s ago"
+    assert views.relative(300.0, now=100.0) == "in 3 min 20 s"
+    assert [state._ttl_seconds(t) for t in ("3s", "1m30s", "500ms", "12", "", "never")] == [
+        3.0, 90.0, 0.5, 12.0, None, None,
+    ]  # fmt: skip
+    stamp = StoredMessage("s", 1, b"", time="2026-11-30T07:57:40.123456789Z")
+    assert state.stored_time(stamp) == datetime(2026, 11, 30, 7, 57, 40, 123456, tzinfo=UTC)
+    assert state.pretty_json(b'{"a":[1,2]}') == '{\n  "a": [\n    1,\n    2\n  ]\n}'
+    assert state.pretty_json(b"not json") == "not json"
