@@ -161,6 +161,7 @@ async def test_console_shows_executions_and_cancels_one(
             await expect(pending).to_contain_text("waiting for token")
             await expect(pending).to_contain_text("start to close")
             await expect(page.locator("#live code.token")).to_have_text(token)
+            await page.screenshot(path=str(tmp_path / "console-pending.png"), full_page=True)
             await page.goto(f"{base}/tokens")
             await expect(page.locator("#tokens tr", has_text="expense-3")).to_contain_text("ask_manager")
             await expect(page.locator("#tokens code.token")).to_have_text(token)
