@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 from perdure.client import Client
@@ -46,8 +47,10 @@ class WorkerConsole:
         await self.client.close()
 
 
-async def start_for_worker(settings: Settings, port: int, host: str = "127.0.0.1") -> WorkerConsole:
-    """A console on ``port``, with a client connection of its own to the runtime's NATS."""
+async def start_for_worker(settings: Settings, port: int, host: str | None = None) -> WorkerConsole:
+    """A console on ``port``, with a client connection of its own to the runtime's NATS.
+    It listens on 127.0.0.1 unless ``PERDURE_CONSOLE_HOST`` says otherwise (a container)."""
+    host = host or os.environ.get("PERDURE_CONSOLE_HOST", "127.0.0.1")
     client = await Client.connect(settings.url, namespace=settings.namespace, options=settings.connect)
     server = ConsoleServer(client, host=host, port=port)
     try:
