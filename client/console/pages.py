@@ -101,25 +101,21 @@ class Pages:
             description = await self.client.describe(execution_id)
         except ExecutionNotFound:
             return None
-        handle = self.client.get_handle(execution_id)
-        steps: list[HistoryStep] = []
+        partition = partition_of(execution_id, await self.client.partitions())
+        # History and open attempts are independent reads: one round trip, not two.
+        steps, pending = await asyncio.gather(
+            self._steps(execution_id),
+            state.open_attempts(self.client.conn, self.client.names, execution=(execution_id, partition)),
+        )
+        related = views.relations(steps)
+        _name_attempts(pending, {execution_id: related})
+        return {"d": description, "steps": views.timeline(steps), "related": related, "pending": pending}
+
+    async def _steps(self, execution_id: str) -> list[HistoryStep]:
         # Indexed, its history not readable yet (or purged by continue-as-new): no steps.
         with contextlib.suppress(ExecutionNotFound):
-            steps = await handle.history_steps()
-        related = views.relations(steps)
-        partitions = await self.client.partitions()
-        pending = await state.open_attempts(
-            self.client.conn,
-            self.client.names,
-            execution=(execution_id, partition_of(execution_id, partitions)),
-        )
-        _name_attempts(pending, {execution_id: related})
-        return {
-            "d": description,
-            "steps": views.timeline(steps),
-            "related": related,
-            "pending": pending,
-        }
+            return await self.client.get_handle(execution_id).history_steps()
+        return []
 
     async def execution(self, request: Request) -> Response:
         execution_id = request.path_params["id"]
