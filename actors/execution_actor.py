@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from perdure.runtime import tracing
 from perdure.runtime.errors import (
     HistoryConflict,
     PerdureError,
@@ -44,7 +45,7 @@ from .replies import OK, send_reply, verdict, wants_reply
 from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
-from .step_inputs import StepInput, decode_batch, events_of, fired_timers
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, trace_of
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -142,11 +143,15 @@ class ExecutionActor:
             self._on_dormant(self)
 
     async def _handle(self, batch: list[Incoming]) -> None:
+        began = time.perf_counter()
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                await self._step(batch)
+                with tracing.step_scope():
+                    await self._step(batch)
+                self._services.metrics.step_done(time.perf_counter() - began)
                 return
             except HistoryConflict as exc:
+                self._services.metrics.conflicts.inc()
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
             except Exception as exc:
@@ -189,6 +194,7 @@ class ExecutionActor:
 
     async def _step(self, batch: list[Incoming]) -> None:
         incoming = await decode_batch(batch, self._log)
+        self._services.metrics.dead_lettered("bad_inbox_message", len(batch) - len(incoming))
         if not incoming:
             self._acks.release(batch)
             return
@@ -218,6 +224,7 @@ class ExecutionActor:
             self._acks.settle_later(batch, sent, self._eager.take_hold(), self._maybe_dormant)
             return
         now = max(time.time(), self._history.last_time)
+        tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
         activation = instance.activate(events_of(fresh), now)
         if activation.inputs or activation.decisions:
             eager = self._eager.reserve(activation.effects)
@@ -249,6 +256,7 @@ class ExecutionActor:
                 item.message, self.instance, execution_id=self.execution_id, from_outside=from_outside
             )
             if isinstance(translation, WorkflowStarted):
+                item.translation = translation = tracing.with_trace(translation, item.delivery.headers)
                 self._create(translation.workflow)
 
     def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
@@ -281,6 +289,7 @@ class ExecutionActor:
             eager=list(eager),
         )
         seq = await self._history.append(step)
+        self._services.metrics.appends.inc()
         self._ledger.remember(instance.step_index - 1, step.absorbed, activation.effects)
         return seq
 
@@ -350,6 +359,7 @@ class ExecutionActor:
 
     async def _load(self) -> None:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
+        began = time.perf_counter()
         current = await self._history.load()
         self.phase = Phase.LOADED
         if current is None:
@@ -358,6 +368,7 @@ class ExecutionActor:
         replayed = replay_run(
             current, definition, execution_id=self.execution_id, partition=self.partition, ledger=self._ledger
         )
+        self._services.metrics.replayed(time.perf_counter() - began)
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
         if replayed.divergence is not None:
             await self._block(replayed.divergence)

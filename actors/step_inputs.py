@@ -12,7 +12,7 @@ from typing import Any
 
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload
-from perdure.runtime.events import InputEvent
+from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
 from .inbox_translation import Refusal, Translation
@@ -64,3 +64,14 @@ def fired_timers(items: list[StepInput], partition: int, execution_id: str) -> l
         for item in items
         if isinstance(item.message, TimerExpired)
     ]
+
+
+def trace_of(started: WorkflowStarted | None, items: list[StepInput]) -> str:
+    """The start's trace context (``traceparent``) of the run a step belongs to: recorded in
+    its ``WorkflowStarted``, which the first step finds among its own translations."""
+    if started is not None:
+        return started.trace
+    for item in items:
+        if isinstance(item.translation, WorkflowStarted):
+            return item.translation.trace
+    return ""

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from perdure.runtime import codec
+from perdure.runtime import codec, tracing
 from perdure.runtime.connect_options import ConnectOptions
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
@@ -128,9 +128,11 @@ class Client:
             if id_reuse == "use_existing" or (id_reuse == "allow_after_failure" and not failed):
                 return handle
             new_run = msgspec.structs.replace(message, new_run=True)
-            await self.send(execution_id, new_run, msg_id=f"start:{execution_id}:after:{existing.run}")
+            with tracing.client_span("perdure.start", execution_id, name):
+                await self.send(execution_id, new_run, msg_id=f"start:{execution_id}:after:{existing.run}")
             return handle
-        ack = await self.send(execution_id, message, msg_id=f"start:{execution_id}")
+        with tracing.client_span("perdure.start", execution_id, name):
+            ack = await self.send(execution_id, message, msg_id=f"start:{execution_id}")
         if ack.duplicate and on_conflict == "fail":
             # Started moments ago by someone else (the index may not show it yet).
             raise ExecutionAlreadyExists(f"execution {execution_id!r} was already started")
@@ -140,8 +142,11 @@ class Client:
         return WorkflowHandle(self, check_execution_id(execution_id), workflow)
 
     async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> Ack:
-        """Publish ``message`` to the execution's inbox; returns once it is stored."""
-        return await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
+        """Publish ``message`` to the execution's inbox; returns once it is stored. The
+        current trace context goes with it (a ``traceparent`` header, runtime/tracing.py)."""
+        return await self.conn.publish(
+            self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id, headers=tracing.headers()
+        )
 
     async def signal(
         self,
