@@ -34,3 +34,11 @@ async def patient(n: int) -> int:
     doubled = await flaky(n)
     go = await workflow.wait_signal("go", type=int)
     return doubled + go
+
+
+@workflow
+async def traced(name: str) -> str:
+    """Two activities, one retried: its steps and three attempts all belong to the start's trace."""
+    first = await greet(name)
+    doubled = await flaky(2)
+    return f"{first} {doubled}"
