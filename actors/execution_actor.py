@@ -35,6 +35,7 @@ from perdure.runtime.messages import (
 )
 
 from .effect_runner import ExecutionRef, Sent
+from .effects import Effect
 from .history_log import HistoryLog
 from .inbox_translation import translate
 from .instance import Activation, WorkflowInstance
@@ -227,17 +228,23 @@ class ExecutionActor:
         tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
         activation = instance.activate(events_of(fresh), now)
         if activation.inputs or activation.decisions:
-            eager = self._eager.reserve(activation.effects)
+            # Only what the step's end state still wants: an attempt started and then
+            # closed within the step (a retry's timer and the previous attempt's result in
+            # one batch) is never started.
+            effects = due_again(activation.effects, instance.activities, index_current=True)
+            eager = self._eager.reserve(effects)
             absorbed = [item.delivery.stream_seq for item in fresh if item.delivery.stream_seq]
             try:
-                await self._commit(instance, now, activation, absorbed=absorbed, eager=eager)
+                await self._commit(instance, now, activation, effects, absorbed=absorbed, eager=eager)
             except BaseException:
                 self._eager.unreserve(eager)
                 raise
             assert self.ref is not None
             self.ref.history_length = instance.history_length
             hold = self._eager.hold_for(batch) if eager else None
-            sent = await self._services.effects.send(self.ref, activation.effects, eager=eager, hold=hold)
+            sent = await self._services.effects.send(
+                self.ref, effects, eager=eager, hold=hold, wanted=self._attempt_wanted
+            )
         else:
             sent = Sent()
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
@@ -275,6 +282,7 @@ class ExecutionActor:
         instance: WorkflowInstance,
         now: float,
         activation: Activation,
+        effects: list[Effect] | None = None,
         *,
         absorbed: Sequence[int] = (),
         eager: Sequence[int] = (),
@@ -290,8 +298,14 @@ class ExecutionActor:
         )
         seq = await self._history.append(step)
         self._services.metrics.appends.inc()
-        self._ledger.remember(instance.step_index - 1, step.absorbed, activation.effects)
+        kept = activation.effects if effects is None else effects
+        self._ledger.remember(instance.step_index - 1, step.absorbed, kept)
         return seq
+
+    def _attempt_wanted(self, seq: int, attempt: int) -> bool:
+        """Asked by an eager attempt as it starts: the execution still runs that attempt."""
+        state = self.instance.activities.get(seq) if self.instance is not None else None
+        return state is None or (not state.closed and not state.waiting_retry and state.attempt == attempt)
 
     async def _redo_duplicates(self, incoming: list[StepInput]) -> list[StepInput]:
         """A message already absorbed by a step came back: that step's effects may not have
