@@ -71,24 +71,29 @@ def _parent(traceparent: str) -> Any:
     return _propagator.extract({TRACEPARENT: traceparent}) if traceparent else None
 
 
-@contextlib.contextmanager
-def client_span(name: str, execution_id: str, workflow: str) -> Iterator[None]:
+_NULL: contextlib.AbstractContextManager[None] = contextlib.nullcontext()  # reusable, costs nothing
+
+
+def client_span(name: str, execution_id: str, workflow: str) -> contextlib.AbstractContextManager[None]:
     """The start (or another client call) as a span; send with ``headers()`` inside it."""
-    if _trace is None:
-        yield
-        return
+    return _NULL if _trace is None else _client_span(name, execution_id, workflow)
+
+
+@contextlib.contextmanager
+def _client_span(name: str, execution_id: str, workflow: str) -> Iterator[None]:
     attributes = {"perdure.execution_id": execution_id, "perdure.workflow": workflow}
     with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes):
         yield
 
 
-@contextlib.contextmanager
-def step_scope() -> Iterator[None]:
+def step_scope() -> contextlib.AbstractContextManager[None]:
     """Around one step: ``begin_step`` opens its span once the trace context is known (after
     the history is loaded); the span ends, and its context is detached, here."""
-    if _trace is None:
-        yield
-        return
+    return _NULL if _trace is None else _step_scope()
+
+
+@contextlib.contextmanager
+def _step_scope() -> Iterator[None]:
     holder: list[Any] = []
     reset = _step.set(holder)
     try:
@@ -120,15 +125,18 @@ def begin_step(execution_id: str, traceparent: str) -> None:
     holder[:] = [span, _context.attach(_trace.set_span_in_context(span))]
 
 
-@contextlib.contextmanager
 def attempt_span(
     activity: str, execution_id: str, attempt: int, message_headers: Mapping[str, str] | None
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """One activity attempt: a child of the work item's ``traceparent`` (the step that
     scheduled it), or of the current context (an eager attempt, spawned inside that step)."""
-    if _trace is None:
-        yield
-        return
+    return _NULL if _trace is None else _attempt_span(activity, execution_id, attempt, message_headers)
+
+
+@contextlib.contextmanager
+def _attempt_span(
+    activity: str, execution_id: str, attempt: int, message_headers: Mapping[str, str] | None
+) -> Iterator[None]:
     traceparent = message_headers.get(TRACEPARENT) if message_headers else None
     attributes = {
         "perdure.activity": activity,
