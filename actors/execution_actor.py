@@ -22,17 +22,9 @@ import msgspec
 import structlog
 
 from perdure.runtime import tracing
-from perdure.runtime.errors import (
-    HistoryConflict,
-    PerdureError,
-)
+from perdure.runtime.errors import HistoryConflict, PerdureError
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.messages import (
-    ApiError,
-    ApiReply,
-    QueryReply,
-    StartWorkflow,
-)
+from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
@@ -92,7 +84,7 @@ class ExecutionActor:
         self._blocked_reason = ""
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
-        self._history = HistoryLog(services.conn, services.names, execution_id)
+        self._history = HistoryLog(services.conn, services.names, execution_id, services.metrics)
         self._ledger = RedoLedger()
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
         self._bound_log: Any = None
@@ -152,7 +144,6 @@ class ExecutionActor:
                 self._services.metrics.step_done(time.perf_counter() - began)
                 return
             except HistoryConflict as exc:
-                self._services.metrics.conflicts.inc()
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
             except Exception as exc:
@@ -194,8 +185,7 @@ class ExecutionActor:
     # ------------------------------------------------------------------- one step
 
     async def _step(self, batch: list[Incoming]) -> None:
-        incoming = await decode_batch(batch, self._log)
-        self._services.metrics.dead_lettered("bad_inbox_message", len(batch) - len(incoming))
+        incoming = await decode_batch(batch, self._log, self._services.metrics)
         if not incoming:
             self._acks.release(batch)
             return
@@ -297,7 +287,6 @@ class ExecutionActor:
             eager=list(eager),
         )
         seq = await self._history.append(step)
-        self._services.metrics.appends.inc()
         kept = activation.effects if effects is None else effects
         self._ledger.remember(instance.step_index - 1, step.absorbed, kept)
         return seq

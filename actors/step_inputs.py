@@ -17,6 +17,7 @@ from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
 from .inbox_translation import Refusal, Translation
 from .local_activities import LocalResult
+from .metrics import RuntimeMetrics
 from .step_acks import Incoming
 from .timers import TimerKey
 
@@ -28,7 +29,9 @@ class StepInput:
     translation: Translation | None = None
 
 
-async def decode_batch(batch: list[Incoming], log: Any) -> list[StepInput]:
+async def decode_batch(
+    batch: list[Incoming], log: Any, metrics: RuntimeMetrics | None = None
+) -> list[StepInput]:
     out: list[StepInput] = []
     for delivery in batch:
         if isinstance(delivery, LocalResult):
@@ -40,6 +43,8 @@ async def decode_batch(batch: list[Incoming], log: Any) -> list[StepInput]:
             )
         except InvalidPayload as exc:
             log.error("execution.bad_inbox_message", error=str(exc))
+            if metrics is not None:
+                metrics.dead_lettered("bad_inbox_message")
             await delivery.term()
             continue
         out.append(StepInput(delivery, message))

@@ -10,10 +10,18 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 
+import msgspec
+import pytest
+from metrics_workflows import greet, greeting
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from perdure import Client, EmbeddedServer
+from perdure import Client, EmbeddedServer, Settings, Worker
+from perdure.actors.history_log import HistoryLog
+from perdure.actors.metrics import RuntimeMetrics
 from perdure.runtime.embedded import free_port
+from perdure.runtime.errors import HistoryConflict
+from perdure.runtime.events import HistoryStep, WorkflowStarted
 
 from support import RuntimeProcess
 
@@ -103,8 +111,15 @@ async def test_metrics_count_a_workload(nats_server: EmbeddedServer, namespace: 
         await patient.signal("go", 0)
         assert await patient.result(timeout=30) == 42
 
+        # Last (its actor, with no execution to load, stays cached): an inbox message that is not one.
+        await client.conn.publish(client.names.inbox("junk"), b"not an inbox message")
+
         final = await scrape_until(
-            port, lambda s: s.value("perdure_dead_letters_total", reason="bad_work_item") == 1
+            port,
+            lambda s: (
+                s.value("perdure_dead_letters_total", reason="bad_work_item") == 1
+                and s.value("perdure_dead_letters_total", reason="bad_inbox_message") == 1
+            ),
         )
     finally:
         await client.close()
@@ -141,6 +156,7 @@ async def test_metrics_count_a_workload(nats_server: EmbeddedServer, namespace: 
     backlog = final.series("perdure_inbox_backlog")
     assert backlog == {str(p): 0.0 for p in range(PARTITIONS)}
     assert final.value("perdure_dead_letters_total", reason="bad_work_item") == 1
+    assert final.value("perdure_dead_letters_total", reason="bad_inbox_message") == 1
 
 
 async def test_health_endpoints_unchanged(nats_server: EmbeddedServer, namespace: str) -> None:
@@ -160,3 +176,18 @@ async def test_health_endpoints_unchanged(nats_server: EmbeddedServer, namespace
         assert await asyncio.to_thread(status, port, "/nothing") == 503
     finally:
         await runtime.aterminate()
+
+
+async def test_history_counts_appends_and_conflicts(settings: Settings) -> None:
+    """An append refused by optimistic concurrency counts as a conflict, not an append."""
+    metrics = RuntimeMetrics()
+    async with Worker([greeting, greet], settings=settings) as worker:
+        history = HistoryLog(worker.services.conn, settings.names, "conflicted", metrics)
+        started = WorkflowStarted(workflow="greeting", input=msgspec.Raw(b'"x"'))
+        await history.append(HistoryStep(time=1.0, inputs=[started]))
+        history.reset()  # as if another owner had written meanwhile: expects an empty subject
+        with pytest.raises(HistoryConflict):
+            await history.append(HistoryStep(time=2.0, inputs=[started]))
+    exposition = Scrape(generate_latest(metrics.registry).decode())
+    assert exposition.value("perdure_history_appends_total") == 1
+    assert exposition.value("perdure_history_conflicts_total") == 1
