@@ -106,7 +106,10 @@ class Worker:
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
         conn = await Connection.connect(
-            self.settings.url, name=f"perdure-runtime-{self.settings.name}", options=self.settings.connect
+            self.settings.url,
+            name=f"perdure-runtime-{self.settings.name}",
+            options=self.settings.connect,
+            timeout=self.settings.connect_timeout,
         )
         self._conn = conn
         await Provisioner(conn, self.settings).provision()
