@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the first connect to NATS may take (PERDURE_CONNECT_TIMEOUT, 10)",
     )
     worker.add_argument(
-        "--health-port", type=int, default=None, help="serve /healthz and /readyz on this port"
+        "--health-port", type=int, default=None, help="serve /healthz, /readyz and /metrics on this port"
     )
     worker.add_argument(
         "--health-host",
@@ -304,12 +304,15 @@ async def _shutdown(worker: Any, seconds: float, *, started: bool) -> bool:
 
 async def _serve_health(host: str, port: int, worker: Any) -> asyncio.Server:
     """``/healthz``: the process runs. ``/readyz``: connected, provisioned, serving.
-    Loopback unless ``--health-host`` says otherwise: a probe runs beside the process."""
+    Loopback unless ``--health-host`` says otherwise: a probe runs beside the process.
+    ``/metrics``: the runtime's Prometheus metrics (actors/metrics.py)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             line = (await reader.readline()).decode(errors="replace")
             path = line.split(" ")[1] if " " in line else "/"
+            if path == "/metrics":
+                return await _write_metrics(reader, writer, await worker.scrape_metrics())
             ok = path == "/healthz" or (path == "/readyz" and worker.ready.is_set())
             status = "200 OK" if ok else "503 Service Unavailable"
             body = b"ok\n" if ok else b"not ready\n"
@@ -321,6 +324,17 @@ async def _serve_health(host: str, port: int, worker: Any) -> asyncio.Server:
         writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+async def _write_metrics(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> None:
+    from perdure.actors.metrics import CONTENT_TYPE
+
+    while (await reader.readline()).strip():  # the request's headers: closing with them unread resets
+        pass
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+    writer.write(f"{head}Connection: close\r\n\r\n".encode() + body)
+    await writer.drain()
+    writer.close()
 
 
 def _serve_nats(args: argparse.Namespace) -> None:
