@@ -4,7 +4,7 @@ An execution is BLOCKED when its start names a workflow this runtime does not ho
 (``UnknownWorkflow``), when a step on its history subject does not decode
 (``HistoryUnreadable``), when its code no longer replays its history
 (``NonDeterminismError``), or when its step crashed on ``MAX_STEP_CRASHES`` deliveries of
-the same message or steps in a row (``StepCrashed``). The actor holds this as
+the same message or steps in a row (``StepCrashed``); actors/step_failures.py judges which. The actor holds this as
 ``Phase.BLOCKED`` (actors/execution_actor.py) and parks instead of nak-ing
 (``StepAcks.park``). Then, for every message it gets:
 
@@ -40,11 +40,8 @@ from perdure.runtime.errors import (
     ErrorInfo,
     ExecutionBlocked,
     HistoryUnreadable,
-    NonDeterminismError,
     PerdureError,
-    StepCrashed,
     UnknownWorkflow,
-    info_from_exception,
 )
 from perdure.runtime.events import (
     HistoryStep,
@@ -67,50 +64,17 @@ from perdure.runtime.messages import (
     TerminateWorkflow,
 )
 from perdure.runtime.naming import Names
-from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.nats_client import Connection
 from perdure.runtime.settings import Settings
 
 from .blocked_runs import absorbed_by, closed_run, last_start, started_from
 from .dead_letters import DeadLetters, original_headers
 from .effect_runner import ExecutionRef
+from .history_log import EndedBlocked
 from .instance import WorkflowInstance
 from .registry import Registry
 
 log = structlog.get_logger("perdure.blocked")
-
-# Crashes of an execution's step before it is BLOCKED: deliveries of one inbox message, or
-# steps in a row in this process (an eager attempt's outcome is always on its first
-# delivery). Crashes are nak'd with a 2 s delay: about 8 s of retries, enough for a transient fault.
-MAX_STEP_CRASHES = 5
-
-_BLOCKING = (UnknownWorkflow, HistoryUnreadable, ExecutionBlocked)  # no retry can fix these
-
-
-def block_reason(exc: Exception, batch: Sequence[Any], *, crashes: int) -> ErrorInfo | None:
-    """Why a step that raised ``exc`` leaves its execution BLOCKED, or None: try again later
-    (a ``PerdureError`` such as ``ConnectionLost`` is transient; a crash, until it repeats)."""
-    if isinstance(exc, _BLOCKING):
-        return exc.to_info()
-    if isinstance(exc, PerdureError):
-        return None
-    if max([crashes, *(delivery.num_delivered for delivery in batch)]) >= MAX_STEP_CRASHES:
-        return crash_reason(exc)
-    return None
-
-
-def divergence(message: str) -> ErrorInfo:
-    """The reason of an execution whose code no longer replays its history."""
-    return msgspec.structs.replace(NonDeterminismError(message).to_info(), retryable=False)
-
-
-def crash_reason(exc: BaseException) -> ErrorInfo:
-    info = info_from_exception(exc)
-    return msgspec.structs.replace(
-        info,
-        code=StepCrashed.code,
-        message=f"the step crashed {MAX_STEP_CRASHES} times: {type(exc).__name__}: {exc}",
-        retryable=False,
-    )
 
 
 class BlockedExecutions:
@@ -276,10 +240,11 @@ class BlockedExecutions:
         await self.dead.forget_parked(partition, execution_id)
 
     async def load_closed(
-        self, stored: list[StoredMessage], last: HistoryStep, execution_id: str, partition: int
+        self, ended: EndedBlocked, execution_id: str, partition: int
     ) -> tuple[WorkflowInstance, ExecutionRef]:
         """A run terminated while BLOCKED (``blocked_runs.closed_run``), and the end of its
         termination if a crash cut it short."""
+        stored, last = ended.stored, ended.last
         closed = closed_run(stored, last, execution_id, partition, self._registry)
         if closed is None:
             raise HistoryUnreadable(f"history of {execution_id} ends blocked without a termination")

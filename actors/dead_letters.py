@@ -40,6 +40,8 @@ from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_client import Connection, StoredMessage
 
+from .metrics import RuntimeMetrics
+
 log = structlog.get_logger("perdure.dead_letters")
 
 _REASON_MAX = 2000  # characters of the reason kept in a header (tracebacks go to the index)
@@ -51,9 +53,10 @@ def one_line(text: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, conn: Connection, names: Names) -> None:
+    def __init__(self, conn: Connection, names: Names, metrics: RuntimeMetrics | None = None) -> None:
         self._conn = conn
         self._names = names
+        self._metrics = metrics
         self.parked = 0  # messages parked by this runtime (each counted once)
         self.poisoned = 0
 
@@ -70,6 +73,8 @@ class DeadLetters:
         """Keep a message that can never be processed, and ack it out of its stream."""
         await self._store(delivery, self._names.dead_poison(execution_id), execution_id, reason, "")
         self.poisoned += 1
+        if self._metrics is not None:
+            self._metrics.dead_lettered("bad_inbox_message")
         log.warning(
             "dead_letter.poison",
             execution_id=execution_id,

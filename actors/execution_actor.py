@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from perdure.runtime import tracing
 from perdure.runtime.errors import ErrorInfo, HistoryConflict, PerdureError, UnknownWorkflow
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.messages import ApiReply, QueryReply, StartWorkflow
 
-from . import blocked as poison
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
 from .history_log import EndedBlocked, HistoryLog
@@ -39,7 +39,8 @@ from .replies import OK, send_reply, verdict, wants_reply
 from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
-from .step_inputs import StepInput, decode_batch, events_of, fired_timers
+from .step_failures import StepFailures, divergence
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, trace_of
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -79,10 +80,10 @@ class ExecutionActor:
         self._lock = asyncio.Lock()  # a step and a query never interleave
         self.phase = Phase.NEW
         self._blocked: ErrorInfo | None = None  # why, while BLOCKED
-        self._crashes = 0  # steps crashed in a row (eager outcomes are always on delivery 1)
+        self._failures = StepFailures()
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
-        self._history = HistoryLog(services.conn, services.names, execution_id)
+        self._history = HistoryLog(services.conn, services.names, execution_id, services.metrics)
         self._ledger = RedoLedger()
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
         self._bound_log: Any = None
@@ -134,10 +135,13 @@ class ExecutionActor:
             self._on_dormant(self)
 
     async def _handle(self, batch: list[Incoming]) -> None:
+        began = time.perf_counter()
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                await self._step(batch)
-                self._crashes = 0
+                with tracing.step_scope():
+                    await self._step(batch)
+                self._services.metrics.step_done(time.perf_counter() - began)
+                self._failures.crashes = 0
                 return
             except HistoryConflict as exc:
                 self._log.info("execution.conflict", error=str(exc))
@@ -150,16 +154,11 @@ class ExecutionActor:
     async def _failed(self, batch: list[Incoming], exc: Exception) -> None:
         """A step failed: its messages come back after a delay, or are parked if poison."""
         self._forget()
-        crashed = not isinstance(exc, PerdureError)  # a PerdureError (ConnectionLost...) is transient
-        if crashed:
-            self._crashes += 1
-            self._log.exception("execution.step_crashed", exc_info=exc, crashes=self._crashes)
-        reason = poison.block_reason(exc, batch, crashes=self._crashes)
+        reason = self._failures.failed(exc, batch, self._log)
         if reason is not None:
             return await self._park(batch, reason)
-        if not crashed:
-            self._log.warning("execution.step_failed", error=str(exc))
-        await self._acks.nak(batch, delay=2.0 if crashed else 1.0, hold=self._eager.take_hold())
+        delay = 1.0 if isinstance(exc, PerdureError) else 2.0  # ConnectionLost and the like, or a crash
+        await self._acks.nak(batch, delay=delay, hold=self._eager.take_hold())
 
     async def _park(self, batch: list[Incoming], reason: ErrorInfo) -> None:
         """BLOCKED: ``batch`` waits in <NS>_DEAD, out of the inbox; a terminate in it ends the run."""
@@ -216,6 +215,7 @@ class ExecutionActor:
             self._acks.settle_later(batch, sent, self._eager.take_hold(), self._maybe_dormant)
             return
         now = max(time.time(), self._history.last_time)
+        tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
         activation = instance.activate(events_of(fresh), now)
         if activation.inputs or activation.decisions:
             # Only what the step's end state still wants: an attempt started and then
@@ -253,6 +253,7 @@ class ExecutionActor:
                 item.message, self.instance, execution_id=self.execution_id, from_outside=from_outside
             )
             if isinstance(translation, WorkflowStarted):
+                item.translation = translation = tracing.with_trace(translation, item.delivery.headers)
                 self._create(translation.workflow)
 
     def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
@@ -361,21 +362,21 @@ class ExecutionActor:
 
     async def _load(self) -> None:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
-        current = await self._history.load()
+        began = time.perf_counter()
+        current, blocked = await self._history.load(), self._services.blocked
         if current is None:
-            await self._services.blocked.check(self.execution_id)  # its start may be parked
+            await blocked.check(self.execution_id)  # its start may be parked
             self.phase = Phase.LOADED
             return
         self.phase = Phase.LOADED
         if isinstance(current, EndedBlocked):  # terminated while BLOCKED: closed, never replayed
-            self.instance, self.ref = await self._services.blocked.load_closed(
-                current.stored, current.last, self.execution_id, self.partition
-            )
+            self.instance, self.ref = await blocked.load_closed(current, self.execution_id, self.partition)
             return
         definition = self._definition(current.started.workflow)
         replayed = replay_run(
             current, definition, execution_id=self.execution_id, partition=self.partition, ledger=self._ledger
         )
+        self._services.metrics.replayed(time.perf_counter() - began)
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
         if replayed.divergence is not None:
             await self._block(replayed.divergence)
@@ -390,7 +391,7 @@ class ExecutionActor:
             await self._next_run(continuation_start(instance.started, next_input))
 
     async def _block(self, reason: str) -> None:
-        self.phase, self._blocked = Phase.BLOCKED, poison.divergence(reason)
+        self.phase, self._blocked = Phase.BLOCKED, divergence(reason)
         self._log.error("execution.nondeterministic", error=reason)
         assert self.ref is not None
         await self._services.effects.mark_blocked(self.ref, reason)

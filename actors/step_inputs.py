@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload
-from perdure.runtime.events import InputEvent
+from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
 from .dead_letters import DeadLetters
@@ -44,7 +44,7 @@ async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: s
                     codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
                 )
             except InvalidPayload as exc:
-                await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())
+                await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())  # counted
                 delivery.release()
                 dead_lettered.add(id(delivery))
                 continue
@@ -73,3 +73,14 @@ def fired_timers(items: list[StepInput], partition: int, execution_id: str) -> l
         for item in items
         if isinstance(item.message, TimerExpired)
     ]
+
+
+def trace_of(started: WorkflowStarted | None, items: list[StepInput]) -> str:
+    """The start's trace context (``traceparent``) of the run a step belongs to: recorded in
+    its ``WorkflowStarted``, which the first step finds among its own translations."""
+    if started is not None:
+        return started.trace
+    for item in items:
+        if isinstance(item.translation, WorkflowStarted):
+            return item.translation.trace
+    return ""
