@@ -62,7 +62,7 @@ from perdure.runtime.nats_consumer import Delivery
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect, StartAttempt, record_timer
-from .instance import WorkflowInstance
+from .instance import WorkflowInstance, evict
 from .local_activities import HeldAck, LocalResult, attempt_id, spawner
 from .timers import TimerKey
 
@@ -251,6 +251,7 @@ class ExecutionActor:
 
     def _forget(self) -> None:
         """Drop the in-memory state; the next step replays history."""
+        evict(self.instance)
         self.instance = None
         self.ref = None
         self._loaded = False
@@ -605,6 +606,7 @@ class ExecutionActor:
         run = old.run + 1
         now = max(time.time(), self._last_time)
         self.instance = WorkflowInstance(old.definition, self.execution_id, run=run)
+        old.evict()
         self.ref = ExecutionRef(self.execution_id, old.definition.name, run, self.partition, now)
         self._absorbed.clear()
         self._step_effects.clear()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 import msgspec
 import structlog
 
-from perdure.runtime.errors import ErrorInfo, NonDeterminismError, info_from_exception
+from perdure.runtime.errors import ErrorInfo, HistoryConflict, NonDeterminismError, info_from_exception
 from perdure.runtime.events import (
     ActivityCompleted,
     ActivityFailed,
@@ -114,6 +114,8 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         self._patches: dict[str, bool] = {}
         self.queries: dict[str, Callable[..., Any]] = {}
         self._workflow_timer = False
+        self.evicted = False
+        self._stepping = False  # workflow code is running (possibly in a workflow thread)
         ChildMachine.__init__(self)
 
     # ------------------------------------------------------------------ activation
@@ -138,10 +140,42 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
             return False
         return all(handle.when() > now + horizon for handle in self._timers.values())
 
+    def evict(self) -> None:
+        """The owner drops this instance (cache eviction, dormancy, a new run, a stop): tear
+        it down now, on purpose, rather than leave its coroutines to the garbage collector,
+        which would run their ``finally`` blocks outside the workflow (see ``abandon.py``).
+        No workflow code runs, no command is kept, nothing is logged. A step still running
+        (past its budget, in a workflow thread) tears down when it ends."""
+        if self.evicted:
+            return
+        self.evicted = True
+        if not self._stepping:
+            self._tear_down()
+
+    def _tear_down(self) -> None:
+        self.loop.abandon()
+        self._main = None
+        self._pending = _Pending()
+        self._timers.clear()
+        self._timer_ids.clear()
+        self._signal_waiters.clear()
+        self._conditions.clear()
+
     def activate(
         self, inputs: list[InputEvent], time: float, *, expected: list[Decision] | None = None
     ) -> Activation:
         """Apply ``inputs`` at workflow time ``time``, run the code until it blocks, collect decisions."""
+        if self.evicted:
+            raise HistoryConflict(f"{self._where()}: the instance was evicted; history is replayed")
+        self._stepping = True
+        try:
+            return self._activate(inputs, time, expected)
+        finally:
+            self._stepping = False
+            if self.evicted:
+                self._tear_down()
+
+    def _activate(self, inputs: list[InputEvent], time: float, expected: list[Decision] | None) -> Activation:
         self.loop.now = time
         self.replaying = expected is not None
         self._pending = _Pending(expected=collections.deque(expected) if expected is not None else None)
@@ -474,3 +508,9 @@ def same_command(recorded: Decision, issued: Decision) -> bool:
         getattr(recorded, name, None) == getattr(issued, name, None)
         for name in ("seq", "timer", "name", "workflow", "patch", "attempt")
     )
+
+
+def evict(instance: WorkflowInstance | None) -> None:
+    """Tear ``instance`` down on purpose as its owner drops it (see ``WorkflowInstance.evict``)."""
+    if instance is not None:
+        instance.evict()
