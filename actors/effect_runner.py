@@ -334,10 +334,15 @@ class EffectRunner:
             self._executions_prefix + ref.execution_id, codec.encode(record)
         )
 
-    async def mark_blocked(self, ref: ExecutionRef, message: str) -> None:
+    async def mark_blocked(
+        self,
+        ref: ExecutionRef,
+        message: str,
+        *,
+        code: str = "workflow.nondeterministic",
+        kind: str = "NonDeterminismError",
+    ) -> None:
         from perdure.runtime.errors import ErrorInfo
 
-        error = ErrorInfo(
-            code="workflow.nondeterministic", message=message, type="NonDeterminismError", retryable=False
-        )
+        error = ErrorInfo(code=code, message=message, type=kind, retryable=False)
         await (await self._update_index(ref, UpdateIndex("BLOCKED", error=error)))

@@ -27,6 +27,7 @@ from perdure.runtime.errors import (
     InvalidPayload,
     NonDeterminismError,
     PerdureError,
+    StepBudgetExceeded,
 )
 from perdure.runtime.events import (
     ActivityCompleted,
@@ -178,6 +179,11 @@ class ExecutionActor:
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget()
                 self._history_may_exist = True
+            except StepBudgetExceeded as exc:  # blocking workflow code: BLOCKED, messages kept
+                self._log.error("execution.step_over_budget", error=str(exc))
+                await self._block(exc)
+                await self._nak(batch, delay=30.0, hold=self._take_hold())
+                return
             except UnknownWorkflow as exc:
                 self._log.error("execution.unknown_workflow", error=str(exc))
                 self._forget()
@@ -248,6 +254,14 @@ class ExecutionActor:
             for delivery in batch:
                 await delivery.ack()
         self._release(_from_inbox(batch))
+
+    async def _block(self, exc: PerdureError) -> None:
+        """Stop applying messages (they are kept) and say why in the index: BLOCKED."""
+        ref = self.ref
+        self._forget()
+        self._loaded, self.blocked = True, str(exc)
+        if ref is not None:
+            await self._services.effects.mark_blocked(ref, str(exc), code=exc.code, kind=type(exc).__name__)
 
     def _forget(self) -> None:
         """Drop the in-memory state; the next step replays history."""
@@ -325,7 +339,7 @@ class ExecutionActor:
             return
         now = max(time.time(), self._last_time)
         candidates = [item.event for item in fresh if item.event is not None]
-        activation = instance.activate(candidates, now)
+        activation = await instance.run_step(candidates, now, budget=self._services.settings.step_budget)
         if activation.inputs or activation.decisions:
             eager = self._reserve_eager(activation.effects)
             try:
@@ -610,7 +624,9 @@ class ExecutionActor:
         self.ref = ExecutionRef(self.execution_id, old.definition.name, run, self.partition, now)
         self._absorbed.clear()
         self._step_effects.clear()
-        activation = self.instance.activate([self._started_event(message, run=run)], now)
+        activation = await self.instance.run_step(
+            [self._started_event(message, run=run)], now, budget=self._services.settings.step_budget
+        )
         await self._append(now, activation, [])
         first_seq = self._last_seq
         self.ref.history_length = self.instance.history_length
@@ -682,7 +698,12 @@ class ExecutionActor:
         eager: dict[int, StartAttempt] = {}  # activity seq -> its latest eagerly started attempt
         try:
             for index, step in enumerate(steps):
-                activation = instance.activate(step.inputs, step.time, expected=step.decisions)
+                activation = await instance.run_step(
+                    step.inputs,
+                    step.time,
+                    expected=step.decisions,
+                    budget=self._services.settings.step_budget,
+                )
                 self._remember(index, step.absorbed, activation.effects)
                 if step.eager:
                     eager.update(_started_attempts(activation.effects, step.eager))

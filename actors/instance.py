@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,13 @@ from typing import TYPE_CHECKING, Any, assert_never
 import msgspec
 import structlog
 
-from perdure.runtime.errors import ErrorInfo, HistoryConflict, NonDeterminismError, info_from_exception
+from perdure.runtime.errors import (
+    ErrorInfo,
+    HistoryConflict,
+    NonDeterminismError,
+    StepBudgetExceeded,
+    info_from_exception,
+)
 from perdure.runtime.events import (
     ActivityCompleted,
     ActivityFailed,
@@ -54,6 +61,7 @@ from .activity_machine import ActivityMachine, ActivityState
 from .child_machine import ChildMachine
 from .effects import CancelTimer, Effect, NotifyParent, StartTimer, UpdateIndex
 from .replay_loop import ReplayLoop
+from .workflow_threads import StepOverrun, workflow_threads
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -116,6 +124,7 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         self._workflow_timer = False
         self.evicted = False
         self._stepping = False  # workflow code is running (possibly in a workflow thread)
+        self._lock = threading.Lock()  # evict() from the event loop, a step in a workflow thread
         ChildMachine.__init__(self)
 
     # ------------------------------------------------------------------ activation
@@ -146,11 +155,12 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         which would run their ``finally`` blocks outside the workflow (see ``abandon.py``).
         No workflow code runs, no command is kept, nothing is logged. A step still running
         (past its budget, in a workflow thread) tears down when it ends."""
-        if self.evicted:
-            return
-        self.evicted = True
-        if not self._stepping:
-            self._tear_down()
+        with self._lock:
+            if self.evicted:
+                return
+            self.evicted = True
+            if not self._stepping:
+                self._tear_down()
 
     def _tear_down(self) -> None:
         self.loop.abandon()
@@ -161,19 +171,40 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         self._signal_waiters.clear()
         self._conditions.clear()
 
+    async def run_step(
+        self, inputs: list[InputEvent], time: float, *, budget: float, expected: list[Decision] | None = None
+    ) -> Activation:
+        """``activate`` in a workflow thread, so that code which blocks (``time.sleep``, a busy
+        loop) holds neither the runtime's event loop nor its leases; past ``budget`` seconds
+        the step fails with ``StepBudgetExceeded`` (see ``workflow_threads.py``). The instance
+        is then unusable: the owner evicts it, and it tears down when the code lets go."""
+        if budget <= 0:
+            return self.activate(inputs, time, expected=expected)
+        try:
+            return await workflow_threads().run(
+                lambda: self.activate(inputs, time, expected=expected), budget=budget
+            )
+        except StepOverrun as overrun:
+            raise StepBudgetExceeded(
+                f"{self._where()}: workflow code {overrun}; workflow code must not block "
+                "(await perdure.sleep() for a durable timer, do I/O and heavy work in an activity)"
+            ) from None
+
     def activate(
         self, inputs: list[InputEvent], time: float, *, expected: list[Decision] | None = None
     ) -> Activation:
         """Apply ``inputs`` at workflow time ``time``, run the code until it blocks, collect decisions."""
-        if self.evicted:
-            raise HistoryConflict(f"{self._where()}: the instance was evicted; history is replayed")
-        self._stepping = True
+        with self._lock:
+            if self.evicted:
+                raise HistoryConflict(f"{self._where()}: the instance was evicted; history is replayed")
+            self._stepping = True
         try:
             return self._activate(inputs, time, expected)
         finally:
-            self._stepping = False
-            if self.evicted:
-                self._tear_down()
+            with self._lock:
+                self._stepping = False
+                if self.evicted:
+                    self._tear_down()
 
     def _activate(self, inputs: list[InputEvent], time: float, expected: list[Decision] | None) -> Activation:
         self.loop.now = time

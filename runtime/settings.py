@@ -21,6 +21,16 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigurationError(f"{name}={value!r} is not an integer") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What a runtime needs to know. Every field has a ``PERDURE_<FIELD>`` variable."""
@@ -38,6 +48,9 @@ class Settings:
     eager_activities: bool = True
     marker_ttl: float = 3600.0  # how long timer expiry markers stay visible to a new owner
     history_warn_events: int = 10_000  # workflow.info().history_long turns true past this
+    # Seconds one workflow step may run before it fails (StepBudgetExceeded: code that blocks,
+    # such as time.sleep or a busy loop); steps run in workflow threads. 0: inline, unguarded.
+    step_budget: float = 2.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -47,6 +60,7 @@ class Settings:
             replicas=_env_int("PERDURE_REPLICAS", 1),
             partitions=_env_int("PERDURE_PARTITIONS", 12),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
+            step_budget=_env_float("PERDURE_STEP_BUDGET", 2.0),
             **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
@@ -60,3 +74,5 @@ class Settings:
         Names(self.namespace)  # validates
         if self.replicas < 1 or self.partitions < 1:
             raise ConfigurationError("replicas and partitions must be at least 1")
+        if self.step_budget < 0:
+            raise ConfigurationError("step_budget must be 0 (unguarded) or more seconds")
