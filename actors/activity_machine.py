@@ -72,6 +72,7 @@ class ActivityMachine:
     def schedule_activity(
         self: Any, name: str, input: msgspec.Raw, options: ActivityOptions
     ) -> ActivityState:
+        self.check_payload(input, what=f"input of activity {name!r}")
         seq = self._next_seq("activity")
         decision = self._decide(
             ActivityScheduled(seq=seq, name=name, input=input, nonce=new_nonce(), options=options)

@@ -35,6 +35,7 @@ class ChildMachine:
         self.children: dict[int, ChildState] = {}
 
     def start_child(self: Any, workflow: str, input: msgspec.Raw, execution_id: str | None) -> ChildState:
+        self.check_payload(input, what=f"input of child workflow {workflow!r}")
         seq = self._next_seq("child")
         child_id = execution_id or f"{self.execution_id}-c{seq}"
         decision = self._decide(ChildStarted(seq=seq, workflow=workflow, execution_id=child_id, input=input))

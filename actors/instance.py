@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any, assert_never
 import msgspec
 import structlog
 
+from perdure.runtime import limits
 from perdure.runtime.errors import (
     ErrorInfo,
     HistoryConflict,
     NonDeterminismError,
+    PayloadTooLarge,
     StepBudgetExceeded,
     info_from_exception,
 )
@@ -38,8 +40,11 @@ from perdure.runtime.events import (
     ActivityCompleted,
     ActivityFailed,
     ActivityProgressed,
+    ActivityRetrying,
+    ActivityScheduled,
     CancelRequested,
     ChildClosed,
+    ChildStarted,
     ClosingDecision,
     Decision,
     InputEvent,
@@ -69,6 +74,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("perdure.workflow")
 
 WORKFLOW_TIMEOUT_TIMER = "w.timeout"
+EVENT_OVERHEAD = 256  # bytes of JSON around one event's payload in a history step (generous)
+ERROR_TEXT_LIMIT = 32 * 1024  # characters of a failure's message and traceback kept in history
 
 
 class ContinueAsNew(BaseException):
@@ -92,9 +99,15 @@ class _Pending:
     effects: list[Effect] = field(default_factory=list)
     expected: collections.deque[Decision] | None = None
     error: NonDeterminismError | None = None
+    size: int = 0  # bytes of the step's history message so far (payloads, plus EVENT_OVERHEAD each)
 
 
 class WorkflowInstance(ActivityMachine, ChildMachine):
+    # The largest payload one decision may carry, and one step's history message in all
+    # (runtime/limits.py; the default server's). An owner on a server with another
+    # max_payload sets it from the connection.
+    payload_limit: int = limits.payload_limit(None)
+
     def __init__(self, definition: WorkflowDefinition[Any, Any], execution_id: str, run: int = 1) -> None:
         self.definition = definition
         self.execution_id = execution_id
@@ -216,6 +229,7 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
                 break
             if self._apply(event):
                 accepted.append(event)
+                self._pending.size += EVENT_OVERHEAD + _payload_bytes(event)
             elif expected is not None:
                 raise NonDeterminismError(
                     f"{self._where()}: history input {describe(event)} does not apply to the current code"
@@ -263,7 +277,24 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
                 raise err
             decision = recorded
         pending.decisions.append(decision)
+        pending.size += EVENT_OVERHEAD + _payload_bytes(decision)
         return decision
+
+    def check_payload(self, raw: msgspec.Raw, *, what: str) -> None:
+        """Raise ``PayloadTooLarge`` (at the call site in workflow code) unless ``raw`` fits in
+        one message, and in this step's history message with what the step already records.
+        Deterministic: a replay of the step sees the same inputs and decisions."""
+        size, limit = len(raw), self.payload_limit
+        limits.check_size(size, limit, what=what)
+        recorded = self._pending.size
+        if recorded + size + EVENT_OVERHEAD > limit:
+            raise PayloadTooLarge(
+                f"{what} is {size} bytes; this step already records {recorded} bytes, and one "
+                f"step's history is limited to {limit} bytes: split the work over several "
+                "steps (await between the calls) or pass a reference to the data",
+                size=size,
+                limit=limit,
+            )
 
     def _effect(self, effect: Effect) -> None:
         self._pending.effects.append(effect)
@@ -332,9 +363,9 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
             return
         if exc is None:
             try:
-                raw = self.definition.result_codec.encode(
-                    main.result(), what=f"result of workflow {self.definition.name!r}"
-                )
+                what = f"result of workflow {self.definition.name!r}"
+                raw = self.definition.result_codec.encode(main.result(), what=what)
+                self.check_payload(raw, what=what)
             except Exception as encode_error:
                 exc = encode_error
             else:
@@ -345,7 +376,7 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         if isinstance(exc, asyncio.CancelledError):
             self._close(WorkflowCancelled(reason=str(exc)), "CANCELLED")
             return
-        info = info_from_exception(exc, code="workflow.failed")
+        info = _bounded(info_from_exception(exc, code="workflow.failed"))
         self._close(WorkflowFailed(error=info), "FAILED", error=info)
 
     def _close(
@@ -519,7 +550,49 @@ class WorkflowInstance(ActivityMachine, ChildMachine):
         return uuid.UUID(int=self.random.getrandbits(128), version=4)
 
     def continue_as_new(self, input: msgspec.Raw) -> ContinueAsNew:
+        self.check_payload(input, what=f"input of workflow {self.definition.name!r} (continue-as-new)")
         return ContinueAsNew(input)
+
+
+def _payload_bytes(event: InputEvent | Decision) -> int:
+    """The user payload an event carries into history (what can be large)."""
+    match event:
+        case WorkflowStarted() | ActivityScheduled() | ChildStarted() | WorkflowContinuedAsNew():
+            return len(event.input)
+        case WorkflowCompleted():
+            return len(event.result)
+        case ActivityCompleted() | ChildClosed():
+            return len(event.result) if event.result is not None else 0
+        case SignalReceived():
+            return len(event.payload)
+        case ActivityProgressed():
+            return len(event.details)
+        case WorkflowFailed() | ActivityFailed() | ActivityRetrying():
+            return len(event.error.message) + len(event.error.traceback) + len(event.error.details)
+        case _:
+            return 0
+
+
+def _bounded(info: ErrorInfo) -> ErrorInfo:
+    """A failure recorded in history keeps at most ``ERROR_TEXT_LIMIT`` characters of its
+    message and traceback: an exception carrying megabytes must not make the step too large."""
+    if len(info.message) <= ERROR_TEXT_LIMIT and len(info.traceback) <= ERROR_TEXT_LIMIT:
+        return info
+    return msgspec.structs.replace(
+        info,
+        message=_clip(info.message),
+        traceback=_clip(info.traceback),
+    )
+
+
+def _clip(text: str) -> str:
+    if len(text) <= ERROR_TEXT_LIMIT:
+        return text
+    return (
+        text[: ERROR_TEXT_LIMIT // 2]
+        + f"\n... [{len(text) - ERROR_TEXT_LIMIT} characters cut] ...\n"
+        + text[-ERROR_TEXT_LIMIT // 2 :]
+    )
 
 
 def describe(event: Any) -> str:
