@@ -89,7 +89,10 @@ def _state_offset(samples: list[tuple[Any, Any, Any]]) -> int | None:
 
 
 def _samples(kind: type) -> list[tuple[Any, Any, Any]]:
-    out = []
+    out: list[tuple[Any, Any, Any]] = []
+    created: Any
+    completed: Any
+    suspended: Any
     for _ in range(2):
         if kind is types.CoroutineType:
             created, completed, suspended = _coro([]), _coro([]), _coro([])
@@ -113,7 +116,7 @@ def _drive(awaitable: Any) -> None:
 
 
 def _probe() -> dict[type, int]:
-    found = {}
+    found: dict[type, int] = {}
     for kind in (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType):
         samples = []
         try:

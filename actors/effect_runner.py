@@ -28,6 +28,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.rawjson import NULL
+from perdure.runtime.timer_ids import activity_prefix
 from perdure.runtime.tokens import TokenData, encode_token
 
 from .effects import (
@@ -245,7 +246,9 @@ class EffectRunner:
         its checkpoint. Late heartbeats find no record and learn from history that it closed."""
         seq, attempt = effect.seq, effect.attempt
         armed = [timeout_timer(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
-        out.purge(functools.partial(self._timers.forget_activity, self._key(ref, f"a.{seq}"), armed))
+        out.purge(
+            functools.partial(self._timers.forget_activity, self._key(ref, activity_prefix(seq)), armed)
+        )
 
     async def _observe(self, ref: ExecutionRef, effect: ObserveActivity, out: Sent) -> None:
         """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""

@@ -15,6 +15,7 @@ import msgspec
 from perdure.runtime.errors import ErrorInfo
 from perdure.runtime.events import ActivityOptions, ActivityScheduled, ChildStarted
 from perdure.runtime.messages import Status
+from perdure.runtime.timer_ids import TimerId
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +112,15 @@ Effect = (
 
 
 def record_timer(seq: int, attempt: int) -> str:
-    return f"a.{seq}.{attempt}.hb"
+    return TimerId.attempt_timer("heartbeat", seq, attempt).format()
 
 
 def timeout_timer(seq: int, attempt: int) -> str:
-    return f"a.{seq}.{attempt}.to"
+    return TimerId.attempt_timer("timeout", seq, attempt).format()
 
 
 def retry_timer(seq: int, attempt: int) -> str:
-    return f"a.{seq}.{attempt}.retry"
+    return TimerId.attempt_timer("retry", seq, attempt).format()
 
 
 CHECKPOINT_TTL = 30 * 24 * 3600.0  # outlives any attempt and back-off; then it goes by itself
@@ -129,8 +130,8 @@ def checkpoint_key(seq: int) -> str:
     """The latest heartbeat details of any attempt, kept (TTL ``CHECKPOINT_TTL``, not the
     heartbeat timeout) so a retry finds them after a timeout. Nothing deletes it: closing an
     activity costs no extra write, and the key expires on its own."""
-    return f"a.{seq}.cp"
+    return TimerId.checkpoint(seq).format()
 
 
 def schedule_to_close_timer(seq: int) -> str:
-    return f"a.{seq}.s2c"
+    return TimerId.schedule_to_close(seq).format()

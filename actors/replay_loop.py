@@ -62,19 +62,19 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     def time(self) -> float:
         return self.now
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]  # the callbacks' types are not checked here
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(
+    def call_later(  # type: ignore[override]  # the callbacks' types are not checked here
         self, delay: float, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.TimerHandle:
         return self.call_at(self.now + delay, callback, *args, context=context)
 
-    def call_at(
+    def call_at(  # type: ignore[override]  # the callbacks' types are not checked here
         self, when: float, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.TimerHandle:
         handle = asyncio.TimerHandle(when, callback, args, self, context)
@@ -82,23 +82,23 @@ class ReplayLoop(asyncio.AbstractEventLoop):
             # A timer already due is just "soon"; a durable timer would only add a round trip.
             self._ready.append(handle)
         else:
-            handle._scheduled = True  # so TimerHandle.cancel() tells us
+            handle._scheduled = True  # type: ignore[attr-defined]  # so TimerHandle.cancel() tells us
             self.instance.start_timer(handle)
         return handle
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
-        if handle._scheduled:
+        if handle._scheduled:  # type: ignore[attr-defined]
             self.instance.cancel_timer(handle)
 
     def fire(self, handle: asyncio.TimerHandle) -> None:
-        handle._scheduled = False
+        handle._scheduled = False  # type: ignore[attr-defined]
         if not handle.cancelled():
             self._ready.append(handle)
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
-    def create_task(
+    def create_task(  # type: ignore[override]  # the callbacks' types are not checked here
         self, coro: Coroutine[Any, Any, T], *, name: str | None = None, context: Context | None = None
     ) -> asyncio.Task[T]:
         if self.abandoned:

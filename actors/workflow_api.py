@@ -77,20 +77,20 @@ class _Workflow:
         """The next signal ``name`` (decoded as ``type``). Signals sent before the workflow
         waits are kept, in order. Raises ``TimeoutError`` after ``timeout`` (a durable timer)."""
         instance = require_instance("workflow.wait_signal()")
-        waiting = instance.wait_signal(name)
+        waiting = instance.signals.wait(name)
         raw = await (asyncio.wait_for(waiting, seconds(timeout)) if timeout is not None else waiting)
         return PayloadCodec(type).decode(raw, what=f"signal {name!r}")
 
     def pending_signals(self, name: str) -> int:
-        return require_instance("workflow.pending_signals()").pending_signals(name)
+        return require_instance("workflow.pending_signals()").signals.pending(name)
 
     async def condition(self, predicate: Callable[[], bool], *, timeout: Duration | None = None) -> bool:
         """Wait until ``predicate()`` is true (re-checked after every event); False on timeout."""
         instance = require_instance("workflow.condition()")
         if timeout is None:
-            return await instance.condition(predicate)
+            return await instance.conditions.wait(predicate)
         try:
-            return await asyncio.wait_for(instance.condition(predicate), seconds(timeout))
+            return await asyncio.wait_for(instance.conditions.wait(predicate), seconds(timeout))
         except TimeoutError:
             return False
 
