@@ -711,6 +711,9 @@ class ExecutionActor:
             self.blocked = str(exc)
             self._log.error("execution.nondeterministic", error=str(exc))
             await services.effects.mark_blocked(self.ref, str(exc))
+        except BaseException:
+            self._forget()  # never keep a half-replayed instance (a step past its budget, say)
+            raise
         finally:
             instance.replaying = False
         self._last_seq, self._last_time = stored[-1].seq, steps[-1].time

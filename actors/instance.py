@@ -63,7 +63,7 @@ from .decisions import Decisions, describe, same_command
 from .effects import CancelTimer, Effect, NotifyParent, StartTimer, UpdateIndex
 from .replay_loop import ReplayLoop
 from .signals import Conditions, Signals
-from .workflow_threads import StepOverrun, workflow_threads
+from .workflow_threads import StepInterrupted, StepOverrun, workflow_threads
 from .workflow_timers import WorkflowTimers
 
 if TYPE_CHECKING:
@@ -194,14 +194,26 @@ class WorkflowInstance:
         with self._lock:
             if self.evicted:
                 raise HistoryConflict(f"{self._where()}: the instance was evicted; history is replayed")
+            if self._stepping:
+                raise HistoryConflict(
+                    f"{self._where()}: a step past its budget still runs; history is replayed"
+                )
             self._stepping = True
         try:
             return self._activate(inputs, time, expected)
         finally:
-            with self._lock:
-                self._stepping = False
-                if self.evicted:
-                    self._tear_down()
+            while True:
+                try:
+                    self._end_step()
+                    break
+                except StepInterrupted:
+                    continue  # a poke for a step past its budget: the step ends all the same
+
+    def _end_step(self) -> None:
+        with self._lock:
+            self._stepping = False
+            if self.evicted:
+                self._tear_down()
 
     def _activate(self, inputs: list[InputEvent], time: float, expected: list[Decision] | None) -> Activation:
         self.loop.now = time

@@ -56,6 +56,7 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         self.abandoned = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._roots: list[Any] = []  # what abandon() drops, kept until it is done
 
     # ---------------------------------------------------------------- scheduling
 
@@ -133,22 +134,24 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         Must not be called while ``run_ready()`` runs (the instance defers it). Where
         ``abandon`` is not supported, the coroutines are closed instead, with every workflow
         call refused (``Evicted``): their ``finally`` blocks run, but no command is kept.
+        Interrupted (a poke for a step past its budget), it can be called again to finish.
         """
-        if self.abandoned:
+        if self._closed:
             return
-        self.abandoned = True
-        tasks = [task for task in self._tasks if not task.done()]
-        agens = list(self._asyncgens)
-        self._ready.clear()
-        self._tasks.clear()
-        self._asyncgens = weakref.WeakSet()
-        roots: list[Any] = [task.get_coro() for task in tasks] + agens
+        if not self.abandoned:
+            tasks = [task for task in self._tasks if not task.done()]
+            self._roots = [task.get_coro() for task in tasks] + list(self._asyncgens)
+            self.abandoned = True
+            self._ready.clear()
+            self._tasks.clear()
+            self._asyncgens = weakref.WeakSet()
         if abandon.supported():
-            abandon.abandon(roots)
+            abandon.abandon(self._roots)  # marks what is still open: again is harmless
         else:
             with _running(self):
-                for root in roots:
+                for root in self._roots:
                     _close_quietly(root)
+        self._roots = []
         self._closed = True
 
     def run_ready(self) -> None:

@@ -39,10 +39,12 @@ log = structlog.get_logger("perdure.workflow")
 T = TypeVar("T")
 
 THREADS = 2  # steps are Python code under the GIL: more threads would not run them faster
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = (
-    os.path.dirname(os.path.abspath(__file__)),
-    os.path.abspath(sysconfig.get_paths()["stdlib"]),
+    *(os.path.join(_PACKAGE, part) + os.sep for part in ("actors", "runtime", "client")),
+    os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep,
 )
+_LIBRARIES = tuple({os.path.abspath(sysconfig.get_paths()[name]) + os.sep for name in ("purelib", "platlib")})
 
 
 class StepInterrupted(BaseException):
@@ -60,6 +62,7 @@ class _Step(Generic[T]):
         self._running = False
         self._poked = False
         self.overran = False  # set while it runs, by the event loop, once past its budget
+        self.timer: asyncio.TimerHandle | None = None  # the budget re-armed for a queued step
 
     def run(self) -> None:
         """In a pool thread: run the step, then hand the outcome to the event loop."""
@@ -109,18 +112,23 @@ class _Step(Generic[T]):
             return _set_async_exc(self.thread, StepInterrupted)
 
     def where(self) -> str:
-        """The workflow code line the thread is at now (the innermost frame outside Perdure
-        and the standard library), for the error message."""
+        """The workflow code line the thread is at now, for the error message: the innermost
+        frame of the user's own code (outside Perdure, the standard library and installed
+        packages), else the innermost outside Perdure and the standard library."""
         frame = sys._current_frames().get(self.thread) if self.thread is not None else None
-        innermost = None
+        user = library = None
         while frame is not None:
             path = os.path.abspath(frame.f_code.co_filename)
             if not path.startswith(_INTERNAL):
-                innermost = innermost or frame
+                if path.startswith(_LIBRARIES):
+                    library = library or frame
+                else:
+                    user = user or frame
             frame = frame.f_back
-        if innermost is None:
+        found = user or library
+        if found is None:
             return "an unknown line"
-        return f"{innermost.f_code.co_filename}:{innermost.f_lineno} in {innermost.f_code.co_name}"
+        return f"{found.f_code.co_filename}:{found.f_lineno} in {found.f_code.co_name}"
 
 
 def _set_async_exc(thread: int, exc: type[BaseException] | None) -> bool:
@@ -153,22 +161,31 @@ class WorkflowThreads:
 
     async def run(self, fn: Callable[[], T], *, budget: float) -> T:
         """Run ``fn`` in a workflow thread; past ``budget`` seconds raise ``StepOverrun``."""
-        step: _Step[T] = _Step(fn, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        step: _Step[T] = _Step(fn, loop)
         self._grow()
         self._steps.put(step)
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(step.done), budget)
-            except TimeoutError:
-                if step.done.done():
-                    return step.done.result()
-                if step.overrun():
-                    break
+        # One timer handle per step (cheaper than wait_for + shield: this runs for every step).
+        timer = loop.call_later(budget, self._check, step, budget)
+        try:
+            return await step.done
+        finally:
+            timer.cancel()
+            if step.timer is not None:
+                step.timer.cancel()
+
+    def _check(self, step: _Step[Any], budget: float) -> None:
+        """On the event loop, when a step's budget is spent: fail it if it is running; one
+        still queued (behind stuck steps) has not begun its budget yet."""
+        if step.done.done():
+            return
+        if not step.overrun():
+            step.timer = step.loop.call_later(budget, self._check, step, budget)
+            return
         where = step.where()
-        step.done.cancel()  # its late outcome is dropped
+        step.done.set_exception(StepOverrun(budget, where))  # its late outcome is dropped
         self._stuck_one()
         step.poke()
-        raise StepOverrun(budget, where)
 
     def _grow(self) -> None:
         with self._lock:
