@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import sys
 import types
 import weakref
 from collections.abc import AsyncGenerator, Generator, Iterator
@@ -116,6 +117,8 @@ def _drive(awaitable: Any) -> None:
 
 
 def _probe() -> dict[type, int]:
+    if sys.implementation.name != "cpython":
+        return {}  # id() is an address, and objects have CPython's layout, only there
     found: dict[type, int] = {}
     for kind in (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType):
         samples = []

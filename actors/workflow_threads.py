@@ -132,6 +132,8 @@ class _Step(Generic[T]):
 
 
 def _set_async_exc(thread: int, exc: type[BaseException] | None) -> bool:
+    if not hasattr(ctypes, "pythonapi"):
+        return False  # not CPython: a busy loop is replaced, not interrupted
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread), ctypes.py_object(exc) if exc is not None else None
     )
