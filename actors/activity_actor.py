@@ -19,14 +19,24 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import ExecutionNotFound, InvalidPayload, PerdureError, info_from_exception
+from perdure.runtime.errors import (
+    ErrorInfo,
+    ExecutionNotFound,
+    InvalidPayload,
+    PayloadTooLarge,
+    PerdureError,
+    info_from_exception,
+)
+from perdure.runtime.limits import check_size
 from perdure.runtime.messages import ActivityResult, ActivityTask, ApiReply
+from perdure.runtime.naming import check_execution_id
 from perdure.runtime.nats_admin import ensure_consumer
 from perdure.runtime.nats_consumer import ConsumerGone, Delivery, PullConsumer
 from perdure.runtime.tokens import TokenData
 
 from .context import ActivityContext, ActivityGone, AsyncCompletion, HeartbeatStatus
 from .definitions import ActivityDefinition
+from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
     from .worker import WorkerServices
@@ -86,8 +96,14 @@ class ActivityActor:
     async def _run_attempt(self, delivery: Delivery) -> None:
         try:
             task = codec.decode(codec.activity_task, delivery.data, what=f"work item on {delivery.subject}")
+            # Its outcome goes to <ns>.inbox.<execution id>: an id that is not one subject
+            # token ("a.b", "x y") could never be reported, so the attempt would run again
+            # at every redelivery. Refuse it before running anything.
+            check_execution_id(task.execution_id)
         except InvalidPayload as exc:
-            log.error("activity.bad_work_item", error=str(exc))
+            # A poison work item: terminated, never redelivered. (The dead-letter stream of
+            # actors/dead_letters.py belongs here: park the item with this reason first.)
+            log.error("activity.bad_work_item", subject=delivery.subject, error=str(exc))
             await delivery.term()
             return
         if delivery.num_delivered > 1 and await self._retried_elsewhere(task):
@@ -96,22 +112,39 @@ class ActivityActor:
             log.info("activity.redelivery_skipped", execution_id=task.execution_id, seq=task.seq)
             await delivery.ack()
             return
+        running = self._services.effects.running
+        attempt = attempt_id(task.execution_id, task.run, task.seq, task.attempt)
         with structlog.contextvars.bound_contextvars(
             execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
         ):
             keepalive = self._services.supervisor.spawn(
                 _keep_in_progress(delivery), name=f"keepalive:{task.execution_id}:{task.seq}"
             )
+            claimed = False
             try:
-                outcome = await self._execute(task)
+                claimed = await _claim(running, attempt)
             finally:
-                keepalive.cancel()
-            if outcome is not None:
-                await self._services.conn.publish(
-                    self._services.names.inbox(task.execution_id),
-                    codec.encode(outcome),
-                    msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
-                )
+                if not claimed:
+                    keepalive.cancel()
+            if not claimed:
+                log.info("activity.duplicate_skipped")
+                await delivery.ack()
+                return
+            concluded = False
+            try:
+                try:
+                    outcome = await self._execute(task)
+                finally:
+                    keepalive.cancel()
+                if outcome is not None:
+                    await self._services.conn.publish(
+                        self._services.names.inbox(task.execution_id),
+                        codec.encode(outcome),
+                        msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
+                    )
+                concluded = True
+            finally:
+                running.release(attempt, concluded)  # once its outcome is sent, not before
             await delivery.ack()
 
     async def run_local(self, task: ActivityTask) -> ActivityResult | None:
@@ -162,8 +195,8 @@ class ActivityActor:
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 return None  # the attempt's own deadline: the workflow's timeout timer reports it
             # Anything else, a TimeoutError the code raised itself included, fails the attempt.
-            log.info("activity.failed", error=repr(exc))
-            return ActivityResult(ok=False, error=info_from_exception(exc), **base)
+            log.info("activity.failed", error=repr(exc)[:1000])
+            return ActivityResult(ok=False, error=self._fitting(info_from_exception(exc)), **base)
         except BaseException:
             await heartbeats.stop()
             raise
@@ -174,11 +207,29 @@ class ActivityActor:
         await heartbeats.stop()
         try:
             raw = definition.result_codec.encode(value, what=f"result of activity {definition.name!r}")
+            check_size(
+                len(raw), self._services.conn.payload_limit, what=f"result of activity {definition.name!r}"
+            )
         except PerdureError as exc:
             return ActivityResult(
                 ok=False, error=msgspec.structs.replace(exc.to_info(), retryable=False), **base
             )
         return ActivityResult(ok=True, result=raw, **base)
+
+    def _fitting(self, error: ErrorInfo) -> ErrorInfo:
+        """The error as recorded, or, when it does not fit in one message (a huge message or
+        details), a ``PayloadTooLarge`` naming it: the outcome must always be reportable."""
+        size = len(codec.encode(error))
+        limit = self._services.conn.payload_limit
+        if size <= limit:
+            return error
+        exc = PayloadTooLarge(
+            f"the error raised by activity {self._definition.name!r} is {size} bytes; the limit "
+            f"is {limit} bytes ({error.type}: {error.message[:1000]})",
+            size=size,
+            limit=limit,
+        )
+        return exc.to_info()
 
     def _arguments(self, task: ActivityTask, heartbeats: _Heartbeater) -> tuple[Any, ...]:
         definition = self._definition
@@ -217,17 +268,27 @@ class _Heartbeater:
 
     def __init__(self, services: WorkerServices, task: ActivityTask) -> None:
         self._services = services
+        self._activity = task.name
         self._token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
         heartbeat = task.options.heartbeat
         self._interval = 0.8 * heartbeat if heartbeat else 1.0
         self._last_sent = -self._interval
-        self._pending: Any = None
+        self._pending: msgspec.Raw | None = None
         self._has_pending = False
         self._trailing: asyncio.Task[None] | None = None
         self._status = HeartbeatStatus()
 
     async def beat(self, details: Any) -> HeartbeatStatus:
-        self._pending, self._has_pending = details, True
+        """Raises ``PayloadTooLarge`` into the activity at once if ``details`` cannot be
+        stored (the checkpoint a retry resumes from would otherwise be lost silently)."""
+        encoded = msgspec.Raw(codec.encode(details)) if details is not None else None
+        if encoded is not None:
+            check_size(
+                len(encoded),
+                self._services.conn.payload_limit,
+                what=f"heartbeat details of activity {self._activity!r}",
+            )
+        self._pending, self._has_pending = encoded, True
         wait = self._last_sent + self._interval - time.monotonic()
         if wait <= 0:
             await self._send_logged()
@@ -265,9 +326,8 @@ class _Heartbeater:
             return
         pending, self._has_pending = self._pending, False
         self._last_sent = time.monotonic()
-        details = msgspec.Raw(codec.encode(pending)) if pending is not None else None
         try:
-            reply: ApiReply = await self._services.heartbeats.beat(self._token, details)
+            reply: ApiReply = await self._services.heartbeats.beat(self._token, pending)
         except ExecutionNotFound:
             self._status = HeartbeatStatus(closed=True)  # the execution is gone: nobody wants it
             return
@@ -276,6 +336,16 @@ class _Heartbeater:
                 self._pending, self._has_pending = pending, True
             raise
         self._status = HeartbeatStatus(cancel_requested=reply.cancel_requested, closed=reply.closed)
+
+
+async def _claim(running: RunningAttempts, attempt: str) -> bool:
+    """Run ``attempt`` here, unless the same attempt already runs in this runtime (eagerly,
+    its step redone): that run reports it, and False says this copy is not needed, unless
+    that run gives up without reporting; then this copy runs."""
+    while not running.claim(attempt):
+        if await running.wait(attempt):
+            return False
+    return True
 
 
 async def _keep_in_progress(delivery: Delivery) -> None:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from perdure.runtime.codec import PayloadCodec
-from perdure.runtime.errors import ActivityCancelled, ErrorInfo, from_info
+from perdure.runtime.errors import ActivityCancelled, ErrorInfo, activity_failure, from_info
 from perdure.runtime.events import (
     ActivityCancelRequested,
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityFailed,
     ActivityObserved,
     ActivityOptions,
@@ -153,7 +153,7 @@ class ActivityMachine:
         outcome: Outcome = "timed_out" if "timeout" in error.code else "failed"
         self._close_activity(state, outcome)
         if not state.future.done():
-            state.future.set_exception(from_info(error))
+            state.future.set_exception(activity_failure(error))
 
     def _past_deadline(self, state: ActivityState) -> bool:
         s2c = state.options.schedule_to_close
@@ -183,7 +183,7 @@ class ActivityMachine:
     def _close_activity(self, state: ActivityState, outcome: Outcome) -> None:
         state.closed = True
         state.wake_progress()
-        self._decisions.decide(ActivityClosed(seq=state.seq, outcome=outcome))
+        self._decisions.decide(ActivityConcluded(seq=state.seq, outcome=outcome))
         self._decisions.effect(
             CloseActivity(
                 state.seq, state.attempt, state.nonce, state.options, cancelled=outcome == "cancelled"

@@ -16,6 +16,9 @@ Heartbeats never touch history: they re-put the attempt's record, resetting its 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import random
 from typing import NoReturn
 
 import msgspec
@@ -31,7 +34,7 @@ from perdure.runtime.errors import (
     PerdureError,
 )
 from perdure.runtime.events import (
-    ActivityClosed,
+    ActivityConcluded,
     ActivityScheduled,
     WorkflowCancelled,
     WorkflowCompleted,
@@ -40,25 +43,31 @@ from perdure.runtime.events import (
     WorkflowStarted,
     WorkflowTerminated,
 )
+from perdure.runtime.existence import require_execution
+from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     REPLY_HEADER,
     ActivityProgress,
+    ActivityRecord,
     ActivityResult,
     ApiError,
     ApiReply,
     SignalWorkflow,
 )
 from perdure.runtime.naming import Names, check_execution_id, partition_of
-from perdure.runtime.nats_client import Connection, Subscription
+from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
 
 from .effects import CHECKPOINT_TTL, record_timer
+from .registry import Registry
 from .timers import TimerKey
 
 log = structlog.get_logger("perdure.completion")
 
 QUEUE_GROUP = "perdure-runtime"
+# How long a heartbeat keeps re-reading an attempt's record that other writers keep changing.
+CONTENTION_DEADLINE = 5.0
 _RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
 
 
@@ -72,19 +81,31 @@ class HeartbeatService:
     def __init__(self, conn: Connection, names: Names, partitions: int) -> None:
         self._conn = conn
         self._names = names
-        self._partitions = partitions
+        self.partitions = partitions
         self._timers_stream = f"KV_{names.timers_bucket}"
         self._timers_prefix = f"$KV.{names.timers_bucket}."
 
     def _record_key(self, token: TokenData) -> TimerKey:
         """The key of the attempt's record (its heartbeat timer)."""
-        partition = partition_of(token.execution_id, self._partitions)
+        partition = partition_of(token.execution_id, self.partitions)
         return TimerKey(partition, token.execution_id, token.run, record_timer(token.seq, token.attempt))
 
     async def beat(self, token: TokenData, details: msgspec.Raw | None) -> ApiReply:
+        """Reset the attempt's heartbeat TTL (a compare-and-set re-put of its record), store
+        ``details`` as its checkpoint, and say whether it is still wanted.
+
+        Heartbeats of one attempt can race (several senders, retries): when the re-put loses
+        to a newer write of an open record that carries the heartbeat TTL, that write reset
+        the TTL after this heartbeat arrived, which is all this one had to do. Otherwise it
+        reads again, with a short back-off, until ``CONTENTION_DEADLINE``; then it answers a
+        retryable ``HistoryConflict``, never "closed" for an attempt that is open.
+        """
         key = self._record_key(token)
         subject = self._timers_prefix + key.key()
-        for _ in range(5):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONTENTION_DEADLINE
+        lost_to: int | None = None
+        for conflicts in itertools.count():
             stored = await self._conn.get_last(self._timers_stream, subject)
             if stored is None or not stored.is_value:
                 return await self._no_record(token, expired=stored is not None)
@@ -95,21 +116,46 @@ class HeartbeatService:
                 )
             if record.closed:
                 return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
-            updated = record if record.started else msgspec.structs.replace(record, started=True)
-            try:
-                ack = await self._conn.publish(
-                    subject, codec.encode(updated), expected_last_subject_seq=stored.seq, ttl=record.heartbeat
-                )
-            except HistoryConflict:
-                continue  # the actor closed or cancelled it meanwhile: read again
+            if lost_to is not None and self._covers(stored, record, details):
+                revision = stored.seq  # a newer write already reset the TTL
+            else:
+                updated = record if record.started else msgspec.structs.replace(record, started=True)
+                try:
+                    ack = await self._conn.publish(
+                        subject,
+                        codec.encode(updated),
+                        expected_last_subject_seq=stored.seq,
+                        ttl=record.heartbeat,
+                    )
+                except HistoryConflict:
+                    if loop.time() > deadline:
+                        raise HistoryConflict(
+                            f"heartbeat of activity {token.seq} of {token.execution_id}: its record "
+                            f"changed {conflicts + 1} times while this heartbeat tried to write it; "
+                            "send it again"
+                        ) from None
+                    lost_to = stored.seq
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))
+                    continue  # another heartbeat or the actor wrote meanwhile: read again
+                revision = ack.seq
             if details is not None and not is_null(details):
                 await self._conn.publish(
                     self._timers_prefix + key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL
                 )
                 if record.observed:
-                    await self._report_progress(token, details, ack.seq)
+                    await self._report_progress(token, details, revision)
             return ApiReply(ok=True, cancel_requested=record.cancel_requested)
-        return ApiReply(ok=True, closed=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _covers(stored: StoredMessage, record: ActivityRecord, details: msgspec.Raw | None) -> bool:
+        """Whether a write newer than the one this heartbeat lost to does its job: the attempt
+        is flagged started and its TTL was reset (or it has none). Progress a workflow
+        watches is numbered by record revision, so details for it still need a write of
+        their own."""
+        ttl_reset = record.heartbeat is None or "Nats-TTL" in stored.headers
+        reports_progress = record.observed and details is not None and not is_null(details)
+        return record.started and ttl_reset and not reports_progress
 
     async def mark_started(self, token: TokenData) -> None:
         """Flag the attempt's record ``started`` (an eager attempt handed its token over with
@@ -173,7 +219,7 @@ class HeartbeatService:
                 if isinstance(decision, ActivityScheduled) and decision.seq == token.seq:
                     scheduled = scheduled or decision.nonce == token.nonce
                     latest_attempt = max(latest_attempt, decision.attempt)
-                elif isinstance(decision, ActivityClosed) and decision.seq == token.seq:
+                elif isinstance(decision, ActivityConcluded) and decision.seq == token.seq:
                     closed = True
                     cancelled = decision.outcome == "cancelled"
                 elif isinstance(decision, _RUN_ENDS):
@@ -194,12 +240,14 @@ def raise_not_found(token: TokenData) -> NoReturn:
 class CompletionService:
     """Serves the complete/fail/heartbeat request subjects."""
 
-    def __init__(self, conn: Connection, names: Names, heartbeats: HeartbeatService) -> None:
+    def __init__(
+        self, conn: Connection, names: Names, heartbeats: HeartbeatService, registry: Registry | None = None
+    ) -> None:
         self._conn = conn
         self._names = names
         self._heartbeats = heartbeats
+        self._registry = registry  # the workflows hosted here: their declared signal types
         self._subs: list[Subscription] = []
-        self._executions_stream = f"KV_{names.executions_bucket}"
 
     async def start(self) -> None:
         for verb, handler in (
@@ -219,8 +267,15 @@ class CompletionService:
         if reply:
             await self._conn.publish_core(reply, body)
 
+    def _check_body(self, data: bytes, verb: str) -> None:
+        """A body over the payload limit is refused here: forwarded to the inbox with its
+        envelope and reply header it would exceed the server's ``max_payload``, and the
+        server would close this runtime's connection for it."""
+        check_size(len(data), self._conn.payload_limit, what=f"{verb} request")
+
     async def _complete(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         try:
+            self._check_body(data, "complete")
             request = codec.decode(codec.complete_request, data, what="complete request")
             token = decode_token(request.token)
             await self._forward(token, reply, ok=True, result=request.result)
@@ -229,6 +284,7 @@ class CompletionService:
 
     async def _fail(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         try:
+            self._check_body(data, "fail")
             request = codec.decode(codec.fail_request, data, what="fail request")
             token = decode_token(request.token)
             error = ErrorInfo(
@@ -244,6 +300,7 @@ class CompletionService:
 
     async def _heartbeat(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         try:
+            self._check_body(data, "heartbeat")
             request = codec.decode(codec.heartbeat_request, data, what="heartbeat request")
             token = decode_token(request.token)
             answer = await self._heartbeats.beat(token, request.details)
@@ -256,9 +313,11 @@ class CompletionService:
     async def _signal(self, data: bytes, headers: dict[str, str], reply: str) -> None:
         """Signal from any language; the reply comes once the signal is durably in the inbox."""
         try:
+            self._check_body(data, "signal")
             request = codec.decode(codec.signal_request, data, what="signal request")
             check_execution_id(request.execution_id)
-            await self._require_execution(request.execution_id)
+            index = await self._require_execution(request.execution_id)
+            self._check_signal_type(index, request.name, request.payload)
             message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
             await self._conn.publish(
                 self._names.inbox(request.execution_id),
@@ -269,18 +328,22 @@ class CompletionService:
         except PerdureError as exc:
             await self._answer(reply, error_reply(exc))
 
-    async def _require_execution(self, execution_id: str) -> None:
-        """The execution exists: its index entry says so, or else its history does. (The
-        index is written with a step's effects, after the append: an eager activity can hand
-        its token over, and be completed, before the entry is stored.)"""
-        index = await self._conn.get_last(
-            self._executions_stream, f"$KV.{self._names.executions_bucket}.{execution_id}"
-        )
-        if index is not None:
+    def _check_signal_type(self, index: StoredMessage | None, name: str, payload: msgspec.Raw) -> None:
+        """Where the signal's type is known (this runtime hosts the workflow, which declares
+        it), a payload of another type is refused now rather than skipped by the workflow."""
+        if index is None or not index.is_value or self._registry is None:
             return
-        history = await self._conn.get_last(self._names.history_stream, self._names.history(execution_id))
-        if history is None:
-            raise ExecutionNotFound(f"no execution {execution_id!r}")
+        record = codec.decode(codec.execution_record, index.data, what="index entry")
+        definition = self._registry.workflow(record.workflow)
+        signal_codec = definition.signal_codecs.get(name) if definition is not None else None
+        if signal_codec is not None:
+            signal_codec.decode(payload, what=f"signal {name!r}")
+
+    async def _require_execution(self, execution_id: str) -> StoredMessage | None:
+        """The execution exists (its index entry, a start waiting in its inbox, or its
+        history: an eager activity can hand its token over, and be completed, before the
+        index entry is stored)."""
+        return await require_execution(self._conn, self._names, execution_id, self._heartbeats.partitions)
 
     async def _forward(
         self,

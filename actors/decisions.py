@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import msgspec
 
 from perdure.runtime import limits
-from perdure.runtime.errors import NonDeterminismError, PayloadTooLarge
+from perdure.runtime.errors import ErrorInfo, NonDeterminismError, PayloadTooLarge
 from perdure.runtime.events import (
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityFailed,
     ActivityProgressed,
     ActivityRetrying,
@@ -45,6 +45,7 @@ from .effects import Effect
 D = TypeVar("D", bound=Decision)
 
 EVENT_OVERHEAD = 256  # bytes of JSON around one event's payload in a history step (generous)
+ERROR_TEXT_LIMIT = 32 * 1024  # characters of a failure's message and traceback kept in history
 
 
 @dataclass(slots=True)
@@ -148,12 +149,34 @@ def payload_bytes(event: InputEvent | Decision) -> int:
             return 0
 
 
+def bounded(info: ErrorInfo) -> ErrorInfo:
+    """A failure recorded in history keeps at most ``ERROR_TEXT_LIMIT`` characters of its
+    message and traceback: an exception carrying megabytes must not make the step too large."""
+    if len(info.message) <= ERROR_TEXT_LIMIT and len(info.traceback) <= ERROR_TEXT_LIMIT:
+        return info
+    return msgspec.structs.replace(
+        info,
+        message=_clip(info.message),
+        traceback=_clip(info.traceback),
+    )
+
+
+def _clip(text: str) -> str:
+    if len(text) <= ERROR_TEXT_LIMIT:
+        return text
+    return (
+        text[: ERROR_TEXT_LIMIT // 2]
+        + f"\n... [{len(text) - ERROR_TEXT_LIMIT} characters cut] ...\n"
+        + text[-ERROR_TEXT_LIMIT // 2 :]
+    )
+
+
 # What may legitimately differ between a recorded command and the one replayed code issues:
 # inputs, results, times and random nonces. Everything else is compared, by value, so a
 # field added to a command is checked unless it is listed here.
 _MAY_DIFFER: dict[type[Any], tuple[str, ...]] = {
     ActivityScheduled: ("input", "nonce", "options"),
-    ActivityClosed: ("outcome",),  # how it closed follows from the inputs
+    ActivityConcluded: ("outcome",),  # how it closed follows from the inputs
     ActivityRetrying: ("delay", "error"),
     TimerStarted: ("fire_at",),
     ChildStarted: ("execution_id", "input"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -162,7 +162,9 @@ class ActivityDefinition(Generic[InputT, R]):
 class WorkflowDefinition(Generic[InputT, R]):
     """A workflow: an async function whose every decision is recorded and replayed."""
 
-    def __init__(self, fn: Callable[..., Awaitable[R]], *, name: str | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Awaitable[R]], *, name: str | None, signals: Mapping[str, Any] | None = None
+    ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(f"workflow {fn.__qualname__} must be an async function")
         self.fn = fn
@@ -172,6 +174,9 @@ class WorkflowDefinition(Generic[InputT, R]):
         self.input_type, self.result_type = sig.input_type, sig.result_type
         self.input_codec = PayloadCodec(self.input_type)
         self.result_codec = PayloadCodec(self.result_type)
+        # Declared signal types: a client holding this definition refuses a wrong payload
+        # when sending, and ``wait_signal(name)`` decodes as this type by default.
+        self.signal_codecs = {signal: PayloadCodec(type_) for signal, type_ in (signals or {}).items()}
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
@@ -211,8 +216,10 @@ def activity(
     return wrap(fn) if fn is not None else wrap
 
 
-def define_workflow(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+def define_workflow(
+    fn: Callable[..., Any] | None = None, *, name: str | None = None, signals: Mapping[str, Any] | None = None
+) -> Any:
     def wrap(f: Callable[..., Any]) -> WorkflowDefinition[Any, Any]:
-        return WorkflowDefinition(f, name=name)
+        return WorkflowDefinition(f, name=name, signals=signals)
 
     return wrap(fn) if fn is not None else wrap

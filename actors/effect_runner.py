@@ -7,6 +7,7 @@ costs about one round trip for its effects whatever their number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
+from perdure.runtime.errors import HistoryConflict
 from perdure.runtime.messages import (
     ActivityRecord,
     ActivityTask,
@@ -50,6 +52,7 @@ from .effects import (
     timeout_timer,
 )
 from .local_activities import HeldAck, LocalActivities
+from .running_attempts import RunningAttempts
 from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
@@ -102,6 +105,7 @@ class EffectRunner:
         self._timers_prefix = f"$KV.{names.timers_bucket}."
         self._executions_prefix = f"$KV.{names.executions_bucket}."
         self.local: LocalActivities | None = None  # set by a worker that hosts activities
+        self.running = RunningAttempts()  # shared with the worker's activity actors
 
     async def perform(self, ref: ExecutionRef, effects: list[Effect]) -> None:
         """Send every effect, then await their acks."""
@@ -126,6 +130,30 @@ class EffectRunner:
             else:
                 await self._perform_one(ref, effect, out)
         return out
+
+    async def redo(self, ref: ExecutionRef, effects: list[Effect]) -> None:
+        """Perform a redone step's effects again (those still due: ``redo_ledger.due_again``).
+
+        An attempt whose record says a worker started it (its heartbeat timer armed, or its
+        token handed over with ``make_async()``) is left to that worker. Any other open
+        attempt gets its work item again (same ``Nats-Msg-Id``, same nonce and token: both
+        come from history), also when it runs here eagerly: the work item is then what
+        brings it back if this runtime dies, and the activity actor that pulls it here
+        waits for the running one instead of running it twice (``RunningAttempts``). Its
+        record is created only if absent, so a record a worker armed keeps its TTL and flags."""
+        out = Sent()
+        for effect in effects:
+            if isinstance(effect, StartAttempt):
+                if not await self._handed_over(ref, effect):
+                    await self._start_attempt(ref, effect, out, None, create_only=True)
+            else:
+                await self._perform_one(ref, effect, out)
+        await out.finish()
+
+    async def _handed_over(self, ref: ExecutionRef, effect: StartAttempt) -> bool:
+        d = effect.decision
+        record = await self.read_record(ref, record_timer(d.seq, d.attempt))
+        return record is not None and record.started
 
     def forget_timers(self, keys: list[TimerKey], out: Sent) -> None:
         """Purge timer keys with the step's other purges (fired timers, once absorbed)."""
@@ -170,7 +198,13 @@ class EffectRunner:
     # ---------------------------------------------------------------- activities
 
     async def _start_attempt(
-        self, ref: ExecutionRef, effect: StartAttempt, out: Sent, hold: HeldAck | None
+        self,
+        ref: ExecutionRef,
+        effect: StartAttempt,
+        out: Sent,
+        hold: HeldAck | None,
+        *,
+        create_only: bool = False,
     ) -> None:
         d = effect.decision
         options = d.options
@@ -184,7 +218,12 @@ class EffectRunner:
         # worker sends when it starts the attempt, so time spent queued is not silence.
         record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, observed=effect.observed())
         task = self._activity_task(ref, effect, checkpoint)
-        if options.heartbeat is not None:
+        if create_only:
+            # A redo: the record may be armed by a worker already; only a missing one is put.
+            put = self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None, create_only=True)
+            out.append(await put)
+            out.append(await self._publish_work(ref, task))
+        elif options.heartbeat is not None:
             # Its first heartbeat comes at once and needs the record: store that first.
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
             out.append(await self._publish_work(ref, task))
@@ -235,7 +274,7 @@ class EffectRunner:
 
     async def _pause_attempt(self, ref: ExecutionRef, effect: PauseAttempt, out: Sent) -> None:
         """The failed attempt's timers stop; the back-off timer starts. Its checkpoint stays in
-        the activity's checkpoint key, which has no TTL, for the next attempt."""
+        the activity's checkpoint key (``CHECKPOINT_TTL``, 30 days) for the next attempt."""
         if effect.options.timeout is not None:
             key = self._key(ref, timeout_timer(effect.seq, effect.failed_attempt))
             out.purge(functools.partial(self._timers.forget, key))
@@ -296,10 +335,21 @@ class EffectRunner:
         return await self._send(effect.parent, message, msg_id=f"{ref.execution_id}:{ref.run}:closed")
 
     async def _put_record(
-        self, ref: ExecutionRef, timer: str, record: ActivityRecord, *, ttl: float | None
+        self,
+        ref: ExecutionRef,
+        timer: str,
+        record: ActivityRecord,
+        *,
+        ttl: float | None,
+        create_only: bool = False,
     ) -> asyncio.Future[Any]:
         subject = self._timers_prefix + self._key(ref, timer).key()
-        return await self._conn.publish_nowait(subject, codec.encode(record), ttl=ttl)
+        if not create_only:
+            return await self._conn.publish_nowait(subject, codec.encode(record), ttl=ttl)
+        sent = await self._conn.publish_nowait(
+            subject, codec.encode(record), ttl=ttl, expected_last_subject_seq=0
+        )
+        return asyncio.ensure_future(_unless_present(sent))  # awaited by Sent.finish, with the step
 
     async def read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
         stored = await self._conn.get_last(
@@ -349,3 +399,9 @@ class EffectRunner:
 
         error = ErrorInfo(code=code, message=message, type=kind, retryable=False)
         await (await self._update_index(ref, UpdateIndex("BLOCKED", error=error)))
+
+
+async def _unless_present(sent: asyncio.Future[Any]) -> None:
+    """A create-only put: the key being there already (or its marker) is success."""
+    with contextlib.suppress(HistoryConflict):
+        await sent

@@ -10,7 +10,8 @@ that differs is a ``NonDeterminismError`` naming both.
 The instance composes plain parts that share one ``Decisions`` recorder (sequence numbers
 per kind tie a decision to its record in history): ``ActivityMachine``, ``ChildMachine``,
 ``WorkflowTimers``, ``Signals`` and ``Conditions``. It holds activation, patches, the
-workflow timeout and closing, and ``evict()``, its teardown.
+workflow timeout and closing, and ``evict()``, its teardown (about 450 lines: each of those
+is short, and splitting them further would scatter one step's flow over several files).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from perdure.runtime.timer_ids import TimerId
 
 from .activity_machine import ActivityMachine, ActivityState
 from .child_machine import ChildMachine, ChildState
-from .decisions import Decisions, describe, same_command
+from .decisions import Decisions, bounded, describe, same_command
 from .effects import CancelTimer, Effect, NotifyParent, StartTimer, UpdateIndex
 from .replay_loop import ReplayLoop
 from .signals import Conditions, Signals
@@ -70,8 +71,6 @@ if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
 
 __all__ = ["Activation", "ContinueAsNew", "WorkflowInstance", "describe", "evict", "same_command"]
-
-ERROR_TEXT_LIMIT = 32 * 1024  # characters of a failure's message and traceback kept in history
 
 
 class ContinueAsNew(BaseException):
@@ -351,7 +350,7 @@ class WorkflowInstance:
         if isinstance(exc, asyncio.CancelledError):
             self._close(WorkflowCancelled(reason=str(exc)), "CANCELLED")
             return
-        info = _bounded(info_from_exception(exc, code="workflow.failed"))
+        info = bounded(info_from_exception(exc, code="workflow.failed"))
         self._close(WorkflowFailed(error=info), "FAILED", error=info)
 
     def _close(
@@ -439,28 +438,6 @@ class WorkflowInstance:
         what = f"input of workflow {self.definition.name!r} (continue-as-new)"
         self.decisions.check_payload(input, what=what)
         return ContinueAsNew(input)
-
-
-def _bounded(info: ErrorInfo) -> ErrorInfo:
-    """A failure recorded in history keeps at most ``ERROR_TEXT_LIMIT`` characters of its
-    message and traceback: an exception carrying megabytes must not make the step too large."""
-    if len(info.message) <= ERROR_TEXT_LIMIT and len(info.traceback) <= ERROR_TEXT_LIMIT:
-        return info
-    return msgspec.structs.replace(
-        info,
-        message=_clip(info.message),
-        traceback=_clip(info.traceback),
-    )
-
-
-def _clip(text: str) -> str:
-    if len(text) <= ERROR_TEXT_LIMIT:
-        return text
-    return (
-        text[: ERROR_TEXT_LIMIT // 2]
-        + f"\n... [{len(text) - ERROR_TEXT_LIMIT} characters cut] ...\n"
-        + text[-ERROR_TEXT_LIMIT // 2 :]
-    )
 
 
 def evict(instance: WorkflowInstance | None) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,9 +32,14 @@ from perdure.runtime.messages import ActivityResult, ActivityTask
 from perdure.runtime.nats_consumer import Delivery
 from perdure.runtime.tokens import TokenData
 
+from .effects import Effect, StartAttempt, record_timer
+from .running_attempts import RunningAttempts, attempt_id
+
 if TYPE_CHECKING:
     from .activity_actor import ActivityActor
+    from .activity_machine import ActivityState
     from .completion import HeartbeatService
+    from .effect_runner import EffectRunner, ExecutionRef
 
 log = structlog.get_logger("perdure.local_activities")
 
@@ -148,7 +153,7 @@ class LocalResult:
         message: ActivityResult,
         hold: HeldAck,
         subject: str,
-        settled: Callable[[], None],
+        settled: Callable[..., None],
         redeliver: Callable[[LocalResult, float], None],
     ) -> None:
         self.message = message
@@ -177,7 +182,7 @@ class LocalResult:
 
     def drop(self) -> None:
         """Nobody here can absorb it (the partition moved): hand the scheduling step back."""
-        self._settled()
+        self._settled(False)  # not concluded: a copy of the attempt waiting here may run
         self.hold.fail()
 
 
@@ -194,13 +199,16 @@ class LocalActivities:
         spawn: Spawn,
         slots: int,
         heartbeats: HeartbeatService,
+        running: RunningAttempts | None = None,
     ) -> None:
         self._actors = actors
         self._heartbeats = heartbeats
         self._route = route
         self._spawn = spawn
         self._free = slots
-        self._running: set[str] = set()  # attempt ids running here
+        # Attempt ids running here (an eager one until its outcome is absorbed), shared
+        # with the activity actors: one attempt never runs twice at once in this runtime.
+        self._running = running if running is not None else RunningAttempts()
 
     def reserve(self, name: str, heartbeat: float | None) -> bool:
         """Take a slot for an attempt about to be scheduled (before its step is appended)."""
@@ -222,12 +230,15 @@ class LocalActivities:
         """Start a reserved attempt; False (slot given back) if the runtime is stopping.
         ``record_stored`` is the ack of the attempt's record put, sent just before."""
         attempt_id = _attempt_id(task)
+        if not self._running.claim(attempt_id):
+            self._free += 1
+            return True  # it runs here already: its outcome goes to the inbox as usual
         try:
             self._spawn(self._run(task, partition, hold, attempt_id, record_stored), f"eager:{attempt_id}")
         except RuntimeError:
+            self._running.release(attempt_id, concluded=False)
             self._free += 1
             return False
-        self._running.add(attempt_id)  # (the task has not started yet: nothing ran in between)
         hold.add_attempt()
         return True
 
@@ -242,7 +253,7 @@ class LocalActivities:
         try:
             outcome = await self._actors[task.name].run_local(task)
         except BaseException:
-            self._running.discard(attempt_id)
+            self._running.release(attempt_id, concluded=False)
             hold.fail()  # cancelled (runtime stopping) or broken: the next owner redoes it
             raise
         finally:
@@ -258,10 +269,10 @@ class LocalActivities:
                 )
             except PerdureError as exc:
                 log.warning("eager.mark_started_failed", error=str(exc))
-            self._running.discard(attempt_id)
+            self._running.release(attempt_id)
             hold.conclude()
             return
-        settled = functools.partial(self._running.discard, attempt_id)
+        settled = functools.partial(self._running.release, attempt_id)
         route = functools.partial(self._route, task.execution_id, partition)
         result = LocalResult(outcome, hold, f"local:{task.name}", settled, self._redeliver(route))
         route(result)
@@ -274,12 +285,94 @@ class LocalActivities:
         return redeliver
 
 
+class EagerSteps:
+    """One execution's eager bookkeeping: the slots a step reserves for the attempts it will
+    start here (before the append that records them), and the hold of the step under way.
+
+    A step's hold (``HeldAck``) keeps its inbox messages unacked until its eager attempts'
+    outcomes are in history; the actor takes it (``take_hold``) to settle or abandon it.
+    """
+
+    __slots__ = ("_hold", "_local", "_spawn")
+
+    def __init__(self, local: LocalActivities | None, spawn: Spawn) -> None:
+        self._local = local
+        self._spawn = spawn
+        self._hold: HeldAck | None = None
+
+    def reserve(self, effects: list[Effect]) -> list[int]:
+        """Activities whose new attempt will run here at once (slots taken now)."""
+        local = self._local
+        if local is None:
+            return []
+        return [
+            effect.decision.seq
+            for effect in effects
+            if isinstance(effect, StartAttempt)
+            and local.reserve(effect.decision.name, effect.decision.options.heartbeat)
+        ]
+
+    def unreserve(self, eager: list[int]) -> None:
+        """The step was not appended: give its slots back."""
+        if self._local is not None and eager:
+            self._local.unreserve(len(eager))
+
+    def hold_for(self, batch: Sequence[Delivery | LocalResult]) -> HeldAck:
+        """Whose acks wait for this step's eager attempts. A step that only absorbed outcomes
+        of one hold's attempts adds its own to that hold (a chain of eager attempts stays
+        under its first message's hold, however long); otherwise a new hold (taken by
+        ``take_hold``) carries this step's inbox messages and the outcomes' holds."""
+        inbox = [d for d in batch if isinstance(d, Delivery)]
+        parents = [d.hold for d in batch if isinstance(d, LocalResult)]
+        if not inbox and parents and all(p is parents[0] for p in parents):
+            return parents[0]  # the outcomes are acked with the step, after its attempts joined
+        self._hold = HeldAck(inbox, parents, self._spawn)
+        return self._hold
+
+    def take_hold(self) -> HeldAck | None:
+        hold, self._hold = self._hold, None
+        return hold
+
+
+def started_attempts(effects: list[Effect], seqs: list[int]) -> dict[int, StartAttempt]:
+    """The ``StartAttempt`` effects of the activities ``seqs`` (a step's ``eager`` list)."""
+    return {
+        effect.decision.seq: effect
+        for effect in effects
+        if isinstance(effect, StartAttempt) and effect.decision.seq in seqs
+    }
+
+
+async def recover_eager(
+    eager: dict[int, StartAttempt],
+    activities: Mapping[int, ActivityState],
+    ref: ExecutionRef,
+    effects: EffectRunner,
+) -> list[int]:
+    """After a replay: attempts that started eagerly in the runtime that wrote them and are
+    still open. Unless one runs here, that runtime is gone (or forgot them), so their work
+    items go out now (the ``Nats-Msg-Id`` of each makes a second copy harmless). Returns the
+    activities whose attempts were sent."""
+    local = effects.local
+    lost = []
+    for seq, effect in eager.items():
+        state = activities.get(seq)
+        attempt = effect.decision.attempt
+        if state is None or state.closed or state.waiting_retry or state.attempt != attempt:
+            continue
+        if local is not None and local.is_running(attempt_id(ref.execution_id, ref.run, seq, attempt)):
+            continue
+        record = await effects.read_record(ref, record_timer(seq, attempt))
+        if record is not None and record.started:
+            continue  # handed over with make_async(): its token holder finishes it
+        lost.append(effect)
+    if lost:
+        await effects.perform(ref, list(lost))
+    return [e.decision.seq for e in lost]
+
+
 def _attempt_id(task: ActivityTask) -> str:
     return attempt_id(task.execution_id, task.run, task.seq, task.attempt)
-
-
-def attempt_id(execution_id: str, run: int, seq: int, attempt: int) -> str:
-    return f"{execution_id}:{run}:{seq}:{attempt}"
 
 
 def spawner(supervisor: Any) -> Spawn:

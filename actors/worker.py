@@ -17,7 +17,7 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +92,8 @@ class PartitionHost:
         self._task = self._worker.services.supervisor.spawn(self._run(), name=f"partition:{self.partition}")
 
     @property
-    def release(self) -> Callable[[int], None] | None:
-        """Gives inbox credit back to this partition's consumer (None when not consuming)."""
-        return self._consumer.release if self._consumer is not None else None
+    def consuming(self) -> bool:
+        return self._consumer is not None
 
     async def _run(self) -> None:
         """Consume until stopped; on a failure (server restart, consumer lost) start over.
@@ -140,7 +139,7 @@ class PartitionHost:
             while True:
                 for delivery in await consumer.next_batch():
                     execution_id = delivery.subject.rsplit(".", 1)[1]
-                    self._worker.actor(execution_id, p, consumer.release).deliver(delivery)
+                    self._worker.actor(execution_id, p).deliver(delivery)
         finally:
             await queries.stop()
             await consumer.stop()
@@ -151,9 +150,7 @@ class PartitionHost:
         try:
             request = codec.decode(codec.query_request, data, what="query request")
             check_execution_id(request.execution_id)
-            consumer = self._consumer
-            release = consumer.release if consumer is not None else (lambda n: None)
-            answer = await self._worker.actor(request.execution_id, self.partition, release).query(
+            answer = await self._worker.actor(request.execution_id, self.partition).query(
                 request.name, request.args
             )
         except PerdureError as exc:
@@ -226,7 +223,7 @@ class Worker:
             timers=timers,
             heartbeats=heartbeats,
         )
-        self._completion = CompletionService(conn, names, heartbeats)
+        self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
         activity_actors = {
             name: ActivityActor(self.services, definition)
@@ -243,6 +240,7 @@ class Worker:
                 spawner(supervisor),
                 self.settings.activity_concurrency,
                 heartbeats,
+                self.services.effects.running,
             )
         if self._host_workflows and self.registry.workflows:
             self._ownership = PartitionOwnership(
@@ -396,16 +394,15 @@ class Worker:
     def _route_local(self, execution_id: str, partition: int, result: LocalResult) -> None:
         """An eager attempt's outcome goes to its execution's actor, if the partition is still ours."""
         host = self._hosts.get(partition)
-        release = host.release if host is not None else None
-        if release is None:
+        if host is None or not host.consuming:
             result.drop()  # the partition moved: its next owner redoes the scheduling step
             return
-        self.actor(execution_id, partition, release).deliver(result)
+        self.actor(execution_id, partition).deliver(result)
 
-    def actor(self, execution_id: str, partition: int, release: Callable[[int], None]) -> ExecutionActor:
+    def actor(self, execution_id: str, partition: int) -> ExecutionActor:
         actor = self._actors.get(execution_id)
         if actor is None:
-            actor = ExecutionActor(self.services, execution_id, partition, release, self._forget_dormant)
+            actor = ExecutionActor(self.services, execution_id, partition, self._forget_dormant)
             self._actors[execution_id] = actor
             self._evict()
         else:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import random as _random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar, overload
+from typing import Any, Literal, NoReturn, TypeVar, overload
 
 import structlog
 
 from perdure.runtime.codec import PayloadCodec
+from perdure.runtime.errors import InvalidPayload
 
 from .definitions import Duration, WorkflowDefinition, define_workflow, seconds
 from .replay_loop import require_instance
@@ -42,9 +43,15 @@ class _Workflow:
     @overload
     def __call__(self, fn: F) -> WorkflowDefinition[Any, Any]: ...
     @overload
-    def __call__(self, *, name: str | None = None) -> Callable[[F], WorkflowDefinition[Any, Any]]: ...
-    def __call__(self, fn: Any = None, *, name: str | None = None) -> Any:
-        return define_workflow(fn, name=name)
+    def __call__(
+        self, *, name: str | None = None, signals: Mapping[str, Any] | None = None
+    ) -> Callable[[F], WorkflowDefinition[Any, Any]]: ...
+    def __call__(
+        self, fn: Any = None, *, name: str | None = None, signals: Mapping[str, Any] | None = None
+    ) -> Any:
+        """``@workflow``, or ``@workflow(name=..., signals={"approval": bool})`` to declare
+        signal types (checked when a signal is sent through a handle that knows the workflow)."""
+        return define_workflow(fn, name=name, signals=signals)
 
     def now(self) -> datetime:
         """The workflow's clock: the time of the step being run (the same on replay)."""
@@ -73,13 +80,39 @@ class _Workflow:
     def is_replaying(self) -> bool:
         return require_instance("workflow.is_replaying()").replaying
 
-    async def wait_signal(self, name: str, *, timeout: Duration | None = None, type: Any = Any) -> Any:
-        """The next signal ``name`` (decoded as ``type``). Signals sent before the workflow
-        waits are kept, in order. Raises ``TimeoutError`` after ``timeout`` (a durable timer)."""
+    async def wait_signal(
+        self,
+        name: str,
+        *,
+        timeout: Duration | None = None,
+        type: Any = None,
+        on_invalid: Literal["skip", "raise"] = "skip",
+    ) -> Any:
+        """The next signal ``name``, decoded as ``type`` (default: the type declared with
+        ``@workflow(signals=...)``, else any JSON). Signals sent before the workflow waits are
+        kept, in order. Raises ``TimeoutError`` after ``timeout`` (a durable timer).
+
+        A signal whose payload does not decode stays in history but never fails the
+        execution: it is skipped with a warning (``workflow.signal_invalid``) and the wait
+        goes on, or, with ``on_invalid="raise"``, ``InvalidPayload`` is raised here for the
+        workflow to handle (the signal is consumed either way).
+        """
         instance = require_instance("workflow.wait_signal()")
-        waiting = instance.signals.wait(name)
-        raw = await (asyncio.wait_for(waiting, seconds(timeout)) if timeout is not None else waiting)
-        return PayloadCodec(type).decode(raw, what=f"signal {name!r}")
+        declared = instance.definition.signal_codecs.get(name)
+        signal_codec = declared if type is None and declared is not None else PayloadCodec(type or Any)
+        remaining = seconds(timeout)
+        deadline = None if remaining is None else instance.loop.now + remaining
+        while True:
+            waiting = instance.signals.wait(name)
+            raw = await (asyncio.wait_for(waiting, remaining) if remaining is not None else waiting)
+            try:
+                return signal_codec.decode(raw, what=f"signal {name!r}")
+            except InvalidPayload as exc:
+                if on_invalid == "raise":
+                    raise
+                self.logger.warning("workflow.signal_invalid", signal=name, error=exc.message)
+                if deadline is not None:  # the same deadline for the next one
+                    remaining = max(0.0, deadline - instance.loop.now)
 
     def pending_signals(self, name: str) -> int:
         return require_instance("workflow.pending_signals()").signals.pending(name)

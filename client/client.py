@@ -12,6 +12,7 @@ from perdure.runtime import codec
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
 from perdure.runtime.errors import ExecutionAlreadyExists, ExecutionNotFound, InvalidPayload, from_info
+from perdure.runtime.limits import START_INPUT_REASON, check_size, start_input_limit
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     AnyInboxMessage,
@@ -100,6 +101,12 @@ class Client:
             raw = input_codec.check(input, what=f"input of workflow {name!r}")
         else:
             raw = msgspec.Raw(codec.encode(input))
+        check_size(
+            len(raw),
+            start_input_limit(self.conn.max_payload),
+            what=f"input of workflow {name!r}",
+            reason=START_INPUT_REASON,
+        )
         handle = WorkflowHandle(self, execution_id, workflow if not isinstance(workflow, str) else None)
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         message = StartWorkflow(workflow=name, input=raw, timeout=seconds)
@@ -133,12 +140,21 @@ class Client:
         return await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
 
     async def signal(
-        self, execution_id: str, name: str, payload: Any = None, *, id: str | None = None
+        self,
+        execution_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        id: str | None = None,
+        workflow: Any = None,
     ) -> None:
-        """Send signal ``name`` to an execution; with ``id``, sending it again has no effect."""
-        await self.get_handle(execution_id).signal(name, payload, id=id)
+        """Send signal ``name`` to an execution; with ``id``, sending it again has no effect.
+        Raises ``ExecutionNotFound`` if there is no such execution; with ``workflow``, a
+        payload that is not of the signal's declared type raises ``InvalidPayload``."""
+        await self.get_handle(execution_id, workflow).signal(name, payload, id=id)
 
     async def cancel(self, execution_id: str, reason: str = "") -> None:
+        """Cancel an execution; raises ``ExecutionNotFound`` if there is no such execution."""
         await self.get_handle(execution_id).cancel(reason)
 
     async def terminate(self, execution_id: str, reason: str = "") -> None:
@@ -174,6 +190,7 @@ class Client:
     async def complete_activity(self, token: str, result: Any = None) -> None:
         """Finish an async activity with ``result``. Raises ``ActivityClosed`` if it already closed."""
         raw = result if isinstance(result, msgspec.Raw) else msgspec.Raw(codec.encode(result))
+        check_size(len(raw), self.conn.payload_limit, what="result of the activity")
         await self._token_request("complete", CompleteRequest(token=token, result=raw))
 
     async def fail_activity(self, token: str, error: BaseException | str) -> None:
@@ -187,11 +204,15 @@ class Client:
     async def heartbeat_activity(self, token: str, details: Any = None) -> HeartbeatReply:
         """Heartbeat an async activity; the reply says if the execution still wants it."""
         raw = msgspec.Raw(codec.encode(details))
+        check_size(len(raw), self.conn.payload_limit, what="heartbeat details")
         reply = await self._token_request("heartbeat", HeartbeatRequest(token=token, details=raw))
         return HeartbeatReply(cancel_requested=reply.cancel_requested, closed=reply.closed)
 
     async def _token_request(self, verb: str, body: msgspec.Struct) -> Any:
-        data = await self.conn.request(self.names.api(verb), codec.encode(body), timeout=self.request_timeout)
+        encoded = codec.encode(body)
+        # The runtime forwards the body to the execution's inbox with an envelope of its own.
+        check_size(len(encoded), self.conn.payload_limit, what=f"{verb} request")
+        data = await self.conn.request(self.names.api(verb), encoded, timeout=self.request_timeout)
         reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
         if not reply.ok:
             error = reply.error

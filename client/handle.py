@@ -20,6 +20,8 @@ from perdure.runtime.errors import (
     from_info,
 )
 from perdure.runtime.events import AnyEvent, HistoryStep
+from perdure.runtime.existence import require_execution
+from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     CancelWorkflow,
@@ -145,8 +147,14 @@ class WorkflowHandle:
         return events
 
     async def cancel(self, reason: str = "") -> None:
-        """Ask the execution to stop: the workflow sees ``CancelledError`` at its current await."""
+        """Ask the execution to stop: the workflow sees ``CancelledError`` at its current await.
+        Raises ``ExecutionNotFound`` if there is no such execution."""
+        await self._require_exists()
         await self._client.send(self.id, CancelWorkflow(reason=reason))
+
+    async def _require_exists(self) -> None:
+        client = self._client
+        await require_execution(client.conn, client.names, self.id, await client.partitions())
 
     async def query(self, name: str, *args: Any) -> Any:
         """Ask the runtime that owns the execution; the handler reads live state, writes nothing."""
@@ -177,7 +185,19 @@ class WorkflowHandle:
         await self._client.send(self.id, TerminateWorkflow(reason=reason))
 
     async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
-        raw = msgspec.Raw(codec.encode(payload))
+        """Send signal ``name``; with ``id``, sending it again has no effect.
+
+        Raises ``ExecutionNotFound`` if there is no such execution, ``PayloadTooLarge`` if the
+        payload does not fit, and ``InvalidPayload`` if the handle's workflow declares the
+        signal's type (``@workflow(signals={name: type})``) and ``payload`` is not one.
+        """
+        signal_codec = getattr(self._workflow, "signal_codecs", {}).get(name)
+        if signal_codec is not None:
+            raw = signal_codec.check(payload, what=f"signal {name!r}")
+        else:
+            raw = msgspec.Raw(codec.encode(payload))
+        check_size(len(raw), self._client.conn.payload_limit, what=f"payload of signal {name!r}")
+        await self._require_exists()
         await self._client.send(
             self.id,
             SignalWorkflow(name=name, payload=raw, id=id or ""),

@@ -27,6 +27,8 @@ from .messages import (
     SignalRequest,
     TimerEntry,
 )
+from .rawjson import NULL as NULL  # re-exported: "no value" is spelled codec.NULL too
+from .rawjson import is_null as is_null
 
 T = TypeVar("T")
 

@@ -156,6 +156,7 @@ class ActivityError(PerdureError):
 
     code = "activity.failed"
     retryable = True
+    cause: PerdureError | None = None  # the recorded error, when its code is not an activity one
 
 
 class ActivityTimeout(ActivityError):
@@ -217,6 +218,19 @@ def from_info(info: ErrorInfo) -> PerdureError:
     if cls is None:
         return RemoteError(info.message, code=info.code, type=info.type, traceback=info.traceback)
     return cls(info.message, type=info.type, traceback=info.traceback)
+
+
+def activity_failure(info: ErrorInfo) -> PerdureError:
+    """How a recorded activity failure reaches the workflow: always an ``ActivityError`` (or
+    a subclass), as the README promises. A failure recorded under another code (the
+    activity raised ``InvalidPayload``, its result was ``payload.too_large``) keeps its
+    ``type`` and message, and the matching error as ``cause``."""
+    exc = from_info(info)
+    if isinstance(exc, ActivityError):
+        return exc
+    wrapped = ActivityError(info.message, type=info.type, traceback=info.traceback)
+    wrapped.cause = exc
+    return wrapped
 
 
 def info_from_exception(exc: BaseException, *, code: str | None = None) -> ErrorInfo:

@@ -140,8 +140,11 @@ class ActivityRetrying(Event, tag="activity.retrying"):
     error: ErrorInfo
 
 
-class ActivityClosed(Event, tag="activity.closed"):
-    """The activity will not run again: its result, error or timeout was delivered to the workflow."""
+class ActivityConcluded(Event, tag="activity.closed"):
+    """The activity will not run again: its result, error or timeout was delivered to the workflow.
+
+    (Named ``ActivityClosed`` until the error of that name made two classes share it; the
+    tag, which is what history stores, never changed.)"""
 
     seq: int
     outcome: Literal["completed", "failed", "timed_out", "cancelled"]
@@ -219,7 +222,7 @@ InputEvent = (
 Decision = (
     ActivityScheduled
     | ActivityRetrying
-    | ActivityClosed
+    | ActivityConcluded
     | ActivityCancelRequested
     | ActivityObserved
     | TimerStarted

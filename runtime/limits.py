@@ -24,12 +24,30 @@ def payload_limit(max_payload: int | None) -> int:
     return max(server - ENVELOPE_RESERVE, 1024)
 
 
-def check_size(size: int, limit: int, *, what: str) -> None:
-    """Raise ``PayloadTooLarge`` if ``size`` bytes of ``what`` exceed ``limit``."""
+def start_input_limit(max_payload: int | None) -> int:
+    """The largest workflow input accepted by a start: half of ``payload_limit``.
+
+    The first history step records the input (``WorkflowStarted``) together with the first
+    decisions, and a workflow commonly hands its input on to an activity or a child (their
+    ``input`` is in that same step): an input over half the limit would make that step too
+    large to append. (Measured: a 900 KiB input passed to an activity makes a first step of
+    1,843,514 bytes, which the runtime then retries every second.)
+    """
+    return payload_limit(max_payload) // 2
+
+
+ENVELOPE_REASON = f"the NATS server's max_payload less {ENVELOPE_RESERVE} bytes of envelope"
+START_INPUT_REASON = (
+    "half of the payload limit: the first history step records the input and what the workflow does with it"
+)
+
+
+def check_size(size: int, limit: int, *, what: str, reason: str = ENVELOPE_REASON) -> None:
+    """Raise ``PayloadTooLarge`` if ``size`` bytes of ``what`` exceed ``limit`` (``reason``
+    says where the limit comes from)."""
     if size > limit:
         raise PayloadTooLarge(
-            f"{what} is {size} bytes; the limit is {limit} bytes "
-            f"(the NATS server's max_payload less {ENVELOPE_RESERVE} bytes of envelope)",
+            f"{what} is {size} bytes; the limit is {limit} bytes ({reason})",
             size=size,
             limit=limit,
         )

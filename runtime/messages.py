@@ -37,7 +37,7 @@ class StartWorkflow(InboxMessage, tag="start"):
 
 
 class ActivityResult(InboxMessage, tag="activity.result"):
-    """An attempt's outcome: exactly one of ``result`` / ``error`` / ``timed_out`` is meaningful."""
+    """An attempt's outcome: ``result`` if ``ok``, else ``error`` (a timeout is an error too)."""
 
     run: int
     seq: int

@@ -26,7 +26,8 @@ import structlog
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg as _Msg
 
-from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PerdureError
+from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PayloadTooLarge, PerdureError
+from .limits import payload_limit
 
 log = structlog.get_logger("perdure.nats")
 
@@ -96,6 +97,10 @@ def map_errors(what: str) -> Iterator[None]:
     """Turn nats-py exceptions into Perdure's, saying what we were doing."""
     try:
         yield
+    except nats.errors.MaxPayloadError:
+        # nats-py refuses a payload over max_payload before sending (``_check_fits`` also
+        # counts headers, so this is the last line of defence).
+        raise PayloadTooLarge(f"{what}: the message exceeds the NATS server's max_payload") from None
     except nats.errors.NoRespondersError:
         raise ConfigurationError(
             f"{what}: no JetStream stream or service answers; is the namespace provisioned "
@@ -127,6 +132,15 @@ def _headers(
     if ttl is not None:
         out["Nats-TTL"] = f"{ttl_seconds(ttl)}s"
     return out
+
+
+def wire_size(data: bytes, headers: dict[str, str] | None) -> int:
+    """The size nats-server checks against ``max_payload``: the payload and the header block
+    (``NATS/1.0\r\n``, ``key: value\r\n`` per header, ``\r\n``), as nats-py writes it."""
+    if not headers:
+        return len(data)
+    block = len(b"NATS/1.0\r\n\r\n") + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(data) + block
 
 
 def ttl_seconds(seconds: float) -> int:
@@ -219,6 +233,28 @@ class Connection:
     def connected_url(self) -> str:
         url = self._nc.connected_url
         return url.geturl() if url else ""
+
+    @property
+    def max_payload(self) -> int:
+        """The server's ``max_payload`` (from its INFO): payload plus headers, in bytes."""
+        return int(self._nc.max_payload)
+
+    @property
+    def payload_limit(self) -> int:
+        """The largest user payload (input, result, signal, details) Perdure accepts."""
+        return payload_limit(self.max_payload)
+
+    def check_fits(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Refuse a message the server would refuse: it would close this connection for it
+        (``maximum payload exceeded``), failing everything else in flight on it."""
+        size = wire_size(data, headers)
+        if size > self.max_payload:
+            raise PayloadTooLarge(
+                f"message to {subject} is {size} bytes with its headers; "
+                f"the NATS server's max_payload is {self.max_payload} bytes",
+                size=size,
+                limit=self.max_payload,
+            )
 
     def on_reconnect(self, listener: Callable[[], None]) -> None:
         self._reconnect_listeners.append(listener)
@@ -340,6 +376,7 @@ class Connection:
     ) -> asyncio.Future[Any]:
         """Send with a reply subject of the ack mux; the future resolves when ``_on_ack``
         routes the reply (or fails after ``ack_timeout``)."""
+        self.check_fits(subject, data, headers)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._ack_counter += 1
@@ -363,6 +400,7 @@ class Connection:
         self, subject: str, data: bytes = b"", headers: dict[str, str] | None = None
     ) -> None:
         """A plain NATS publish (no JetStream ack): replies, notifications."""
+        self.check_fits(subject, data, headers)
         with map_errors(f"publish to {subject}"):
             await self._nc.publish(subject, data, headers=headers)
 
@@ -518,6 +556,7 @@ class Connection:
     async def request(
         self, subject: str, data: bytes, *, timeout: float = 5.0, headers: dict[str, str] | None = None
     ) -> bytes:
+        self.check_fits(subject, data, headers)
         with map_errors(f"request to {subject}"):
             msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
         return msg.data

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import structlog
 from nats.aio.msg import Msg as _Msg
 
 from .errors import PerdureError
-from .nats_client import Connection
+from .nats_client import Connection, map_errors
 
 log = structlog.get_logger("perdure.consumer")
 
@@ -32,7 +34,13 @@ class ConsumerGone(PerdureError):
 
 @dataclass(slots=True)
 class Delivery:
-    """One message handed to us by a consumer; acked only when its effects are durable."""
+    """One message handed to us by a consumer; acked only when its effects are durable.
+
+    Acks and naks report whether they were sent (a failure is logged, not raised: the
+    message is then delivered again after the ack wait, and its step recognised and redone).
+    ``release`` gives the message's credit back to the consumer that delivered it, which
+    is not always the partition's current one (it is recreated when it is lost).
+    """
 
     subject: str
     data: bytes
@@ -40,25 +48,37 @@ class Delivery:
     stream_seq: int
     num_delivered: int
     _msg: Any
+    _release: Callable[[int], None] | None = None
 
-    async def ack(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._msg.ack()
+    async def ack(self) -> bool:
+        return await self._reply("ack", self._msg.ack())
 
-    async def nak(self, delay: float | None = None) -> None:
-        with contextlib.suppress(Exception):
-            await self._msg.nak(delay=delay)
+    async def nak(self, delay: float | None = None) -> bool:
+        return await self._reply("nak", self._msg.nak(delay=delay))
 
-    async def in_progress(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._msg.in_progress()
+    async def in_progress(self) -> bool:
+        return await self._reply("in_progress", self._msg.in_progress())
 
-    async def term(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._msg.term()
+    async def term(self) -> bool:
+        return await self._reply("term", self._msg.term())
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release(1)
+
+    async def _reply(self, what: str, sending: Coroutine[Any, Any, Any]) -> bool:
+        try:
+            with map_errors(f"{what} of {self.subject} #{self.stream_seq}"):
+                await sending
+            return True
+        except PerdureError as exc:
+            log.warning("delivery.reply_failed", reply=what, stream_seq=self.stream_seq, error=str(exc))
+        except nats.errors.Error as exc:  # e.g. acked twice: a bug here, said out loud
+            log.error("delivery.reply_refused", reply=what, stream_seq=self.stream_seq, error=repr(exc))
+        return False
 
 
-def _delivery(msg: _Msg) -> Delivery:
+def _delivery(msg: _Msg, release: Callable[[int], None] | None = None) -> Delivery:
     # Reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
     # (or the v2 form with domain/account hash prefixed); count tokens from the end.
     tokens = msg.reply.split(".")
@@ -69,6 +89,7 @@ def _delivery(msg: _Msg) -> Delivery:
         stream_seq=int(tokens[-4]),
         num_delivered=int(tokens[-5]),
         _msg=msg,
+        _release=release,
     )
 
 
@@ -166,7 +187,7 @@ class PullConsumer:
         if not status:
             self._outstanding = max(0, self._outstanding - 1)
             self._available -= 1
-            self._queue.put_nowait(_delivery(msg))
+            self._queue.put_nowait(_delivery(msg, self.release))
             return
         await self._on_status(status, msg)
 

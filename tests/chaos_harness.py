@@ -37,7 +37,7 @@ from perdure.client.handle import WorkflowHandle
 from perdure.runtime import codec
 from perdure.runtime.embedded import free_port
 from perdure.runtime.errors import PerdureError
-from perdure.runtime.events import ActivityClosed, ActivityScheduled, HistoryStep
+from perdure.runtime.events import ActivityConcluded, ActivityScheduled, HistoryStep
 
 from support import RuntimeProcess, assert_applied_once
 
@@ -307,7 +307,7 @@ class ChaosRun:
             )
             for stored_at, step in steps:
                 for event in step.decisions:
-                    if isinstance(event, ActivityClosed):
+                    if isinstance(event, ActivityConcluded):
                         closed_at.setdefault((execution, event.seq), stored_at)
         runs = read_runs(self.effects)
         report.runs = len(runs)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from perdure import Client
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityClosed, ActivityCompleted, AnyEvent, HistoryStep
+from perdure.runtime.events import ActivityCompleted, ActivityConcluded, AnyEvent, HistoryStep
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -151,7 +151,7 @@ async def watch_history(client: Client) -> AsyncIterator[HistoryWatch]:
 def assert_applied_once(events: list[object], execution_id: str) -> None:
     """No activity result applied twice; every activity closed exactly once."""
     completed = collections.Counter(e.seq for e in events if isinstance(e, ActivityCompleted))
-    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityClosed))
+    closed = collections.Counter(e.seq for e in events if isinstance(e, ActivityConcluded))
     assert all(n == 1 for n in completed.values()), (execution_id, completed)
     assert all(n == 1 for n in closed.values()), (execution_id, closed)
     assert set(completed) == set(closed), execution_id

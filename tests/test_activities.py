@@ -34,8 +34,8 @@ from activity_workflows import (
 
 from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.runtime.events import (
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityRetrying,
     ActivityScheduled,
     HistoryStep,
@@ -209,7 +209,7 @@ async def test_steady_heartbeats_never_time_out_and_add_no_history(
         WorkflowStarted,
         ActivityScheduled,
         ActivityCompleted,
-        ActivityClosed,
+        ActivityConcluded,
         WorkflowCompleted,
     ]
     sent = [b for b in beats.beats if b.details is not None]

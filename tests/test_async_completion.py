@@ -16,11 +16,11 @@ from perdure import ActivityClosed, Client, ExecutionNotFound, InvalidPayload, S
 from perdure.runtime.events import (
     ActivityCancelRequested,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityScheduled,
     WorkflowCompleted,
     WorkflowStarted,
 )
-from perdure.runtime.events import ActivityClosed as ActivityClosedEvent
 from perdure.runtime.tokens import decode_token, encode_token, new_nonce
 
 from support import watch_history
@@ -106,7 +106,7 @@ async def test_a_late_completion_after_a_timeout_is_refused(settings: Settings, 
         handle = await client.start(late_answer, "expenses", id="late")
         first = await next_token("late")
         await history.wait_for(
-            lambda w: any(isinstance(e, ActivityClosedEvent) and e.seq == 1 for e in w.events("late"))
+            lambda w: any(isinstance(e, ActivityConcluded) and e.seq == 1 for e in w.events("late"))
         )
         second = await next_token("late")  # the workflow moved on: the second approval is open
         with pytest.raises(ActivityClosed) as caught:
@@ -124,7 +124,7 @@ async def test_a_late_completion_after_a_timeout_is_refused(settings: Settings, 
         with pytest.raises(ActivityClosed):  # and once the execution is over
             await client.complete_activity(first, False)
         events = await handle.history()
-    closed = {e.seq: e.outcome for e in events if isinstance(e, ActivityClosedEvent)}
+    closed = {e.seq: e.outcome for e in events if isinstance(e, ActivityConcluded)}
     assert closed == {1: "timed_out", 2: "completed"}
     assert [e.seq for e in events if isinstance(e, ActivityCompleted)] == [2]
 
@@ -226,7 +226,7 @@ async def test_malformed_tokens_and_bodies_get_clear_errors(settings: Settings, 
         WorkflowStarted,
         ActivityScheduled,
         ActivityCompleted,
-        ActivityClosedEvent,
+        ActivityConcluded,
         WorkflowCompleted,
     ]
 
@@ -286,7 +286,7 @@ async def test_heartbeats_after_the_activity_closed(settings: Settings, client: 
         elsewhere = await asyncio.wait_for(GONE["finished-elsewhere"].get(), timeout=10)
         assert not elsewhere.cancel_requested and "(closed)" in str(elsewhere)
     assert any(isinstance(e, ActivityCancelRequested) for e in events)
-    assert [e.outcome for e in events if isinstance(e, ActivityClosedEvent)] == ["cancelled"]
+    assert [e.outcome for e in events if isinstance(e, ActivityConcluded)] == ["cancelled"]
 
 
 async def test_a_result_of_the_wrong_type_is_refused(settings: Settings, client: Client) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from perdure import Client, InvalidPayload, Settings, Worker, activity, make_async, workflow
 from perdure.runtime.events import (
-    ActivityClosed,
     ActivityCompleted,
+    ActivityConcluded,
     ActivityScheduled,
     TimerFired,
     TimerStarted,
@@ -35,13 +35,13 @@ async def test_pipeline_completes_with_expected_history(settings: Settings, clie
     # Started, then three sequential activities, each scheduled -> completed -> closed.
     assert isinstance(events[0], WorkflowStarted)
     sequential = events[1:10]
-    assert kinds(sequential) == ["ActivityScheduled", "ActivityCompleted", "ActivityClosed"] * 3
+    assert kinds(sequential) == ["ActivityScheduled", "ActivityCompleted", "ActivityConcluded"] * 3
     assert [e.seq for e in sequential] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     # The gather: ten scheduled in order, then ten completions and ten closes (any order).
     fan = events[10:40]
     assert [e.seq for e in fan[:10] if isinstance(e, ActivityScheduled)] == list(range(4, 14))
     assert sorted(e.seq for e in fan if isinstance(e, ActivityCompleted)) == list(range(4, 14))
-    assert sorted(e.seq for e in fan if isinstance(e, ActivityClosed)) == list(range(4, 14))
+    assert sorted(e.seq for e in fan if isinstance(e, ActivityConcluded)) == list(range(4, 14))
     assert kinds(events[40:]) == ["TimerStarted", "TimerFired", "WorkflowCompleted"]
     started, fired = events[40], events[41]
     assert isinstance(started, TimerStarted) and isinstance(fired, TimerFired)
@@ -135,7 +135,7 @@ async def test_wait_for_is_a_durable_timer(settings: Settings, client: Client) -
         assert await handle.result(timeout=30) == "timed out"
         events = await handle.history()
     assert any(isinstance(e, TimerStarted) for e in events)
-    closed = [e for e in events if isinstance(e, ActivityClosed)]
+    closed = [e for e in events if isinstance(e, ActivityConcluded)]
     assert [c.outcome for c in closed] == ["cancelled"]
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from perdure.actors.decisions import same_command
 from perdure.runtime.errors import ErrorInfo
 from perdure.runtime.events import (
-    ActivityClosed,
+    ActivityConcluded,
     ActivityOptions,
     ActivityRetrying,
     ActivityScheduled,
@@ -62,7 +62,7 @@ def test_same_command_compares_by_value() -> None:
     assert not same_command(a, ActivityScheduled(seq=2, name="a", input=raw))
     assert not same_command(a, ActivityScheduled(seq=1, name="b", input=raw))
     assert not same_command(a, ActivityScheduled(seq=1, name="a", input=raw, attempt=2))
-    assert not same_command(a, ActivityClosed(seq=1, outcome="completed"))
+    assert not same_command(a, ActivityConcluded(seq=1, outcome="completed"))
     assert same_command(TimerStarted(timer="t.1", fire_at=1.0), TimerStarted(timer="t.1", fire_at=2.0))
     assert not same_command(TimerStarted(timer="t.1", fire_at=1.0), TimerStarted(timer="t.2", fire_at=1.0))
     assert same_command(

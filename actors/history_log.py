@@ -1,0 +1,88 @@
+"""HistoryLog: one execution's history subject, read and appended with optimistic concurrency.
+
+Every append carries ``Nats-Expected-Last-Subject-Sequence`` (the last step this writer saw):
+a conflict (``HistoryConflict``) means another owner wrote, and the caller reloads and decides
+again. Runs after a continue-as-new or an id reuse share the subject; the steps before the
+current run's first step are purged once it is appended (``purge_before``), and a crash in
+between is finished by the next ``load``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from perdure.runtime import codec
+from perdure.runtime.errors import InvalidPayload
+from perdure.runtime.events import HistoryStep, WorkflowStarted
+from perdure.runtime.naming import Names
+from perdure.runtime.nats_admin import purge_subject
+from perdure.runtime.nats_client import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRun:
+    """The current run's steps, oldest first; ``started`` is its first input."""
+
+    steps: list[HistoryStep]
+    started: WorkflowStarted
+
+
+class HistoryLog:
+    """Reads and appends ``history.<execution>``; remembers the last sequence and step time."""
+
+    __slots__ = ("_conn", "_execution_id", "_stream", "_subject", "last_seq", "last_time")
+
+    def __init__(self, conn: Connection, names: Names, execution_id: str) -> None:
+        self._conn = conn
+        self._execution_id = execution_id
+        self._stream = names.history_stream
+        self._subject = names.history(execution_id)
+        self.last_seq = 0  # 0: expect no history at all (a new execution)
+        self.last_time = 0.0
+
+    def reset(self) -> None:
+        """Forget what was read: the next append expects an empty subject unless ``load``
+        runs. (``last_time`` stays: workflow time never goes back.)"""
+        self.last_seq = 0
+
+    async def load(self) -> CurrentRun | None:
+        """The current run (older runs' steps purged if a crash left them), or None if the
+        execution has no history."""
+        stored = await self._conn.read_subject(self._stream, self._subject)
+        if not stored:
+            return None
+        what = f"history of {self._execution_id}"
+        steps = [codec.decode(codec.history_step, s.data, what=what) for s in stored]
+        first = last_run_start(steps)
+        if first > 0:
+            # A new run began but the old run's steps were not purged yet (crash in between).
+            await self.purge_before(stored[first].seq)
+            steps = steps[first:]
+        started = steps[0].inputs[0] if steps[0].inputs else None
+        if not isinstance(started, WorkflowStarted):
+            raise InvalidPayload(f"history of {self._execution_id} does not begin with workflow.started")
+        self.last_seq, self.last_time = stored[-1].seq, steps[-1].time
+        return CurrentRun(steps, started)
+
+    async def append(self, step: HistoryStep) -> int:
+        """Append ``step`` after the last one seen; raises ``HistoryConflict`` if another
+        writer appended meanwhile. Returns the step's stream sequence."""
+        ack = await self._conn.publish(
+            self._subject, codec.encode(step), expected_last_subject_seq=self.last_seq
+        )
+        self.last_seq, self.last_time = ack.seq, step.time
+        return ack.seq
+
+    async def purge_before(self, seq: int) -> None:
+        """Drop every step stored before stream sequence ``seq`` (older runs)."""
+        await purge_subject(self._conn, stream=self._stream, subject=self._subject, keep_from_seq=seq)
+
+
+def last_run_start(steps: Sequence[HistoryStep]) -> int:
+    """Index of the step that started the current run (the last ``workflow.started``)."""
+    for index in range(len(steps) - 1, -1, -1):
+        inputs = steps[index].inputs
+        if inputs and isinstance(inputs[0], WorkflowStarted):
+            return index
+    return 0

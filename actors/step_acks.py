@@ -1,0 +1,106 @@
+"""StepAcks: the inbox acks of one execution's steps, in step order, once each step is durable.
+
+A step's messages are acked only after its history append and after its effects' writes are
+stored (``Sent.finish``), and after the previous step's acks (a purge must not overtake the
+put of the key it removes). The actor goes on to its next step meanwhile: one task per step
+waits for the one before it. A step that started eager attempts hands its acks to a
+``HeldAck`` instead, which acks once those attempts' outcomes are in history too.
+
+Whatever fails is nak'd: the messages come back, and the redo ledger redoes their steps'
+effects. Every inbox message gives its credit back, whatever its fate, to the consumer that
+delivered it (``Delivery.release``): after a consumer is recreated, the cached actors' old
+messages must not be charged to the new one, nor the new one's left unreturned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from perdure.runtime.errors import PerdureError
+from perdure.runtime.nats_consumer import Delivery
+
+from .effect_runner import Sent
+from .local_activities import HeldAck, LocalResult, Spawn
+
+Incoming = Delivery | LocalResult  # from the inbox, or an eager attempt's outcome from this process
+
+
+class StepAcks:
+    __slots__ = ("_log", "_settling", "_spawn")
+
+    def __init__(self, spawn: Spawn, log: Callable[[], Any]) -> None:
+        self._spawn = spawn
+        self._log = log  # the actor's bound logger, bound on first use
+        self._settling: asyncio.Task[None] | None = None  # the last step's effects and acks, under way
+
+    @property
+    def settling(self) -> bool:
+        return self._settling is not None and not self._settling.done()
+
+    async def wait(self) -> None:
+        if self._settling is not None:
+            await asyncio.wait([self._settling])
+
+    @staticmethod
+    def release(batch: list[Incoming]) -> None:
+        """Give the consumers their credit back (also for messages terminated, not acked)."""
+        for delivery in batch:
+            if isinstance(delivery, Delivery):
+                delivery.release()
+
+    async def nak(self, batch: list[Incoming], *, delay: float, hold: HeldAck | None) -> None:
+        if hold is not None:
+            hold.abandon()  # its deliveries are nak'd here; its attempts' outcomes settle nothing
+        for delivery in batch:
+            await delivery.nak(delay=delay)
+        self.release(batch)
+
+    def settle_later(
+        self, batch: list[Incoming], sent: Sent, hold: HeldAck | None, on_settled: Callable[[], None]
+    ) -> None:
+        """The step is in history and its writes are sent: a task waits for the acks (after
+        the previous step's), then acks; ``on_settled`` runs if it was the last step."""
+        after = self._settling
+        try:
+            self._settling = self._spawn(self._settle(batch, hold, sent, after, on_settled), "settle")
+        except RuntimeError:  # stopping: unacked, the messages go to the partition's next owner
+            self._settling = None
+
+    async def _settle(
+        self,
+        batch: list[Incoming],
+        hold: HeldAck | None,
+        sent: Sent,
+        after: asyncio.Task[None] | None,
+        on_settled: Callable[[], None],
+    ) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait([after])
+        try:
+            await sent.finish()
+        except PerdureError as exc:
+            # History has the step: its messages come back and their effects are redone.
+            self._log().warning("execution.effects_failed", error=str(exc))
+            await self.nak(batch, delay=1.0, hold=hold)
+            return
+        await self._done(batch, hold)
+        if self._settling is asyncio.current_task():
+            self._settling = None
+            on_settled()
+
+    async def _done(self, batch: list[Incoming], hold: HeldAck | None) -> None:
+        """The step is durable: ack its inbox messages; those of a step that started eager
+        attempts wait for their outcomes to be in history too (``HeldAck``)."""
+        if hold is not None and hold.attempts:
+            # Outcomes in this batch pass their shares on to ``hold`` (its parents): the
+            # messages that scheduled them are acked with this step's own, at the chain's end.
+            for delivery in batch:
+                if isinstance(delivery, LocalResult):
+                    delivery.absorbed()
+            hold.step_done()
+        else:
+            for delivery in batch:
+                await delivery.ack()
+        self.release(batch)

@@ -1,0 +1,66 @@
+"""The messages of one step: decoded, then each paired with its translation.
+
+Inbox deliveries are decoded here; one that does not decode is not something Perdure wrote,
+so it is terminated (kept out of the way) and logged with the reason. Eager outcomes from
+this process (``LocalResult``) arrive decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from perdure.runtime import codec
+from perdure.runtime.errors import InvalidPayload
+from perdure.runtime.events import InputEvent
+from perdure.runtime.messages import AnyInboxMessage, TimerExpired
+
+from .inbox_translation import Refusal, Translation
+from .local_activities import LocalResult
+from .step_acks import Incoming
+from .timers import TimerKey
+
+
+@dataclass(slots=True)
+class StepInput:
+    delivery: Incoming
+    message: AnyInboxMessage
+    translation: Translation | None = None
+
+
+async def decode_batch(batch: list[Incoming], log: Any) -> list[StepInput]:
+    out: list[StepInput] = []
+    for delivery in batch:
+        if isinstance(delivery, LocalResult):
+            out.append(StepInput(delivery, delivery.message))
+            continue
+        try:
+            message = codec.decode(
+                codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
+            )
+        except InvalidPayload as exc:
+            log.error("execution.bad_inbox_message", error=str(exc))
+            await delivery.term()
+            continue
+        out.append(StepInput(delivery, message))
+    return out
+
+
+def events_of(items: list[StepInput]) -> list[InputEvent]:
+    """The history inputs the messages translated to, in order."""
+    events: list[InputEvent] = []
+    for item in items:
+        translation = item.translation
+        if translation is not None and not isinstance(translation, Refusal):
+            events.append(translation)
+    return events
+
+
+def fired_timers(items: list[StepInput], partition: int, execution_id: str) -> list[TimerKey]:
+    """The keys of the timers whose firings a step took in (applied, stale or duplicate):
+    once the firing is in history, its expiry marker must not fire again."""
+    return [
+        TimerKey(partition, execution_id, item.message.run, item.message.timer)
+        for item in items
+        if isinstance(item.message, TimerExpired)
+    ]
