@@ -363,8 +363,8 @@ class ExecutionActor:
     async def _load(self) -> None:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
         current = await self._history.load()
-        self.phase = Phase.LOADED
         if current is None:
+            self.phase = Phase.LOADED
             return
         definition = self._definition(current.started.workflow)
         replayed = await replay_run(
@@ -375,6 +375,7 @@ class ExecutionActor:
             ledger=self._ledger,
             budget=self._services.settings.step_budget,
         )
+        self.phase = Phase.LOADED  # only now: a replay that raised (from a query) leaves nothing half-loaded
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
         if replayed.divergence is not None:
             await self._block(replayed.divergence)

@@ -36,3 +36,15 @@ async def spins(n: int) -> str:
     except BaseException as exc:
         note(f"interrupted:{type(exc).__name__}")
         raise
+
+
+_replays_blocked: list[int] = []
+
+
+@workflow
+async def blocks_first_replay(n: int) -> int:
+    """Its first replay in this process blocks (as code that is slow only on replay would)."""
+    if workflow.is_replaying() and not _replays_blocked:
+        _replays_blocked.append(1)
+        time.sleep(2.0)  # noqa: ASYNC251
+    return n + await workflow.wait_signal("add", type=int)

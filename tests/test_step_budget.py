@@ -5,6 +5,7 @@ BLOCKED, and the runtime keeps its leases and keeps completing other workflows m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ import blocking_workflows
 import pytest
 from teardown_workflows import SIDE_EFFECTS, noted
 
-from perdure import Client, EmbeddedServer
+from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.client.handle import ExecutionDescription, WorkflowHandle
+from perdure.runtime.errors import PerdureError
 
-from support import RuntimeProcess
+from support import RuntimeProcess, watch_history
 
 LEASE_TROUBLE = ("partition.retaken", "partition.lost", "ownership.tick_failed")
 
@@ -99,3 +101,24 @@ async def test_busy_loop_is_interrupted(
             assert trouble not in runtime.output()
     finally:
         runtime.kill()
+
+
+async def test_a_query_whose_replay_overruns_leaves_nothing_half_loaded(
+    settings: Settings, client: Client
+) -> None:
+    """A query replays a dropped execution; the replay runs past the budget: the query gets
+    the error, and the next message replays again instead of finding a half-loaded actor
+    (which took it for a message to an unknown execution and dropped it)."""
+    quick = dataclasses.replace(settings, step_budget=0.5)
+    workflow_def = blocking_workflows.blocks_first_replay
+    async with Worker([workflow_def], settings=quick) as worker:
+        async with watch_history(client) as watch:
+            handle = await client.start(workflow_def, 1, id="replay-blocks")
+            await watch.wait_for(lambda w: bool(w.events("replay-blocks")))
+        await worker.wait_quiet()
+        assert worker.cached_executions == 0  # waiting for a signal only: dormant, dropped
+        with pytest.raises(PerdureError) as caught:
+            await handle.query("anything")
+        assert caught.value.code == "workflow.step_budget", caught.value
+        await handle.signal("add", 41)
+        assert await handle.result(timeout=30) == 42
