@@ -85,6 +85,7 @@ class ActivityActor:
             log.warning("activity.consumer_gone", activity=name)
         finally:
             await consumer.stop()
+            await _hand_back(consumer, name)
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:
@@ -133,7 +134,7 @@ class ActivityActor:
             concluded = False
             try:
                 try:
-                    outcome = await self._execute(task)
+                    outcome = await self._execute(task, eager=False)
                 finally:
                     keepalive.cancel()
                 if outcome is not None:
@@ -152,19 +153,26 @@ class ActivityActor:
         with structlog.contextvars.bound_contextvars(
             execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
         ):
-            return await self._execute(task)
+            return await self._execute(task, eager=True)
 
     async def _retried_elsewhere(self, task: ActivityTask) -> bool:
-        """A redelivered attempt is run again unless a timer of the workflow covers it: a
-        start-to-close timeout, or a heartbeat timer that the dead worker had armed."""
-        if task.options.timeout is not None:
-            return True
-        if task.options.heartbeat is None:
-            return False
-        token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
-        return await self._services.heartbeats.attempt_started(token)
+        """A redelivered attempt is run again only if it never started: a started one has
+        timers (its liveness key, timeout or heartbeat timer) that retry it."""
+        return await self._services.attempts.was_started(task)
 
-    async def _execute(self, task: ActivityTask) -> ActivityResult | None:
+    async def _execute(self, task: ActivityTask, *, eager: bool) -> ActivityResult | None:
+        running = await self._services.attempts.start(task, eager=eager)
+        if running is None:
+            return None  # its schedule-to-start timer fired (or it closed) while it was queued
+        try:
+            outcome = await self._run_function(task)
+        except BaseException:
+            running.abandon()  # cancelled (the runtime stops): its liveness key expires, it is retried
+            raise
+        await running.end(reported=outcome is not None)
+        return outcome
+
+    async def _run_function(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition
         base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
         heartbeats = _Heartbeater(self._services, task)
@@ -253,6 +261,7 @@ class ActivityActor:
             token=task.token,
             checkpoint=checkpoint,
             _heartbeat=heartbeats.beat,
+            _loop=asyncio.get_running_loop(),  # a sync activity's heartbeat runs there (item 14)
         )
 
 
@@ -352,3 +361,17 @@ async def _keep_in_progress(delivery: Delivery) -> None:
     while True:
         await asyncio.sleep(ACK_WAIT / 3)
         await delivery.in_progress()
+
+
+async def _hand_back(consumer: PullConsumer, name: str) -> None:
+    """The runtime stops: work items pulled but not started go back at once (nak, no delay)
+    for another runtime to take, rather than after the ack wait. ``stop()`` queued an end
+    marker behind them, which ``next_batch`` raises."""
+    handed_back = 0
+    with contextlib.suppress(asyncio.CancelledError, ConsumerGone):
+        while True:
+            for delivery in await consumer.next_batch():
+                await delivery.nak(delay=0.0)
+                handed_back += 1
+    if handed_back:
+        log.info("activity.handed_back", activity=name, handed_back=handed_back)

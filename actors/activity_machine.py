@@ -33,7 +33,7 @@ from perdure.runtime.events import (
     ActivityRetrying,
     ActivityScheduled,
 )
-from perdure.runtime.timer_ids import TimerId
+from perdure.runtime.timer_ids import TimerId, TimerKind
 from perdure.runtime.tokens import new_nonce
 
 from .effects import CloseActivity, ObserveActivity, PauseAttempt, StartAttempt, record_timer, retry_timer
@@ -92,7 +92,7 @@ class ActivityMachine:
             seq=seq,
             name=name,
             input=input,
-            options=options,
+            options=decision.options,  # the recorded ones: a redeploy does not change a scheduled activity's policy
             nonce=decision.nonce,
             scheduled_at=self._loop.now,
             future=self._loop.create_future(),
@@ -228,22 +228,9 @@ class ActivityMachine:
                 return False
             self._start_retry(state)
             return True
-        if (
-            state.waiting_retry
-            or timer.attempt != state.attempt
-            or timer.kind not in ("timeout", "heartbeat")
-        ):
+        if state.waiting_retry or timer.attempt != state.attempt or timer.kind not in _ATTEMPT_TIMERS:
             return False
-        if timer.kind == "heartbeat":
-            code, what = "activity.heartbeat_timeout", f"sent no heartbeat for {state.options.heartbeat}s"
-        else:
-            code, what = "activity.timeout", f"did not finish within {state.options.timeout}s"
-        error = ErrorInfo(
-            code=code,
-            type="HeartbeatTimeout" if timer.kind == "heartbeat" else "ActivityTimeout",
-            message=f"activity {state.name!r} (seq {state.seq}) attempt {timer.attempt} {what}",
-        )
-        self._attempt_failed(state, error)
+        self._attempt_failed(state, attempt_timeout(state, timer.attempt, timer.kind))
         return True
 
     # -------------------------------------------------------------------- progress
@@ -266,3 +253,35 @@ class ActivityMachine:
             else:
                 state.progress_waiter = self._loop.create_future()
                 await state.progress_waiter
+
+
+# ------------------------------------------------------- timers of one attempt (issue 10)
+
+_ATTEMPT_TIMERS = ("timeout", "heartbeat", "schedule_to_start", "liveness")
+
+
+def attempt_timeout(state: ActivityState, attempt: int, kind: TimerKind) -> ErrorInfo:
+    """The error of an attempt whose timer (``a.<seq>.<attempt>.<to|hb|s2s|live>``) fired:
+    start to close, heartbeat, schedule to start (not retried: like Temporal, the queue had
+    no room, another attempt would wait as long), liveness (the runtime running it stopped
+    renewing the attempt's liveness key: it crashed or lost NATS; retried)."""
+    options = state.options
+    retryable = True
+    if kind == "heartbeat":
+        code, what = "activity.heartbeat_timeout", f"sent no heartbeat for {options.heartbeat}s"
+    elif kind == "schedule_to_start":
+        code, what = (
+            "activity.timeout",
+            f"was not started within {options.schedule_to_start}s (schedule to start)",
+        )
+        retryable = False
+    elif kind == "liveness":
+        code, what = "activity.timeout", "was lost: the runtime running it stopped (its liveness key expired)"
+    else:
+        code, what = "activity.timeout", f"did not finish within {options.timeout}s"
+    return ErrorInfo(
+        code=code,
+        type="HeartbeatTimeout" if kind == "heartbeat" else "ActivityTimeout",
+        message=f"activity {state.name!r} (seq {state.seq}) attempt {attempt} {what}",
+        retryable=retryable,
+    )

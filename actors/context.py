@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,9 @@ class HeartbeatStatus:
     closed: bool = False
 
 
+SYNC_HEARTBEAT_WAIT = 60.0  # seconds a sync activity's thread waits for its heartbeat's reply
+
+
 @dataclass
 class ActivityContext:
     execution_id: str
@@ -58,8 +62,23 @@ class ActivityContext:
     token: str
     checkpoint: Any
     _heartbeat: Callable[[Any], Awaitable[HeartbeatStatus]]
+    _loop: asyncio.AbstractEventLoop | None = None  # the runtime's loop, where heartbeats are sent
 
-    async def heartbeat(self, details: Any = None) -> HeartbeatStatus:
+    def heartbeat(self, details: Any = None) -> Awaitable[HeartbeatStatus]:
+        """``await ctx.heartbeat(details)`` in an async activity; in a sync one (run in a
+        thread) plain ``ctx.heartbeat(details)`` sends it on the runtime's loop and waits for
+        the reply, raising ``ActivityGone`` the same way. See ``_heartbeat_async``."""
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            return self._heartbeat_async(details)
+        sent = asyncio.run_coroutine_threadsafe(self._heartbeat_async(details), loop)
+        try:
+            return _Ready(sent.result(timeout=SYNC_HEARTBEAT_WAIT))
+        except TimeoutError:  # the runtime is stopping: heartbeats are best effort, never raised
+            sent.cancel()
+            return _Ready(HeartbeatStatus())
+
+    async def _heartbeat_async(self, details: Any = None) -> HeartbeatStatus:
         """Say the activity is alive (resets its heartbeat timer) and record ``details`` as the
         checkpoint a retry resumes from. Raises ``ActivityGone`` if the result is no longer wanted.
 
@@ -78,3 +97,23 @@ class ActivityContext:
                 cancel_requested=status.cancel_requested,
             )
         return status
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None  # a sync activity's thread
+
+
+class _Ready(HeartbeatStatus):
+    """A sync activity's heartbeat reply: the status itself, awaitable too, so code written
+    either way (``ctx.heartbeat(x)`` or ``await ctx.heartbeat(x)``) type-checks and works."""
+
+    def __init__(self, status: HeartbeatStatus) -> None:
+        object.__setattr__(self, "cancel_requested", status.cancel_requested)
+        object.__setattr__(self, "closed", status.closed)
+
+    def __await__(self) -> Generator[Any, None, HeartbeatStatus]:
+        return self
+        yield  # a generator that returns at once

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from perdure.runtime.codec import PayloadCodec
 from perdure.runtime.errors import ConfigurationError
-from perdure.runtime.events import ActivityOptions, RetryPolicy
+from perdure.runtime.events import DEFAULT_RETRY, ActivityOptions, RetryPolicy
 from perdure.runtime.naming import check_name
 
 if TYPE_CHECKING:
@@ -91,16 +91,23 @@ class ActivityDefinition(Generic[InputT, R]):
         heartbeat: Duration | None = None,
         schedule_to_close: Duration | None = None,
         retry: RetryPolicy | None = None,
+        schedule_to_start: Duration | None = None,
     ) -> ActivityOptions:
-        """Per-call options override the declared ones: the workflow decides how long it waits."""
+        """Per-call options override the declared ones: the workflow decides how long it waits.
+        The retry policy is recorded resolved (``DEFAULT_RETRY`` when none is declared), so what
+        history says never depends on a default."""
         base = self.options
+        policy = retry if retry is not None else base.retry
         return ActivityOptions(
             timeout=seconds(timeout) if timeout is not None else base.timeout,
             heartbeat=seconds(heartbeat) if heartbeat is not None else base.heartbeat,
             schedule_to_close=(
                 seconds(schedule_to_close) if schedule_to_close is not None else base.schedule_to_close
             ),
-            retry=retry if retry is not None else base.retry,
+            retry=policy.resolved() if policy is not None else DEFAULT_RETRY,
+            schedule_to_start=(
+                seconds(schedule_to_start) if schedule_to_start is not None else base.schedule_to_start
+            ),
         )
 
     def __call__(
@@ -111,6 +118,7 @@ class ActivityDefinition(Generic[InputT, R]):
         heartbeat: Duration | None = None,
         schedule_to_close: Duration | None = None,
         retry: RetryPolicy | None = None,
+        schedule_to_start: Duration | None = None,
     ) -> Awaitable[R]:
         from .replay_loop import current_instance
 
@@ -118,7 +126,12 @@ class ActivityDefinition(Generic[InputT, R]):
         if instance is None:
             return self._run_directly(input)
         handle = self.start(
-            input, timeout=timeout, heartbeat=heartbeat, schedule_to_close=schedule_to_close, retry=retry
+            input,
+            timeout=timeout,
+            heartbeat=heartbeat,
+            schedule_to_close=schedule_to_close,
+            retry=retry,
+            schedule_to_start=schedule_to_start,
         )
         return handle.result()
 
@@ -130,6 +143,7 @@ class ActivityDefinition(Generic[InputT, R]):
         heartbeat: Duration | None = None,
         schedule_to_close: Duration | None = None,
         retry: RetryPolicy | None = None,
+        schedule_to_start: Duration | None = None,
     ) -> ActivityHandle[R]:
         """Schedule the activity from a workflow and return a handle (result, progress)."""
         from .handles import ActivityHandle
@@ -138,7 +152,11 @@ class ActivityDefinition(Generic[InputT, R]):
         instance = require_instance(f"{self.name}.start()")
         raw = self.input_codec.check(input, what=f"input of activity {self.name!r}")
         options = self.merged_options(
-            timeout=timeout, heartbeat=heartbeat, schedule_to_close=schedule_to_close, retry=retry
+            timeout=timeout,
+            heartbeat=heartbeat,
+            schedule_to_close=schedule_to_close,
+            retry=retry,
+            schedule_to_start=schedule_to_start,
         )
         return ActivityHandle(self, instance, raw, options)
 
@@ -201,13 +219,17 @@ def activity(
     heartbeat: Duration | None = None,
     schedule_to_close: Duration | None = None,
     retry: RetryPolicy | None = None,
+    schedule_to_start: Duration | None = None,
 ) -> Any:
-    """Declare an activity, with default timeouts and retry policy a workflow may override per call."""
+    """Declare an activity, with default timeouts and retry policy a workflow may override per
+    call. Without ``retry``, failed attempts are retried with ``DEFAULT_RETRY`` (Temporal's
+    defaults); ``RetryPolicy(maximum_attempts=1)`` says "no retry"."""
     options = ActivityOptions(
         timeout=seconds(timeout),
         heartbeat=seconds(heartbeat),
         schedule_to_close=seconds(schedule_to_close),
         retry=retry,
+        schedule_to_start=seconds(schedule_to_start),
     )
 
     def wrap(f: Callable[..., Any]) -> ActivityDefinition[Any, Any]:

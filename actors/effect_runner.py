@@ -30,7 +30,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.rawjson import NULL
-from perdure.runtime.timer_ids import activity_prefix
+from perdure.runtime.timer_ids import activity_prefix, attempt_prefix
 from perdure.runtime.tokens import TokenData, encode_token
 
 from .effects import (
@@ -45,11 +45,12 @@ from .effects import (
     StartChild,
     StartTimer,
     UpdateIndex,
+    attempt_timers,
     checkpoint_key,
     record_timer,
     retry_timer,
     schedule_to_close_timer,
-    timeout_timer,
+    schedule_to_start_timer,
 )
 from .local_activities import HeldAck, LocalActivities
 from .running_attempts import RunningAttempts
@@ -218,6 +219,8 @@ class EffectRunner:
         # worker sends when it starts the attempt, so time spent queued is not silence.
         record = ActivityRecord(nonce=d.nonce, heartbeat=options.heartbeat, observed=effect.observed())
         task = self._activity_task(ref, effect, checkpoint)
+        # The start-to-close timeout is not armed here: the runtime that starts the attempt
+        # arms it then (actors/attempt_timers.py), so time queued is not counted against it.
         if create_only:
             # A redo: the record may be armed by a worker already; only a missing one is put.
             put = self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None, create_only=True)
@@ -226,23 +229,31 @@ class EffectRunner:
         elif options.heartbeat is not None:
             # Its first heartbeat comes at once and needs the record: store that first.
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
+            await self._arm_schedule_to_start(ref, effect, out)
             out.append(await self._publish_work(ref, task))
         elif hold is not None and self.local is not None:
             # Runs here and now (local_activities): the record and timers still go out.
             stored = await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None)
             out.append(stored)
             if not self.local.start(task, ref.partition, hold, stored):
+                await self._arm_schedule_to_start(ref, effect, out)
                 out.append(await self._publish_work(ref, task))  # the runtime is stopping
         else:
-            # The work item is the only write on the critical path: send it first.
+            # The timer the starting runtime cancels goes before the work item, which is the
+            # only other write on the critical path.
+            await self._arm_schedule_to_start(ref, effect, out)
             out.append(await self._publish_work(ref, task))
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
-        if options.timeout is not None:
-            key = self._key(ref, timeout_timer(d.seq, d.attempt))
-            out.append(await self._timers.put(key, effect.time + options.timeout))
         if d.attempt == 1 and options.schedule_to_close is not None:
             key = self._key(ref, schedule_to_close_timer(d.seq))
             out.append(await self._timers.put(key, effect.time + options.schedule_to_close))
+
+    async def _arm_schedule_to_start(self, ref: ExecutionRef, effect: StartAttempt, out: Sent) -> None:
+        """Time in the queue: the runtime that starts the attempt cancels this timer."""
+        d = effect.decision
+        if d.options.schedule_to_start is not None:
+            key = self._key(ref, schedule_to_start_timer(d.seq, d.attempt))
+            out.append(await self._timers.put(key, effect.time + d.options.schedule_to_start))
 
     def _activity_task(
         self, ref: ExecutionRef, effect: StartAttempt, checkpoint: msgspec.Raw | None
@@ -273,18 +284,19 @@ class EffectRunner:
         )
 
     async def _pause_attempt(self, ref: ExecutionRef, effect: PauseAttempt, out: Sent) -> None:
-        """The failed attempt's timers stop; the back-off timer starts. Its checkpoint stays in
-        the activity's checkpoint key (``CHECKPOINT_TTL``, 30 days) for the next attempt."""
-        if effect.options.timeout is not None:
-            key = self._key(ref, timeout_timer(effect.seq, effect.failed_attempt))
-            out.purge(functools.partial(self._timers.forget, key))
+        """The failed attempt's keys go (its timers, liveness key and record, in one purge);
+        the back-off timer starts. Its checkpoint stays in the activity's checkpoint key
+        (``CHECKPOINT_TTL``, 30 days) for the next attempt."""
+        seq, failed = effect.seq, effect.failed_attempt
+        key = self._key(ref, attempt_prefix(seq, failed))
+        out.purge(functools.partial(self._timers.forget_activity, key, attempt_timers(seq, failed)))
         out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
 
     async def _close_activity(self, ref: ExecutionRef, effect: CloseActivity, out: Sent) -> None:
         """Every key of the activity goes in one purge: its attempts' records, its timers and
         its checkpoint. Late heartbeats find no record and learn from history that it closed."""
         seq, attempt = effect.seq, effect.attempt
-        armed = [timeout_timer(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
+        armed = [*attempt_timers(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
         out.purge(
             functools.partial(self._timers.forget_activity, self._key(ref, activity_prefix(seq)), armed)
         )

@@ -123,6 +123,26 @@ def retry_timer(seq: int, attempt: int) -> str:
     return TimerId.attempt_timer("retry", seq, attempt).format()
 
 
+def schedule_to_start_timer(seq: int, attempt: int) -> str:
+    """Armed when the attempt is scheduled; the runtime that starts it cancels it."""
+    return TimerId.attempt_timer("schedule_to_start", seq, attempt).format()
+
+
+def liveness_timer(seq: int, attempt: int) -> str:
+    """Renewed by the runtime running the attempt (actors/attempt_timers.py); expires if it dies."""
+    return TimerId.attempt_timer("liveness", seq, attempt).format()
+
+
+def attempt_timers(seq: int, attempt: int) -> list[str]:
+    """Every timer of one attempt that may be armed in memory."""
+    return [
+        timeout_timer(seq, attempt),
+        schedule_to_start_timer(seq, attempt),
+        liveness_timer(seq, attempt),
+        record_timer(seq, attempt),
+    ]
+
+
 CHECKPOINT_TTL = 30 * 24 * 3600.0  # outlives any attempt and back-off; then it goes by itself
 
 

@@ -81,8 +81,10 @@ async def replay_command(args: argparse.Namespace) -> int:
     ]
     if args.execution:
         from perdure.client import Client
+        from perdure.runtime.connect_options import ConnectOptions
 
-        client = await Client.connect(args.url, namespace=args.namespace)
+        options = ConnectOptions.from_args(args)
+        client = await Client.connect(args.url, namespace=args.namespace, options=options)
         try:
             for execution_id in args.execution:
                 try:

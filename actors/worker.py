@@ -35,6 +35,7 @@ from perdure.runtime.settings import Settings
 from perdure.runtime.supervisor import Supervisor
 
 from .activity_actor import ActivityActor
+from .attempt_timers import AttemptTimers
 from .completion import CompletionService, HeartbeatService
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
@@ -77,6 +78,7 @@ class WorkerServices:
     effects: EffectRunner
     timers: TimerService
     heartbeats: HeartbeatService
+    attempts: AttemptTimers
 
 
 class PartitionHost:
@@ -206,7 +208,9 @@ class Worker:
 
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
-        conn = await Connection.connect(self.settings.url, name=f"perdure-runtime-{self.settings.name}")
+        conn = await Connection.connect(
+            self.settings.url, name=f"perdure-runtime-{self.settings.name}", options=self.settings.connect
+        )
         self._conn = conn
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
@@ -222,6 +226,7 @@ class Worker:
             effects=EffectRunner(conn, names, timers),
             timers=timers,
             heartbeats=heartbeats,
+            attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
@@ -233,6 +238,8 @@ class Worker:
             supervisor.spawn(actor.run(), name=f"activities:{name}", critical=True)
             for name, actor in activity_actors.items()
         ]
+        if activity_actors:
+            supervisor.spawn(self.services.attempts.run(), name="attempt-liveness", critical=True)
         if activity_actors and self.settings.eager_activities:
             self.services.effects.local = LocalActivities(
                 activity_actors,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from perdure.runtime import codec
+from perdure.runtime.connect_options import ConnectOptions
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
 from perdure.runtime.errors import ExecutionAlreadyExists, ExecutionNotFound, InvalidPayload, from_info
@@ -52,9 +53,12 @@ class Client:
         self.index_watch = IndexWatch(conn, names)
 
     @classmethod
-    async def connect(cls, url: str | None = None, *, namespace: str = "perdure") -> Client:
+    async def connect(
+        cls, url: str | None = None, *, namespace: str = "perdure", options: ConnectOptions | None = None
+    ) -> Client:
+        """``options``: authentication and TLS (default: the ``PERDURE_*`` variables)."""
         names = Names(namespace)
-        conn = await Connection.connect(url or default_url(), name="perdure-client")
+        conn = await Connection.connect(url or default_url(), name="perdure-client", options=options)
         return cls(conn, names)
 
     async def close(self) -> None:

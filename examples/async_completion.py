@@ -29,6 +29,7 @@ from perdure import (
     ActivityError,
     Client,
     EmbeddedServer,
+    RetryPolicy,
     Settings,
     Worker,
     activity,
@@ -56,7 +57,7 @@ class Mailer:
     nc: nats.NATS | None = None
 
 
-@activity(timeout=timedelta(days=7))
+@activity(timeout=timedelta(days=7), retry=RetryPolicy(maximum_attempts=1))  # a refusal is final
 async def request_approval(expense: Expense, ctx: ActivityContext) -> bool:
     assert Mailer.nc is not None
     request = {"token": ctx.token, "employee": expense.employee, "amount": expense.amount}

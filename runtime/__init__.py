@@ -4,6 +4,7 @@ Connection to NATS, wire types and codec, errors, naming, provisioning, the embe
 server, settings. Only ``nats_client``, ``nats_consumer`` and ``nats_admin`` import nats-py.
 """
 
+from .connect_options import ConnectOptions
 from .embedded import EmbeddedServer
 from .errors import (
     ActivityCancelled,
@@ -20,9 +21,12 @@ from .errors import (
     InvalidPayload,
     InvalidToken,
     NonDeterminismError,
+    NotAuthenticated,
     PayloadTooLarge,
     PerdureError,
+    PermissionDenied,
     RemoteError,
+    TLSRefused,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowTerminated,
@@ -39,6 +43,7 @@ __all__ = [
     "ActivityTimeout",
     "ChildWorkflowError",
     "ConfigurationError",
+    "ConnectOptions",
     "ConnectionLost",
     "EmbeddedServer",
     "ErrorInfo",
@@ -48,11 +53,14 @@ __all__ = [
     "InvalidPayload",
     "InvalidToken",
     "NonDeterminismError",
+    "NotAuthenticated",
     "PayloadTooLarge",
     "PerdureError",
+    "PermissionDenied",
     "RemoteError",
     "RetryPolicy",
     "Settings",
+    "TLSRefused",
     "WorkflowCancelled",
     "WorkflowFailed",
     "WorkflowTerminated",

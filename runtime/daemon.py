@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from . import logs
+from . import connect_options, logs
 from .embedded import DEFAULT_PORT, EmbeddedServer, perdure_home, port_is_free
 from .errors import PerdureError
 from .settings import Settings
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--store-dir", default=None, help="embedded server's data directory")
     worker.add_argument("--log-level", default=None)
     worker.add_argument("--log-json", action="store_true")
+    connect_options.add_arguments(worker)
 
     server = sub.add_parser("server", help="run a local NATS server with JetStream")
     server.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--file", action="append", default=[], help="a history exported as JSON lines")
     replay.add_argument("--url", default=os.environ.get("PERDURE_URL"))
     replay.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
+    connect_options.add_arguments(replay)
     return parser
 
 
@@ -132,6 +134,7 @@ async def _worker(args: argparse.Namespace) -> None:
         activity_concurrency=args.concurrency,
         cache_size=args.cache_size,
         lease_ttl=args.lease_ttl,
+        connect=connect_options.ConnectOptions.from_args(args),
     )
     worker = Worker(registry=registry, settings=settings)
     tune_gc()

@@ -2,7 +2,10 @@
 
     PerdureError                         code
     ├── ConfigurationError               "config.invalid"
+    │   ├── NotAuthenticated             "nats.auth_refused"
+    │   └── TLSRefused                   "nats.tls_refused"
     ├── ConnectionLost                   "nats.unavailable"
+    ├── PermissionDenied                 "nats.permission_denied"
     ├── InvalidPayload                   "payload.invalid"
     │   └── PayloadTooLarge              "payload.too_large"
     ├── InvalidToken                     "token.invalid"
@@ -75,9 +78,29 @@ class ConfigurationError(PerdureError):
     code = "config.invalid"
 
 
+class NotAuthenticated(ConfigurationError):
+    """NATS refused the login: wrong or revoked user, password, token, NKey or credentials."""
+
+    code = "nats.auth_refused"
+
+
+class TLSRefused(ConfigurationError):
+    """The TLS handshake failed: an untrusted or misnamed server certificate, a client
+    certificate the server rejects, or TLS on one side only."""
+
+    code = "nats.tls_refused"
+
+
 class ConnectionLost(PerdureError):
     code = "nats.unavailable"
     retryable = True
+
+
+class PermissionDenied(PerdureError):
+    """The NATS user lacks a permission this operation needs (a publish or a subscription
+    its account or permissions do not allow); the message names the subject."""
+
+    code = "nats.permission_denied"
 
 
 class InvalidPayload(PerdureError):
@@ -189,7 +212,10 @@ _BY_CODE: dict[str, type[PerdureError]] = {
     cls.code: cls
     for cls in (
         ConfigurationError,
+        NotAuthenticated,
+        TLSRefused,
         ConnectionLost,
+        PermissionDenied,
         InvalidPayload,
         PayloadTooLarge,
         InvalidToken,

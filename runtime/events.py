@@ -23,35 +23,68 @@ from .rawjson import NULL
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How a failed or timed-out activity attempt is retried. Back-off waits are durable timers.
 
-    ``maximum_attempts=1`` means no retry; ``0`` means unlimited.
+    The defaults are Temporal's: first retry after 1 s, each wait twice the previous one, at
+    most 100 x the initial interval, unlimited attempts (bounded by ``schedule_to_close`` when
+    set). ``maximum_attempts=1`` means no retry; ``0`` means unlimited. An activity declared
+    without a policy gets these defaults.
+
+    ``maximum_interval`` and ``maximum_attempts`` are ``UNSET`` until ``resolved()`` fills in
+    the defaults, which the workflow does when it schedules the activity, so history always
+    records them in full. (Before retries were the default, they defaulted to 100 s and 1 and
+    were omitted from the wire when equal; such a recorded policy decodes with them ``UNSET``
+    and keeps that meaning.)
     """
 
     initial_interval: float = 1.0
     backoff_coefficient: float = 2.0
-    maximum_interval: float = 100.0
-    maximum_attempts: int = 1
+    maximum_interval: float | msgspec.UnsetType = msgspec.UNSET
+    maximum_attempts: int | msgspec.UnsetType = msgspec.UNSET
     non_retryable_errors: tuple[str, ...] = ()
+
+    def resolved(self) -> RetryPolicy:
+        """This policy with every default spelled out (what the workflow records)."""
+        return msgspec.structs.replace(
+            self,
+            maximum_interval=(
+                100 * self.initial_interval
+                if isinstance(self.maximum_interval, msgspec.UnsetType)
+                else self.maximum_interval
+            ),
+            maximum_attempts=0
+            if isinstance(self.maximum_attempts, msgspec.UnsetType)
+            else self.maximum_attempts,
+        )
 
     def delay_before(self, attempt: int) -> float:
         """Back-off before ``attempt`` (2 is the first retry)."""
         delay = self.initial_interval * self.backoff_coefficient ** max(0, attempt - 2)
-        return min(delay, self.maximum_interval)
+        cap = 100.0 if isinstance(self.maximum_interval, msgspec.UnsetType) else self.maximum_interval
+        return min(delay, cap)
 
     def allows(self, next_attempt: int, error: ErrorInfo) -> bool:
         if not error.retryable or error.type in self.non_retryable_errors:
             return False
         if error.code in self.non_retryable_errors:
             return False
-        return self.maximum_attempts == 0 or next_attempt <= self.maximum_attempts
+        limit = 1 if isinstance(self.maximum_attempts, msgspec.UnsetType) else self.maximum_attempts
+        return limit == 0 or next_attempt <= limit
+
+
+DEFAULT_RETRY = RetryPolicy().resolved()
 
 
 class ActivityOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Timeouts are seconds. ``timeout`` bounds one attempt (start to close)."""
+    """Timeouts are seconds. ``timeout`` bounds one attempt (start to close: its timer is armed
+    by the runtime that starts the attempt); ``schedule_to_start`` bounds one attempt's time
+    in the queue; ``schedule_to_close`` all attempts. ``retry`` None in a recorded decision
+    means no retry (histories from before retries were the default); the workflow records
+    ``DEFAULT_RETRY`` when nothing is declared."""
 
     timeout: float | None = None
     heartbeat: float | None = None
     schedule_to_close: float | None = None
     retry: RetryPolicy | None = None
+    schedule_to_start: float | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="kind"):

@@ -6,7 +6,7 @@ actor drops it: the sender must hear ``ExecutionNotFound`` instead, whichever wa
 
 from __future__ import annotations
 
-from .errors import ExecutionNotFound
+from .errors import ExecutionNotFound, PermissionDenied
 from .naming import Names, partition_of
 from .nats_client import Connection, StoredMessage
 
@@ -28,8 +28,11 @@ async def require_execution(
     if index is not None:
         return index
     stored_inbox = f"{names.namespace}.inbox.{partition_of(execution_id, partitions)}.{execution_id}"
-    if await conn.get_last(names.inbox_stream, stored_inbox) is not None:
-        return None
-    if await conn.get_last(names.history_stream, names.history(execution_id)) is None:
-        raise ExecutionNotFound(f"no execution {execution_id!r}")
+    try:
+        if await conn.get_last(names.inbox_stream, stored_inbox) is not None:
+            return None
+        if await conn.get_last(names.history_stream, names.history(execution_id)) is None:
+            raise ExecutionNotFound(f"no execution {execution_id!r}")
+    except PermissionDenied:
+        return None  # a service may read the index, not inboxes or histories: cannot tell, go on
     return None

@@ -123,8 +123,10 @@ class ActivityTask(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 class TimerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Value of a timer key; the key's TTL is the crash-safe backstop, ``fire_at`` the precise time.
 
-    A cancelled timer's key is purged (no tombstone, no marker). ``cancelled`` is only read:
-    entries written by earlier versions, which re-put cancelled timers with a short TTL.
+    A cancelled timer's key is purged (no tombstone, no marker). ``cancelled`` is written by
+    the runtime that starts an attempt, to cancel its schedule-to-start timer without a TTL
+    (so no marker) while the owner's watcher disarms it (actors/attempt_timers.py); earlier
+    versions re-put every cancelled timer with a short TTL.
     """
 
     fire_at: float

@@ -26,8 +26,10 @@ import structlog
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg as _Msg
 
+from .connect_options import ConnectOptions
 from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PayloadTooLarge, PerdureError
 from .limits import payload_limit
+from .nats_access import PermissionWatch, encrypted, login_description, not_encrypted, refusal, shown_urls
 
 log = structlog.get_logger("perdure.nats")
 
@@ -167,11 +169,18 @@ class Connection:
         self._read_prefix = b""
         self._read_counter = 0
         self._read_sub: Any = None
+        self._denied = PermissionWatch()  # operations failed at once on a permissions violation
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def connect(cls, servers: str | list[str], *, name: str = "perdure") -> Connection:
+    async def connect(
+        cls, servers: str | list[str], *, name: str = "perdure", options: ConnectOptions | None = None
+    ) -> Connection:
+        """Connect with ``options`` (authentication, TLS; default: the ``PERDURE_*`` variables).
+        A refused login or TLS handshake raises ``NotAuthenticated``/``TLSRefused`` at once."""
+        options = ConnectOptions.from_env() if options is None else options
+        security = options.nats_kwargs()
         urls = [servers] if isinstance(servers, str) else list(servers)
         urls = [u.strip() for url in urls for u in url.split(",") if u.strip()]
         holder: list[Connection] = []
@@ -186,11 +195,18 @@ class Connection:
                 log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
-            if not (holder and holder[0]._closing):
+            if not holder:  # first connect: stop at once when retrying cannot help
+                refused = refusal(exc, shown_urls(urls), login_description(urls, options.describe()))
+                if refused is not None:
+                    raise refused
+            elif holder[0]._denied.report(exc) is not None:
+                log.warning("nats.permission_denied", error=str(exc))
+            elif not holder[0]._closing:
                 log.warning("nats.error", error=str(exc))
 
+        nc = _NatsClient()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 servers=urls,
                 name=name,
                 max_reconnect_attempts=-1,
@@ -204,14 +220,38 @@ class Connection:
                 error_cb=error,
                 pending_size=64 * 1024 * 1024,
                 flush_timeout=30,
+                **security,
             )
+            if options.tls_requested and not encrypted(nc):
+                raise not_encrypted(shown_urls(urls))
+        except PerdureError:
+            # Closing a half-made TLS connection can wait on the peer: bounded, it is only cleanup.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.1):
+                    await nc.close()
+            raise
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise ConnectionLost(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from None
         conn = cls(nc)
+        conn._denied = PermissionWatch(options.inbox_prefix or "_INBOX")
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
+        await conn._check_reply_permission()
         return conn
+
+    async def _check_reply_permission(self) -> None:
+        """A user that may not receive replies would send requests and never hear back."""
+        # nats-py writes a PING straight to the socket, ahead of SUBs still in its buffer: the
+        # first round trip lets its flusher send them, the second one's PONG then comes after
+        # the server's verdict on them (one flush missed 4 refusals in 40 connects).
+        with contextlib.suppress(Exception):
+            for _ in range(2):
+                await self._nc.flush(timeout=5)
+        refused = self._denied.inbox_refusal()
+        if refused is not None:
+            await self.close()
+            raise refused
 
     async def close(self) -> None:
         self._closing = True
@@ -383,6 +423,7 @@ class Connection:
         token = str(self._ack_counter).encode()
         handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
         self._acks[token] = (fut, about, handle, purge)
+        self._denied.attach(subject, fut)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
@@ -417,7 +458,7 @@ class Connection:
         attempt_timeout = 2.0
         while True:
             try:
-                with map_errors(f"read {subject}"):
+                with map_errors(f"read {subject}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
                     msg = await self._nc.request(
                         f"$JS.API.DIRECT.GET.{stream}", body, timeout=min(attempt_timeout, timeout)
                     )
@@ -472,7 +513,10 @@ class Connection:
         from nats.js.api import DeliverPolicy
 
         js = self._nc.jetstream()
-        with map_errors(f"list {subject}"):
+        with (
+            map_errors(f"list {subject}"),
+            self._denied.guard(f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}"),
+        ):
             info = await js.stream_info(stream)
             if info.state.messages == 0:
                 return []
@@ -528,7 +572,7 @@ class Connection:
         token = str(self._read_counter).encode()
         queue: asyncio.Queue[_Msg] = asyncio.Queue()
         self._reads[token] = queue
-        with map_errors(f"read {what}"):
+        with map_errors(f"read {what}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
             try:
                 await self._nc.publish(
                     f"$JS.API.DIRECT.GET.{stream}",
@@ -557,7 +601,7 @@ class Connection:
         self, subject: str, data: bytes, *, timeout: float = 5.0, headers: dict[str, str] | None = None
     ) -> bytes:
         self.check_fits(subject, data, headers)
-        with map_errors(f"request to {subject}"):
+        with map_errors(f"request to {subject}"), self._denied.guard(subject):
             msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
         return msg.data
 
@@ -586,7 +630,7 @@ class Connection:
 
     async def partition_count(self, stream: str) -> int:
         """N of the stream's ``partition(N, ...)`` subject transform."""
-        with map_errors(f"read stream {stream}"):
+        with map_errors(f"read stream {stream}"), self._denied.guard(f"$JS.API.STREAM.INFO.{stream}"):
             info = await self._nc.jetstream().stream_info(stream)
         transform = info.config.subject_transform
         match = re.search(r"partition\((\d+)", transform.dest if transform else "")
@@ -618,7 +662,7 @@ class Connection:
             )
 
         js = self._nc.jetstream()
-        with map_errors(f"watch {subject}"):
+        with map_errors(f"watch {subject}"), self._denied.guard(f"$JS.API.CONSUMER.CREATE.{stream}"):
             sub = await js.subscribe(
                 subject,
                 stream=stream,

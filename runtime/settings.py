@@ -7,6 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field, replace
 
+from .connect_options import ConnectOptions
 from .errors import ConfigurationError
 from .naming import Names
 
@@ -51,6 +52,8 @@ class Settings:
     # Seconds one workflow step may run before it fails (StepBudgetExceeded: code that blocks,
     # such as time.sleep or a busy loop); steps run in workflow threads. 0: inline, unguarded.
     step_budget: float = 2.0
+    # Authentication and TLS (PERDURE_USER, PERDURE_CREDS_FILE, PERDURE_TLS_CA...; repr redacted).
+    connect: ConnectOptions = field(default_factory=ConnectOptions)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -61,6 +64,7 @@ class Settings:
             partitions=_env_int("PERDURE_PARTITIONS", 12),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
             step_budget=_env_float("PERDURE_STEP_BUDGET", 2.0),
+            connect=ConnectOptions.from_env(),
             **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -2,7 +2,7 @@
 
 A timer id names what fires: a workflow's own timer (``t.<seq>``, any ``asyncio`` timer in
 workflow code), the workflow's timeout (``w.timeout``), or one of an activity's
-(``a.<seq>.<attempt>.to|hb|retry``, ``a.<seq>.s2c``; ``a.<seq>.cp`` is its checkpoint,
+(``a.<seq>.<attempt>.to|hb|retry|s2s|live``, ``a.<seq>.s2c``; ``a.<seq>.cp`` is its checkpoint,
 data kept beside the timers). The text form is on the wire (``TimerStarted.timer``,
 ``TimerExpired.timer``, the timers bucket's keys) and never changes; code parses it once,
 here, and works with ``TimerId`` values.
@@ -15,11 +15,26 @@ from typing import Literal
 import msgspec
 
 TimerKind = Literal[
-    "sleep", "workflow_timeout", "timeout", "heartbeat", "retry", "schedule_to_close", "checkpoint"
+    "sleep",
+    "workflow_timeout",
+    "timeout",
+    "heartbeat",
+    "retry",
+    "schedule_to_start",
+    "liveness",
+    "schedule_to_close",
+    "checkpoint",
 ]
+AttemptTimerKind = Literal["timeout", "heartbeat", "retry", "schedule_to_start", "liveness"]
 
 # Activity timers that belong to one attempt, and their suffix in the text form.
-_ATTEMPT_SUFFIX: dict[str, str] = {"timeout": "to", "heartbeat": "hb", "retry": "retry"}
+_ATTEMPT_SUFFIX: dict[str, str] = {
+    "timeout": "to",
+    "heartbeat": "hb",
+    "retry": "retry",
+    "schedule_to_start": "s2s",
+    "liveness": "live",
+}
 _ATTEMPT_KIND = {suffix: kind for kind, suffix in _ATTEMPT_SUFFIX.items()}
 _ACTIVITY_SUFFIX: dict[str, str] = {"schedule_to_close": "s2c", "checkpoint": "cp"}
 _ACTIVITY_KIND = {suffix: kind for kind, suffix in _ACTIVITY_SUFFIX.items()}
@@ -28,7 +43,7 @@ _ACTIVITY_KIND = {suffix: kind for kind, suffix in _ACTIVITY_SUFFIX.items()}
 class TimerId(msgspec.Struct, frozen=True, kw_only=True):
     kind: TimerKind
     seq: int = 0  # the workflow timer's or the activity's sequence number
-    attempt: int = 0  # the activity attempt, for timeout, heartbeat and retry
+    attempt: int = 0  # the activity attempt, for the timers of one attempt
 
     # ------------------------------------------------------------------ makers
 
@@ -41,7 +56,7 @@ class TimerId(msgspec.Struct, frozen=True, kw_only=True):
         return cls(kind="workflow_timeout")
 
     @classmethod
-    def attempt_timer(cls, kind: Literal["timeout", "heartbeat", "retry"], seq: int, attempt: int) -> TimerId:
+    def attempt_timer(cls, kind: AttemptTimerKind, seq: int, attempt: int) -> TimerId:
         return cls(kind=kind, seq=seq, attempt=attempt)
 
     @classmethod
@@ -60,7 +75,7 @@ class TimerId(msgspec.Struct, frozen=True, kw_only=True):
                 return f"t.{self.seq}"
             case "workflow_timeout":
                 return "w.timeout"
-            case "timeout" | "heartbeat" | "retry":
+            case "timeout" | "heartbeat" | "retry" | "schedule_to_start" | "liveness":
                 return f"a.{self.seq}.{self.attempt}.{_ATTEMPT_SUFFIX[self.kind]}"
             case "schedule_to_close" | "checkpoint":
                 return f"a.{self.seq}.{_ACTIVITY_SUFFIX[self.kind]}"
@@ -91,6 +106,11 @@ class TimerId(msgspec.Struct, frozen=True, kw_only=True):
     def is_activity(self) -> bool:
         """One of an activity's timers (or its checkpoint)."""
         return self.kind not in ("sleep", "workflow_timeout")
+
+
+def attempt_prefix(seq: int, attempt: int) -> str:
+    """The text every timer id of one attempt starts with (``a.<seq>.<attempt>``)."""
+    return f"a.{seq}.{attempt}"
 
 
 def activity_prefix(seq: int) -> str:

@@ -36,7 +36,8 @@ def tokens(execution_id: str) -> asyncio.Queue[str]:
 # ----------------------------------------------------------------- async completion
 
 
-@activity(timeout=timedelta(days=7))
+# Asked once: a refusal (fail) or a timeout is the answer, not a reason to ask again.
+@activity(timeout=timedelta(days=7), retry=RetryPolicy(maximum_attempts=1))
 async def approve(request: str, ctx: ActivityContext) -> bool:
     """Finished later by whoever holds the token (the test, a nats-py process)."""
     tokens(ctx.execution_id).put_nowait(ctx.token)
@@ -95,7 +96,7 @@ async def count_to(job: CountJob, ctx: ActivityContext) -> Counted:
 @workflow
 async def counting(job: CountJob) -> Counted | str:
     """The count's result; or, without retries, the heartbeat timeout and when it was seen."""
-    retry = RetryPolicy(initial_interval=0.5, maximum_attempts=3) if job.retry else None
+    retry = RetryPolicy(initial_interval=0.5, maximum_attempts=3 if job.retry else 1)
     try:
         return await count_to(job, retry=retry)
     except HeartbeatTimeout as exc:
@@ -146,7 +147,7 @@ async def impatient(x: int) -> str:
 # ------------------------------------------------------------- how attempts end
 
 
-@activity(timeout=30.0)
+@activity(timeout=30.0, retry=RetryPolicy(maximum_attempts=1))  # the test checks how attempt 1 ends
 async def call_partner(x: int) -> int:
     """The partner's own timeout: an ordinary failure, not the activity's timeout."""
     raise TimeoutError(f"partner did not answer request {x}")

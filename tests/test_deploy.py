@@ -313,8 +313,18 @@ def _compose_split(services: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return nats_svcs, runtimes
 
 
-def test_compose_nats_conf_validates() -> None:
-    r = nats_check(COMPOSE_DIR / "nats.conf", env={**os.environ, "SERVER_NAME": "nats-1"})
+def test_compose_nats_conf_validates(tmp_path: Path) -> None:
+    """As deployed: beside ../permissions, with the certificates of make-certs.sh (made here
+    with trustme) and the users' passwords in the environment (issue 12)."""
+    from secure_nats import make_certificates
+
+    shutil.copytree(COMPOSE_DIR, tmp_path / "compose")
+    shutil.copytree(DEPLOY / "permissions", tmp_path / "permissions")
+    make_certificates(tmp_path / "compose" / "certs", ("nats-1", "nats-2", "nats-3"))
+    passwords = {f"PERDURE_{role}_PASSWORD": "x" for role in ("RUNTIME", "SERVICE", "COMPLETER", "SYS")}
+    r = nats_check(
+        tmp_path / "compose" / "nats.conf", env={**os.environ, "SERVER_NAME": "nats-1", **passwords}
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 

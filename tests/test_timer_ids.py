@@ -25,7 +25,12 @@ seqs = st.integers(min_value=0, max_value=10**9)
 timer_ids = st.one_of(
     seqs.map(TimerId.sleep),
     st.just(TimerId.workflow_timeout()),
-    st.builds(TimerId.attempt_timer, st.sampled_from(["timeout", "heartbeat", "retry"]), seqs, seqs),
+    st.builds(
+        TimerId.attempt_timer,
+        st.sampled_from(["timeout", "heartbeat", "retry", "schedule_to_start", "liveness"]),
+        seqs,
+        seqs,
+    ),
     seqs.map(TimerId.schedule_to_close),
     seqs.map(TimerId.checkpoint),
 )
@@ -42,6 +47,8 @@ def test_text_forms_are_the_ones_in_history() -> None:
     assert TimerId.attempt_timer("heartbeat", 1, 2).format() == "a.1.2.hb"
     assert TimerId.attempt_timer("timeout", 1, 2).format() == "a.1.2.to"
     assert TimerId.attempt_timer("retry", 1, 2).format() == "a.1.2.retry"
+    assert TimerId.attempt_timer("schedule_to_start", 1, 2).format() == "a.1.2.s2s"
+    assert TimerId.attempt_timer("liveness", 1, 2).format() == "a.1.2.live"
     assert TimerId.schedule_to_close(4).format() == "a.4.s2c"
     assert TimerId.checkpoint(4).format() == "a.4.cp"
 

@@ -1,0 +1,233 @@
+"""AttemptTimers: the timers an activity attempt owns from the moment it starts running.
+
+The execution actor arms what runs from scheduling (``a.<seq>.<attempt>.s2s``, schedule to
+start; ``a.<seq>.s2c``, schedule to close). The runtime that *starts* an attempt arms the rest,
+because only it knows when the attempt leaves the queue (issue 10, items 9 and 10):
+
+- ``a.<seq>.<attempt>.to``: the start-to-close timeout, put when the attempt starts. (It was
+  put at scheduling, so time spent queued behind busy slots counted against it.)
+- ``a.<seq>.<attempt>.s2s``: re-put as cancelled when the attempt starts, with the revision
+  it was read at; an attempt whose schedule-to-start timer already fired (or whose activity
+  closed, which purges its keys) is not started at all.
+- ``a.<seq>.<attempt>.live``: a liveness key with a TTL of ``lease_ttl``, re-put by this
+  runtime every ``lease_ttl / 3`` while the attempt runs. If the runtime dies (SIGKILL, lost
+  its connection), the key expires within about ``lease_ttl`` and its expiry marker fires
+  like any timer: the attempt is retried (or fails) at lease speed, however long its
+  timeout. Its value's ``fire_at`` is "never", so only the expiry fires it, not the owner's
+  in-memory timer. Chosen over recording the runtime in the attempt's record and scanning on
+  a membership lapse: no index to keep, no dependence on runtime names being unique over
+  restarts, and a runtime that is alive but cut off from NATS is covered too. The cost is one
+  put per ``lease_ttl / 3`` per running attempt, pipelined, and only for attempts that no
+  other timer covers as fast: none for eager attempts (the inbox message they hold comes back
+  to the partition's next owner, which sends their work items again), none when the
+  timeout or the heartbeat timeout is at most ``lease_ttl``.
+
+Every key is under ``a.<seq>.``, so closing the activity purges them with the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import structlog
+
+from perdure.runtime import codec
+from perdure.runtime.errors import HistoryConflict, PerdureError
+from perdure.runtime.messages import ActivityTask, TimerEntry
+from perdure.runtime.naming import Names, partition_of
+from perdure.runtime.nats_client import Connection, StoredMessage
+
+from .effects import liveness_timer, record_timer, schedule_to_start_timer, timeout_timer
+from .timers import TimerKey
+
+log = structlog.get_logger("perdure.attempts")
+
+NEVER = 10 * 365 * 24 * 3600.0  # a liveness key's fire_at, from now: only its TTL fires it
+
+
+def _timer_entry(stored: StoredMessage | None) -> TimerEntry | None:
+    if stored is None or not stored.is_value:
+        return None
+    try:
+        return codec.timer_entry.decode(stored.data)
+    except msgspec.DecodeError:
+        return None
+
+
+def _log_failure(write: asyncio.Future[Any]) -> None:
+    if not write.cancelled() and write.exception() is not None:
+        log.warning("attempt.timer_put_failed", error=str(write.exception()))
+
+
+class RunningAttempt:
+    """One started attempt's keys, stored before its code runs (``stored()``), so the
+    owner's purge on close never overtakes them; ``end()`` stops the liveness renewals."""
+
+    __slots__ = ("_live", "_owner", "_writes")
+
+    def __init__(self, owner: AttemptTimers, writes: list[asyncio.Future[Any]], live: str | None) -> None:
+        self._owner = owner
+        self._writes = writes
+        self._live = live
+
+    async def stored(self) -> None:
+        writes, self._writes = self._writes, []
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("attempt.timer_put_failed", error=str(result))
+
+    def abandon(self) -> None:
+        """The attempt was cancelled here (the runtime is stopping): stop renewing its
+        liveness key, which expires and has it retried elsewhere at lease speed."""
+        if self._live is not None:
+            self._owner.forget(self._live)
+
+    async def end(self, *, reported: bool) -> None:
+        """The attempt ended. With an outcome on its way, the execution actor purges the keys
+        when it absorbs it. Without one (``make_async()``, its own deadline), this runtime's
+        part is over and nothing will report: the liveness key goes now, or it would expire
+        and retry an attempt that is only waiting for its token."""
+        await self.stored()
+        if self._live is None:
+            return
+        self._owner.forget(self._live)
+        if not reported:
+            try:
+                await (await self._owner.purge(self._live))
+            except PerdureError as exc:
+                log.warning("attempt.liveness_purge_failed", error=str(exc))
+
+
+class AttemptTimers:
+    def __init__(self, conn: Connection, names: Names, partitions: int, lease_ttl: float) -> None:
+        self._conn = conn
+        self._partitions = partitions
+        self._lease_ttl = lease_ttl
+        self._stream = f"KV_{names.timers_bucket}"
+        self._prefix = f"$KV.{names.timers_bucket}."
+        self._live: dict[str, bytes] = {}  # liveness subjects renewed here -> their value
+
+    def _subject(self, task: ActivityTask, timer: str) -> str:
+        partition = partition_of(task.execution_id, self._partitions)
+        return self._prefix + TimerKey(partition, task.execution_id, task.run, timer).key()
+
+    def needs_liveness(self, task: ActivityTask, *, eager: bool) -> bool:
+        """Whether no other timer retries this attempt within ``lease_ttl`` if we die."""
+        if eager:
+            return False
+        quick = [t for t in (task.options.timeout, task.options.heartbeat) if t is not None]
+        return not any(t <= self._lease_ttl for t in quick)
+
+    async def start(self, task: ActivityTask, *, eager: bool) -> RunningAttempt | None:
+        """Arm the attempt's timers as it starts; None if it must not start (its
+        schedule-to-start timer fired, or the activity closed, while it was queued). If NATS
+        cannot be reached the attempt runs anyway, as when a heartbeat fails: its work item
+        (or the inbox message an eager attempt holds) is the backstop."""
+        try:
+            queued = task.options.schedule_to_start is not None and not eager
+            if queued and not await self._cancel_schedule_to_start(task):
+                return None
+            return await self._arm(task, eager=eager)
+        except PerdureError as exc:
+            log.warning("attempt.timers_not_stored", error=str(exc))
+            return RunningAttempt(self, [], None)
+
+    async def _arm(self, task: ActivityTask, *, eager: bool) -> RunningAttempt:
+        writes: list[asyncio.Future[Any]] = []
+        now = time.time()
+        if task.options.timeout is not None:
+            entry = codec.encode(TimerEntry(fire_at=now + task.options.timeout))
+            writes.append(
+                await self._conn.publish_nowait(
+                    self._subject(task, timeout_timer(task.seq, task.attempt)),
+                    entry,
+                    ttl=task.options.timeout,
+                )
+            )
+        live: str | None = None
+        if self.needs_liveness(task, eager=eager):
+            live = self._subject(task, liveness_timer(task.seq, task.attempt))
+            value = codec.encode(TimerEntry(fire_at=now + NEVER))
+            writes.append(await self._conn.publish_nowait(live, value, ttl=self._lease_ttl))
+            self._live[live] = value
+        if eager:
+            # Not waited for: the inbox message an eager attempt holds recovers it after a
+            # crash, and waiting would add a round trip to every eager activity's latency.
+            # (An outcome reported before its timeout key is stored can leave the key behind
+            # its purge: it then fires once, for an activity already closed, and is ignored.)
+            for write in writes:
+                write.add_done_callback(_log_failure)
+            writes = []
+        running = RunningAttempt(self, writes, live)
+        # Stored before the code runs: a crash right after the start must find the keys
+        # (measured: killed at once, an unflushed put left nothing, and the work item's
+        # redelivery 30 s later was the only recovery).
+        await running.stored()
+        return running
+
+    async def _cancel_schedule_to_start(self, task: ActivityTask) -> bool:
+        """Cancel the attempt's schedule-to-start timer (compare-and-set on the revision read);
+        False if it fired or the activity closed first: the attempt must not start."""
+        subject = self._subject(task, schedule_to_start_timer(task.seq, task.attempt))
+        stored = await self._conn.get_last(self._stream, subject)
+        entry = _timer_entry(stored)
+        if stored is None or entry is None or entry.cancelled or entry.fire_at <= time.time():
+            log.info("activity.not_started", reason="schedule_to_start passed or activity closed")
+            return False
+        cancelled = codec.encode(TimerEntry(fire_at=entry.fire_at, cancelled=True))
+        try:
+            await self._conn.publish(subject, cancelled, expected_last_subject_seq=stored.seq)
+        except HistoryConflict:
+            log.info("activity.not_started", reason="schedule_to_start fired meanwhile")
+            return False
+        return True
+
+    async def was_started(self, task: ActivityTask) -> bool:
+        """A redelivered work item: whether its attempt started somewhere (its timers then
+        retry it), or closed; False if it was pulled but never started, so it is run now."""
+        prefix = self._subject(task, f"a.{task.seq}.{task.attempt}")
+        stored = {
+            m.subject[len(prefix) + 1 :]: m
+            for m in await self._conn.get_multi_last(self._stream, [f"{prefix}.*"])
+        }
+        record = stored.get(record_timer(task.seq, task.attempt).rsplit(".", 1)[1])
+        if record is None or not record.is_value:
+            return True  # closed (its keys are purged), superseded or expired: not ours to run
+        try:
+            if codec.activity_record.decode(record.data).started:
+                return True
+        except msgspec.DecodeError:
+            return True  # not ours to reason about: its timers decide
+        if "to" in stored or "live" in stored:
+            return True
+        s2s = _timer_entry(stored.get("s2s"))
+        return s2s is not None and s2s.cancelled
+
+    def forget(self, subject: str) -> None:
+        self._live.pop(subject, None)
+
+    async def purge(self, subject: str) -> asyncio.Future[int]:
+        return await self._conn.purge_nowait(self._stream, subject)
+
+    async def run(self) -> None:
+        """Renew the liveness key of every attempt running here, every ``lease_ttl / 3``."""
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)
+            if self._live:
+                try:
+                    await self._renew()
+                except PerdureError as exc:  # NATS unreachable: the next round tries again
+                    log.warning("attempt.liveness_renew_failed", error=str(exc))
+
+    async def _renew(self) -> None:
+        sends = [
+            await self._conn.publish_nowait(subject, value, ttl=self._lease_ttl)
+            for subject, value in list(self._live.items())
+        ]
+        for result in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("attempt.liveness_renew_failed", error=str(result))
