@@ -28,6 +28,7 @@ step done under a lock that the poke takes too, and clears a poke that came in b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import queue
@@ -82,7 +83,8 @@ class _Step(Generic[T]):
                 break
             except StepInterrupted:
                 continue  # the poke arrived after the step ended: nothing left to interrupt
-        self.loop.call_soon_threadsafe(self._deliver, outcome)
+        with contextlib.suppress(RuntimeError):  # the event loop closed meanwhile: nobody waits
+            self.loop.call_soon_threadsafe(self._deliver, outcome)
 
     def _finish(self) -> None:
         with self._lock:
