@@ -15,7 +15,8 @@ from pathlib import Path
 
 from perdure import Client
 from perdure.runtime import codec
-from perdure.runtime.events import ActivityCompleted, ActivityConcluded, AnyEvent, HistoryStep
+from perdure.runtime.events import ActivityCompleted, ActivityConcluded, AnyEvent, HistoryStep, TimerFired
+from perdure.runtime.nats_client import StoredMessage
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -155,3 +156,66 @@ def assert_applied_once(events: list[object], execution_id: str) -> None:
     assert all(n == 1 for n in completed.values()), (execution_id, completed)
     assert all(n == 1 for n in closed.values()), (execution_id, closed)
     assert set(completed) == set(closed), execution_id
+
+
+# ------------------------------------------------------------ timers: which path fired them
+
+
+class MarkerWatch:
+    """The expiry markers (``Nats-Marker-Reason: MaxAge``) of a namespace's timer keys, each
+    stamped with how many history steps of its execution ``history`` had seen when it came.
+
+    A timer fired from the owning runtime's memory is in history before its key would expire,
+    and its key is purged once the firing is absorbed, so no marker ever follows; a timer
+    fired by the KV backstop has its marker seen first. ``fired_from_memory`` tells the two
+    apart by the order of events, not by a wall-clock window.
+    """
+
+    def __init__(self, history: HistoryWatch) -> None:
+        self.history = history
+        self.markers: dict[tuple[str, str], int] = {}  # (execution, timer) -> steps seen then
+        self.changed = asyncio.Condition()
+
+    async def _on_entry(self, msg: StoredMessage) -> None:
+        if msg.headers.get("Nats-Marker-Reason") != "MaxAge":
+            return
+        parts = msg.subject.split(".", 5)  # $KV.<bucket>.<partition>.<execution>.<run>.<timer>
+        if len(parts) < 6:
+            return
+        execution_id, timer = parts[3], parts[5]
+        self.markers[(execution_id, timer)] = len(self.history.steps.get(execution_id, []))
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[MarkerWatch], bool], timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(lambda: predicate(self))
+
+    def fired_from_memory(self, execution_id: str, timer: str) -> bool:
+        """``timer`` fired (in history) before any expiry marker of its key was stored."""
+        steps = self.history.steps.get(execution_id, [])
+        fired_at = next(
+            (
+                i
+                for i, s in enumerate(steps)
+                if any(isinstance(e, TimerFired) and e.timer == timer for e in s.inputs)
+            ),
+            None,
+        )
+        if fired_at is None:
+            return False
+        seen = self.markers.get((execution_id, timer))
+        return seen is None or fired_at < seen
+
+
+@contextlib.asynccontextmanager
+async def watch_timer_markers(client: Client, history: HistoryWatch) -> AsyncIterator[MarkerWatch]:
+    markers = MarkerWatch(history)
+    bucket = client.names.timers_bucket
+    sub = await client.conn.watch(
+        f"KV_{bucket}", f"$KV.{bucket}.>", markers._on_entry, last_per_subject=False
+    )
+    try:
+        yield markers
+    finally:
+        await sub.stop()

@@ -35,14 +35,14 @@ from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.runtime import codec
 from perdure.runtime.embedded import find_nats_server
 from perdure.runtime.errors import ExecutionNotFound
-from perdure.runtime.events import HistoryStep, TimerStarted
+from perdure.runtime.events import HistoryStep, TimerFired, TimerStarted
 from perdure.runtime.nats_admin import ensure_consumer, ensure_stream
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.nats_consumer import PullConsumer
 from perdure.runtime.provision import Provisioner
 
 from nats_cluster import http_status, rewrite_cluster
-from support import TESTS_DIR, RuntimeProcess, assert_applied_once, watch_history
+from support import TESTS_DIR, RuntimeProcess, assert_applied_once, watch_history, watch_timer_markers
 from workflows import busy, busy_expected, sleeper
 
 WORKFLOWS = 100
@@ -342,24 +342,43 @@ async def test_history_leader_lost_mid_run(tmp_path: Path) -> None:
 
 
 async def test_timer_fired_while_the_inbox_refuses_is_kept(settings: Settings, client: Client) -> None:
-    async with Worker([sleeper], settings=settings):
+    """Timers due while the inbox refuses publishes are not lost: their firings are retried
+    until the inbox takes them, so each execution absorbs its timer once, after the inbox is back."""
+    async with (
+        Worker([sleeper], settings=settings),
+        watch_history(client) as watch,
+        watch_timer_markers(client, watch) as markers,
+    ):
         js = client.conn.raw.jetstream()
         inbox = client.names.inbox_stream
-        async with watch_history(client) as watch:
-            handles = [await client.start(sleeper, 1.0, id=f"refused-{i}") for i in range(10)]
-            await watch.wait_for(
-                lambda w: all(any(isinstance(e, TimerStarted) for e in w.events(h.id)) for h in handles)
-            )
+        handles = [await client.start(sleeper, 1.0, id=f"refused-{i}") for i in range(10)]
+        await watch.wait_for(
+            lambda w: all(any(isinstance(e, TimerStarted) for e in w.events(h.id)) for h in handles)
+        )
         config = (await js.stream_info(inbox)).config
         refusing = copy.deepcopy(config)
         refusing.subjects, refusing.subject_transform = [f"{client.names.namespace}.refused.*"], None
         await js.update_stream(refusing)  # publishes to <ns>.inbox.* now get 503, as in an election
         try:
-            await asyncio.sleep(2.5)  # the 1 s timers fire, in memory and by their KV markers
+            # Every timer is due and its KV key has expired (its marker is stored): both the
+            # in-memory firing and the marker have met the refusing inbox by now.
+            await markers.wait_for(lambda m: all((h.id, "t.1") in m.markers for h in handles), timeout=15)
         finally:
+            restoring_at = time.time()  # no firing can be absorbed before this
             await js.update_stream(config)
-        results = await asyncio.gather(*(h.result(timeout=5) for h in handles))
-        assert all(r >= 1.0 for r in results)
+        await asyncio.gather(*(h.result(timeout=5) for h in handles))
+        await watch.wait_for(
+            lambda w: all(any(isinstance(e, TimerFired) for e in w.events(h.id)) for h in handles)
+        )
+    for handle in handles:
+        fired = [
+            (step.time, e)
+            for step in watch.steps[handle.id]
+            for e in step.inputs
+            if isinstance(e, TimerFired)
+        ]
+        assert [e.timer for _, e in fired] == ["t.1"], fired
+        assert fired[0][0] >= restoring_at, (fired[0][0], restoring_at)
 
 
 async def test_pull_after_a_503_recovers_quickly(nats_server: EmbeddedServer, namespace: str) -> None:

@@ -20,18 +20,19 @@ import collections
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from perdure import Client, EmbeddedServer, Settings, Worker
+from perdure import Client, EmbeddedServer
 from perdure.actors.ownership import assign
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityScheduled
 from perdure.runtime.naming import partition_of
 
 from support import TESTS_DIR, RuntimeProcess, assert_applied_once
-from workflows import busy, busy_expected, double
+from workflows import busy, busy_expected
 
 PARTITIONS = 12
 LEASE_TTL = 3.0
@@ -229,29 +230,38 @@ def test_assignment_moves_little_when_a_member_leaves_or_joins() -> None:
 
 
 async def test_a_lapsed_lease_is_taken_back_without_restarting_its_partition(
-    settings: Settings, client: Client
+    nats_server: EmbeddedServer, namespace: str, client: Client
 ) -> None:
     """A runtime that renews too late (paused longer than the TTL) finds its lease gone: with
-    nobody else holding it, it takes it back and keeps the partition's consumer and actors."""
-    async with Worker([busy, double], settings=settings) as worker:
-        host = worker._hosts[0]
-        bucket = client.names.leases_bucket
-        js = client.conn.raw.jetstream()
-        await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.partition.0")  # as if it expired
-        assert worker._ownership is not None
-        worker._ownership.wake()
-        for _ in range(100):
-            lease = await client.conn.get_last(f"KV_{bucket}", f"$KV.{bucket}.partition.0")
-            if lease is not None and json.loads(lease.data)["owner"] == settings.name:
-                break
-            await asyncio.sleep(0.02)
-        assert lease is not None and json.loads(lease.data)["owner"] == settings.name
-        assert worker._hosts.get(0) is host and worker.owned_partitions == list(range(settings.partitions))
-        execution = next(
-            f"lapsed-{i}" for i in range(1000) if partition_of(f"lapsed-{i}", settings.partitions) == 0
-        )
+    nobody else holding it, it takes it back and keeps the partition's consumer and actors.
+
+    Seen from outside only: the lease is purged from the leases bucket (as if it expired), the
+    runtime is woken by the public ``<ns>.api.ownership.changed`` notice, and what it did is
+    read from the lease and from its log (``partition.retaken``, never ``partition.lost`` or a
+    second ``partition.acquired``: the partition's host was not stopped and started again)."""
+    runtime = await RuntimeProcess(
+        nats_server.url, namespace, "lapsing", extra_args=("--partitions", str(PARTITIONS))
+    ).astart()
+    try:
+        names = client.names
+        bucket, subject = names.leases_bucket, f"$KV.{names.leases_bucket}.partition.0"
+        await (await client.conn.purge_nowait(f"KV_{bucket}", subject))  # as if it expired
+        await client.conn.publish_core(names.api("ownership.changed"), b"someone-else")  # tick now
+        retaken = await runtime.await_line("partition.retaken")
+        assert re.search(r"\bpartition=0\b", retaken), retaken
+        lease = await client.conn.get_last(f"KV_{bucket}", subject)
+        assert lease is not None and json.loads(lease.data)["owner"] == "lapsing"
+        log = runtime.output()
+        acquired = [
+            ln for ln in log.splitlines() if "partition.acquired" in ln and re.search(r"\bpartition=0\b", ln)
+        ]
+        assert len(acquired) == 1, acquired
+        assert "partition.lost" not in log, log[-3000:]
+        execution = next(f"lapsed-{i}" for i in range(1000) if partition_of(f"lapsed-{i}", PARTITIONS) == 0)
         handle = await client.start(busy, 7, id=execution)
         assert await handle.result(timeout=30) == busy_expected(7)
+    finally:
+        runtime.kill()
 
 
 # -------------------------------------------------------------------------- tests
