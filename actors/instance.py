@@ -247,7 +247,7 @@ class WorkflowInstance:
         """Run ready callbacks; re-check conditions, which may make more code ready."""
         while True:
             self.loop.run_ready()
-            if not self.conditions.check():
+            if not self.loop.run_in_workflow(self.conditions.check):
                 return
 
     def _where(self) -> str:

@@ -154,6 +154,24 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         self._roots = []
         self._closed = True
 
+    def __del__(self) -> None:
+        """A safety net for an instance dropped without ``evict()``: when the garbage
+        collector finalizes the loop before the coroutines it holds (it finalizes a cycle in
+        the order its objects were made, and the loop is made first), they are abandoned
+        here, so their own finalizers find them finished and run no workflow code. Owners
+        evict on purpose; this only covers one that forgot."""
+        if not self._closed and abandon.supported():
+            with contextlib.suppress(Exception):
+                self.abandoned = True
+                roots = [task.get_coro() for task in self._tasks if not task.done()]
+                abandon.abandon(roots + list(self._asyncgens))
+                self._closed = True
+
+    def run_in_workflow(self, fn: Callable[[], T]) -> T:
+        """Call ``fn`` as workflow code: a condition's predicate may use the workflow API."""
+        with _running(self):
+            return fn()
+
     def run_ready(self) -> None:
         """Run callbacks until none is ready: the workflow is blocked on something durable."""
         with _running(self):
