@@ -18,7 +18,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import HistoryConflict
+from perdure.runtime.errors import ErrorInfo, HistoryConflict
 from perdure.runtime.messages import (
     ActivityRecord,
     ActivityTask,
@@ -57,6 +57,8 @@ from .running_attempts import RunningAttempts
 from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
+
+Wanted = Callable[[int, int], bool]  # (activity seq, attempt): still wanted by the execution?
 
 
 @dataclass(slots=True)
@@ -119,15 +121,17 @@ class EffectRunner:
         *,
         eager: list[int] | None = None,
         hold: HeldAck | None = None,
+        wanted: Wanted = lambda seq, attempt: True,
     ) -> Sent:
         """Send every effect but the purges (``Sent.finish`` sends those and awaits all). The
         attempts of the activities in ``eager`` (slots reserved, recorded in the step) start
-        here and now under ``hold``."""
+        here and now under ``hold``, if still ``wanted`` when their task runs."""
         out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
                 local = hold if eager and effect.decision.seq in eager else None
-                await self._start_attempt(ref, effect, out, local)
+                still = functools.partial(wanted, effect.decision.seq, effect.decision.attempt)
+                await self._start_attempt(ref, effect, out, local, wanted=still)
             else:
                 await self._perform_one(ref, effect, out)
         return out
@@ -135,13 +139,12 @@ class EffectRunner:
     async def redo(self, ref: ExecutionRef, effects: list[Effect]) -> None:
         """Perform a redone step's effects again (those still due: ``redo_ledger.due_again``).
 
-        An attempt whose record says a worker started it (its heartbeat timer armed, or its
-        token handed over with ``make_async()``) is left to that worker. Any other open
-        attempt gets its work item again (same ``Nats-Msg-Id``, same nonce and token: both
-        come from history), also when it runs here eagerly: the work item is then what
-        brings it back if this runtime dies, and the activity actor that pulls it here
-        waits for the running one instead of running it twice (``RunningAttempts``). Its
-        record is created only if absent, so a record a worker armed keeps its TTL and flags."""
+        An attempt whose record says a worker started it (heartbeat armed, or token handed
+        over by ``make_async()``) is left to that worker. Any other open attempt gets its
+        work item again (same ``Nats-Msg-Id``, nonce and token: all from history), also when
+        it runs here eagerly: the work item brings it back if this runtime dies, and the
+        activity actor that pulls it here waits for the running one (``RunningAttempts``).
+        Its record is created only if absent: one a worker armed keeps its TTL and flags."""
         out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
@@ -206,6 +209,7 @@ class EffectRunner:
         hold: HeldAck | None,
         *,
         create_only: bool = False,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         d = effect.decision
         options = d.options
@@ -235,7 +239,7 @@ class EffectRunner:
             # Runs here and now (local_activities): the record and timers still go out.
             stored = await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None)
             out.append(stored)
-            if not self.local.start(task, ref.partition, hold, stored):
+            if not self.local.start(task, ref.partition, hold, stored, wanted):
                 await self._arm_schedule_to_start(ref, effect, out)
                 out.append(await self._publish_work(ref, task))  # the runtime is stopping
         else:
@@ -407,8 +411,6 @@ class EffectRunner:
         code: str = "workflow.nondeterministic",
         kind: str = "NonDeterminismError",
     ) -> None:
-        from perdure.runtime.errors import ErrorInfo
-
         error = ErrorInfo(code=code, message=message, type=kind, retryable=False)
         await (await self._update_index(ref, UpdateIndex("BLOCKED", error=error)))
 

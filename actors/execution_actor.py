@@ -23,14 +23,10 @@ import structlog
 
 from perdure.runtime.errors import HistoryConflict, PerdureError, StepBudgetExceeded
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.messages import (
-    ApiError,
-    ApiReply,
-    QueryReply,
-    StartWorkflow,
-)
+from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
 
 from .effect_runner import ExecutionRef, Sent
+from .effects import Effect
 from .history_log import HistoryLog
 from .inbox_translation import translate
 from .instance import Activation, WorkflowInstance, evict
@@ -51,6 +47,7 @@ log = structlog.get_logger("perdure.execution")
 
 _MAX_CONFLICT_RETRIES = 5
 DORMANT_HORIZON = 30.0  # seconds: an execution with nothing of its own due sooner is not cached
+_NOT_BLOCKED = ApiError(code="", message="")
 
 
 class UnknownWorkflow(PerdureError):
@@ -84,8 +81,7 @@ class ExecutionActor:
         self._idle.set()
         self._lock = asyncio.Lock()  # a step and a query never interleave
         self.phase = Phase.NEW
-        self._blocked_reason = ""
-        self._blocked_code = "workflow.nondeterministic"
+        self._blocked = _NOT_BLOCKED
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
         self._history = HistoryLog(services.conn, services.names, execution_id)
@@ -148,12 +144,7 @@ class ExecutionActor:
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
             except StepBudgetExceeded as exc:  # workflow code that blocks: BLOCKED, messages kept
-                ref, reason = self.ref, str(exc)
-                self._forget()  # its instance tears down when the blocking code lets go
-                self.phase, self._blocked_reason, self._blocked_code = Phase.BLOCKED, reason, exc.code
-                self._log.error("execution.step_over_budget", error=reason)
-                if ref is not None:
-                    await self._services.effects.mark_blocked(ref, reason, code=exc.code, kind=exc.type)
+                await self._block(str(exc), exc)
                 await self._acks.nak(batch, delay=30.0, hold=self._eager.take_hold())
                 return
             except Exception as exc:
@@ -183,7 +174,7 @@ class ExecutionActor:
         self.ref = None
         self._history.reset()
         self._ledger.clear()
-        self._blocked_reason, self._blocked_code = "", "workflow.nondeterministic"
+        self._blocked = _NOT_BLOCKED
         self.phase = Phase.UNLOADED if seen else Phase.NEW
 
     async def query(self, name: str, args: msgspec.Raw) -> QueryReply:
@@ -206,7 +197,7 @@ class ExecutionActor:
             await self._load()
         if self.phase is Phase.BLOCKED:
             # Keep the messages (a fixed deployment applies them) and say why nothing happens.
-            error = ApiError(code=self._blocked_code, message=self._blocked_reason)
+            error = self._blocked
             for item in incoming:
                 await self._reply(item, ApiReply(ok=False, error=error))
             await self._acks.nak(batch, delay=30.0, hold=None)
@@ -226,21 +217,25 @@ class ExecutionActor:
             self._acks.settle_later(batch, sent, self._eager.take_hold(), self._maybe_dormant)
             return
         now = max(time.time(), self._history.last_time)
-        activation = await instance.run_step(
-            events_of(fresh), now, budget=self._services.settings.step_budget
-        )
+        activation = await instance.run_step(events_of(fresh), now)
         if activation.inputs or activation.decisions:
-            eager = self._eager.reserve(activation.effects)
+            # Only what the step's end state still wants: an attempt started and then
+            # closed within the step (a retry's timer and the previous attempt's result in
+            # one batch) is never started.
+            effects = due_again(activation.effects, instance.activities, index_current=True)
+            eager = self._eager.reserve(effects)
             absorbed = [item.delivery.stream_seq for item in fresh if item.delivery.stream_seq]
             try:
-                await self._commit(instance, now, activation, absorbed=absorbed, eager=eager)
+                await self._commit(instance, now, activation, effects, absorbed=absorbed, eager=eager)
             except BaseException:
                 self._eager.unreserve(eager)
                 raise
             assert self.ref is not None
             self.ref.history_length = instance.history_length
             hold = self._eager.hold_for(batch) if eager else None
-            sent = await self._services.effects.send(self.ref, activation.effects, eager=eager, hold=hold)
+            sent = await self._services.effects.send(
+                self.ref, effects, eager=eager, hold=hold, wanted=self._attempt_wanted
+            )
         else:
             sent = Sent()
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
@@ -277,6 +272,7 @@ class ExecutionActor:
         instance: WorkflowInstance,
         now: float,
         activation: Activation,
+        effects: list[Effect] | None = None,
         *,
         absorbed: Sequence[int] = (),
         eager: Sequence[int] = (),
@@ -291,8 +287,14 @@ class ExecutionActor:
             eager=list(eager),
         )
         seq = await self._history.append(step)
-        self._ledger.remember(instance.step_index - 1, step.absorbed, activation.effects)
+        kept = activation.effects if effects is None else effects
+        self._ledger.remember(instance.step_index - 1, step.absorbed, kept)
         return seq
+
+    def _attempt_wanted(self, seq: int, attempt: int) -> bool:
+        """Asked by an eager attempt as it starts: the execution still runs that attempt."""
+        state = self.instance.activities.get(seq) if self.instance is not None else None
+        return state is None or (not state.closed and not state.waiting_retry and state.attempt == attempt)
 
     async def _redo_duplicates(self, incoming: list[StepInput]) -> list[StepInput]:
         """A message already absorbed by a step came back: that step's effects may not have
@@ -338,10 +340,8 @@ class ExecutionActor:
             commit=self._commit,
             history=self._history,
             effects=self._services.effects,
-            budget=self._services.settings.step_budget,
         )
         self.instance, self.ref = new.instance, new.ref
-        old.evict()
         self._log.info("execution.new_run", run=new.instance.run)
 
     # -------------------------------------------------------------------- replies
@@ -368,12 +368,7 @@ class ExecutionActor:
             return
         definition = self._definition(current.started.workflow)
         replayed = await replay_run(
-            current,
-            definition,
-            execution_id=self.execution_id,
-            partition=self.partition,
-            ledger=self._ledger,
-            budget=self._services.settings.step_budget,
+            current, definition, execution_id=self.execution_id, partition=self.partition, ledger=self._ledger
         )
         self.phase = Phase.LOADED  # only now: a replay that raised (from a query) leaves nothing half-loaded
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
@@ -389,11 +384,16 @@ class ExecutionActor:
             assert instance.started is not None
             await self._next_run(continuation_start(instance.started, next_input))
 
-    async def _block(self, reason: str) -> None:
-        self.phase, self._blocked_reason = Phase.BLOCKED, reason
-        self._log.error("execution.nondeterministic", error=reason)
-        assert self.ref is not None
-        await self._services.effects.mark_blocked(self.ref, reason)
+    async def _block(self, reason: str, overrun: StepBudgetExceeded | None = None) -> None:
+        ref, code = self.ref, overrun.code if overrun else "workflow.nondeterministic"
+        if overrun is not None:
+            self._forget()  # its instance tears down when the blocking code lets go
+        self.phase, self._blocked = Phase.BLOCKED, ApiError(code=code, message=reason)
+        event = "execution.step_over_budget" if overrun else "execution.nondeterministic"
+        self._log.error(event, error=reason)
+        if ref is not None:
+            kind = type(overrun).__name__ if overrun else "NonDeterminismError"
+            await self._services.effects.mark_blocked(ref, reason, code=code, kind=kind)
 
 
 __all__ = ["DORMANT_HORIZON", "ExecutionActor", "Phase", "UnknownWorkflow"]

@@ -168,18 +168,23 @@ class WorkflowInstance:
         self.conditions.clear()
 
     async def run_step(
-        self, inputs: list[InputEvent], time: float, *, budget: float, expected: list[Decision] | None = None
+        self,
+        inputs: list[InputEvent],
+        time: float,
+        *,
+        expected: list[Decision] | None = None,
+        budget: float | None = None,
     ) -> Activation:
         """``activate`` in a workflow thread, so that code which blocks (``time.sleep``, a busy
         loop) holds neither the runtime's event loop nor its leases; past ``budget`` seconds
         the step fails with ``StepBudgetExceeded`` (see ``workflow_threads.py``). The instance
         is then unusable: the owner evicts it, and it tears down when the code lets go."""
+        threads = workflow_threads()
+        budget = threads.budget if budget is None else budget  # the runtime's Settings.step_budget
         if budget <= 0:
             return self.activate(inputs, time, expected=expected)
         try:
-            return await workflow_threads().run(
-                lambda: self.activate(inputs, time, expected=expected), budget=budget
-            )
+            return await threads.run(lambda: self.activate(inputs, time, expected=expected), budget=budget)
         except StepOverrun as overrun:
             raise StepBudgetExceeded(
                 f"{self._where()}: workflow code {overrun}; workflow code must not block "

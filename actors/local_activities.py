@@ -225,16 +225,25 @@ class LocalActivities:
         return attempt_id in self._running
 
     def start(
-        self, task: ActivityTask, partition: int, hold: HeldAck, record_stored: asyncio.Future[Any]
+        self,
+        task: ActivityTask,
+        partition: int,
+        hold: HeldAck,
+        record_stored: asyncio.Future[Any],
+        wanted: Callable[[], bool] = lambda: True,
     ) -> bool:
         """Start a reserved attempt; False (slot given back) if the runtime is stopping.
-        ``record_stored`` is the ack of the attempt's record put, sent just before."""
+        ``record_stored`` is the ack of the attempt's record put, sent just before.
+        ``wanted`` is asked when the attempt's task first runs: by then the execution may
+        have closed the activity (its next step can be appended before a busy loop runs the
+        task), and an attempt of a closed activity is not run."""
         attempt_id = _attempt_id(task)
         if not self._running.claim(attempt_id):
             self._free += 1
             return True  # it runs here already: its outcome goes to the inbox as usual
         try:
-            self._spawn(self._run(task, partition, hold, attempt_id, record_stored), f"eager:{attempt_id}")
+            run = self._run(task, partition, hold, attempt_id, record_stored, wanted)
+            self._spawn(run, f"eager:{attempt_id}")
         except RuntimeError:
             self._running.release(attempt_id, concluded=False)
             self._free += 1
@@ -249,7 +258,14 @@ class LocalActivities:
         hold: HeldAck,
         attempt_id: str,
         record_stored: asyncio.Future[Any],
+        wanted: Callable[[], bool],
     ) -> None:
+        if not wanted():
+            log.info("eager.attempt_withdrawn", execution_id=task.execution_id, seq=task.seq)
+            self._free += 1
+            self._running.release(attempt_id)  # nothing to report: the activity is closed
+            hold.conclude()
+            return
         try:
             outcome = await self._actors[task.name].run_local(task)
         except BaseException:

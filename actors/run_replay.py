@@ -40,7 +40,6 @@ async def replay_run(
     execution_id: str,
     partition: int,
     ledger: RedoLedger,
-    budget: float,
 ) -> Replayed:
     started, steps = current.started, current.steps
     instance = WorkflowInstance(definition, execution_id, run=started.run)
@@ -49,9 +48,7 @@ async def replay_run(
     divergence = None
     try:
         for index, step in enumerate(steps):
-            activation = await instance.run_step(
-                step.inputs, step.time, expected=step.decisions, budget=budget
-            )
+            activation = await instance.run_step(step.inputs, step.time, expected=step.decisions)
             ledger.remember(index, step.absorbed, activation.effects)
             if step.eager:
                 eager.update(started_attempts(activation.effects, step.eager))

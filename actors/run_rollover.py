@@ -65,7 +65,6 @@ async def begin_next_run(
     commit: Commit,
     history: HistoryLog,
     effects: EffectRunner,
-    budget: float,
 ) -> NewRun:
     """Append the next run's first step, perform its effects, purge the older runs."""
     run = old.run + 1
@@ -73,11 +72,12 @@ async def begin_next_run(
     instance = WorkflowInstance(old.definition, old.execution_id, run=run)
     ref = ExecutionRef(old.execution_id, old.definition.name, run, partition, now)
     try:
-        activation = await instance.run_step([started_event(start, run=run)], now, budget=budget)
+        activation = await instance.run_step([started_event(start, run=run)], now)
     except BaseException:
         instance.evict()
         raise
     first_seq = await commit(instance, now, activation)
+    old.evict()  # the closed run's instance is dropped on purpose
     ref.history_length = instance.history_length
     await effects.perform(ref, activation.effects)
     await history.purge_before(first_seq)

@@ -44,6 +44,7 @@ log = structlog.get_logger("perdure.workflow")
 T = TypeVar("T")
 
 THREADS = 2  # steps are Python code under the GIL: more threads would not run them faster
+DEFAULT_BUDGET = 2.0  # seconds (Settings.step_budget)
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = (
     *(os.path.join(_PACKAGE, part) + os.sep for part in ("actors", "runtime", "client")),
@@ -161,6 +162,9 @@ class WorkflowThreads:
     the pool when its step ends at last."""
 
     def __init__(self, threads: int = THREADS) -> None:
+        # Seconds a step may run: set by the runtime from ``Settings.step_budget`` (the pool is
+        # a process resource; a process runs one runtime, or runtimes with the same settings).
+        self.budget = DEFAULT_BUDGET
         self._size = threads
         self._steps: queue.SimpleQueue[_Step[Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from perdure import ActivityContext, activity, make_async, workflow
+from perdure import ActivityContext, RetryPolicy, activity, make_async, workflow
 
 _OPEN = asyncio.Event()
 
@@ -93,3 +93,15 @@ async def leave_running(n: int) -> str:
     await workflow.wait_signal("done", type=str)
     del running
     return "done"
+
+
+@activity(timeout=1.0, retry=RetryPolicy(initial_interval=30.0, maximum_attempts=0))
+async def late_answer(x: str, ctx: ActivityContext) -> str:
+    """Hands its token over and times out after 1 s; the retry waits 30 s."""
+    record(f"answer {x}.{ctx.attempt} {ctx.token}")
+    return make_async()
+
+
+@workflow
+async def answered(n: int) -> str:
+    return await late_answer(f"{n}")

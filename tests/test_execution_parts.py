@@ -433,3 +433,52 @@ async def test_running_attempts_one_at_a_time() -> None:
     running.release("e:1:1:1")
     assert await waiter is True and "e:1:1:1" not in running
     assert await running.wait("e:1:1:1") is False  # not running: nothing to wait for
+
+
+async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run() -> None:
+    """Its step is appended, but by the time a busy loop runs its task the execution closed
+    the activity (seen in chaos runs: attempt 2 started 10 ms after attempt 1's result closed
+    it). Withdrawn: nothing runs, its slot and its share of the held ack come back."""
+    from perdure.actors.local_activities import LocalActivities
+    from perdure.runtime.messages import ActivityTask
+
+    ran: list[int] = []
+
+    class FakeActor:
+        async def run_local(self, task: ActivityTask) -> None:
+            ran.append(task.attempt)
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
+        tasks.append(asyncio.ensure_future(coro))
+        return tasks[-1]
+
+    class FakeHeartbeats:
+        async def mark_started(self, token: object) -> None:
+            return None
+
+    local = LocalActivities({"double": FakeActor()}, lambda *a: None, spawn, 2, FakeHeartbeats())  # type: ignore[arg-type, dict-item]
+    hold = HeldAck([], [], lambda coro, name: coro.close())
+    stored: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    stored.set_result(None)
+    for attempt, wanted in ((2, False), (3, True)):
+        assert local.reserve("double", None)
+        task = ActivityTask(
+            execution_id="e1",
+            workflow="w",
+            run=1,
+            seq=1,
+            attempt=attempt,
+            name="double",
+            input=RAW,
+            nonce="n",
+            token="t",
+        )
+        assert local.start(task, 0, hold, stored, lambda wanted=wanted: wanted)
+    await asyncio.gather(*tasks)
+    assert ran == [3]  # the withdrawn attempt 2 never ran
+    assert (
+        not local.is_running("e1:1:1:2") and local.reserve("double", None) and local.reserve("double", None)
+    )
+    assert hold.attempts == 0  # both shares came back: withdrawn, and made async (concluded)

@@ -10,7 +10,7 @@ import pytest
 from redo_workflows import close_gate, gate, hand_over, leave_running, open_gate, tally_awake
 from test_redo import counts, handed_over, recreate_inbox_consumer, tokens_of, wait_until, work_drained
 
-import perdure.actors.worker as worker_module
+import perdure.actors.partition_host as partition_host
 from perdure import ActivityClosed, Client, EmbeddedServer, ExecutionNotFound, Settings, Worker
 from perdure.actors.timers import TimerKey
 from perdure.runtime import codec
@@ -26,8 +26,8 @@ async def test_a_recreated_consumer_keeps_pulling_for_cached_actors(
 ) -> None:
     """Cached actors gave credit back to the consumer that was deleted: the new one ran dry
     after ``credit`` messages and the partition stopped."""
-    monkeypatch.setattr(worker_module, "INBOX_IN_FLIGHT", 8)
-    monkeypatch.setattr(worker_module, "INBOX_MIN_CREDIT", 8)
+    monkeypatch.setattr(partition_host, "INBOX_IN_FLIGHT", 8)
+    monkeypatch.setattr(partition_host, "INBOX_MIN_CREDIT", 8)
     one = dataclasses.replace(settings, partitions=1)
     async with Worker([tally_awake], settings=one):
         handle = await client.start(tally_awake, 30, id="tally")

@@ -15,16 +15,31 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
-from redo_workflows import chain, chain_expected, close_gate, gate, hand_over, open_gate, runs, step
+from redo_workflows import (
+    answered,
+    chain,
+    chain_expected,
+    close_gate,
+    gate,
+    hand_over,
+    late_answer,
+    open_gate,
+    runs,
+    step,
+)
 
 from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.actors.timers import TimerKey
 from perdure.runtime import codec
+from perdure.runtime.events import ActivityRetrying, ActivityScheduled
+from perdure.runtime.messages import ActivityResult, TimerExpired
 from perdure.runtime.naming import partition_of
 from perdure.runtime.nats_admin import delete_consumer
+from perdure.runtime.tokens import decode_token
 
-from support import RuntimeProcess, assert_applied_once
+from support import RuntimeProcess, assert_applied_once, watch_history
 
 ACTIVITIES = ("step", "gate", "hand_over")
 
@@ -173,3 +188,33 @@ async def test_redelivery_to_the_same_runtime_never_runs_an_attempt_twice(
     ran = counts(log)
     assert {k: v for k, v in ran.items() if v != 1} == {}, ran
     assert_applied_once(await handle.history(), execution_id)
+
+
+async def test_an_attempt_closed_in_the_step_that_started_it_never_runs(
+    settings: Settings, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry's back-off ends and the previous attempt's late result arrives in one batch
+    (both waited in the inbox while nobody owned the partition): the step starts attempt 2,
+    then closes the activity with attempt 1's result. Attempt 2 must not run."""
+    log = tmp_path / "runs.log"
+    log.touch()
+    monkeypatch.setenv("PERDURE_TEST_RUN_LOG", str(log))
+    async with watch_history(client) as watch, Worker([answered, late_answer], settings=settings):
+        handle = await client.start(answered, 1, id="late")
+        await watch.wait_for(
+            lambda w: any(isinstance(e, ActivityRetrying) for e in w.events("late")), timeout=10
+        )
+    token = decode_token(runs(str(log))[0].split()[2])
+    # While no runtime runs: the back-off's end, then attempt 1's result, in that order.
+    await client.send("late", TimerExpired(run=1, timer="a.1.2.retry"))
+    result = msgspec.Raw(codec.encode("from attempt 1"))
+    await client.send(
+        "late",
+        ActivityResult(run=1, seq=1, attempt=1, nonce=token.nonce, ok=True, result=result),
+    )
+    async with Worker([answered, late_answer], settings=settings):
+        assert await handle.result(timeout=10) == "from attempt 1"
+        await wait_until(lambda: work_drained(client), what="work stream drained")
+    steps = await handle.history_steps()
+    assert [d.attempt for s in steps for d in s.decisions if isinstance(d, ActivityScheduled)] == [1, 2]
+    assert [line.split()[1] for line in runs(str(log))] == ["1.1"], runs(str(log))
