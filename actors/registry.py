@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -62,18 +63,46 @@ class Registry:
 
 
 def _import(name: str) -> Any:
+    """Import a target; a module that fails to import is one line naming its file and line."""
+    try:
+        return _import_unchecked(name)
+    except ConfigurationError:
+        raise
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else name
+        raise ConfigurationError(f"cannot import {name}: {where}: syntax error: {exc.msg}") from None
+    except Exception as exc:
+        raise ConfigurationError(f"cannot import {name}: {_where(exc)}{type(exc).__name__}: {exc}") from None
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line: `` of the innermost frame outside importlib (the user's failing line)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    frames = [f for f in frames if f.filename != __file__]
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+
+
+def _import_unchecked(name: str) -> Any:
     if name.endswith(".py") or "/" in name:
         path = Path(name).resolve()
+        if not path.is_file():
+            raise ConfigurationError(f"cannot import {name}: no such file")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:
             raise ConfigurationError(f"cannot import {name}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(path.stem, None)
+            raise
         return module
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {name}: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):  # the target
+            raise ConfigurationError(f"cannot import {name}: no module named {exc.name!r}") from None
+        raise

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from perdure.runtime import codec
-from perdure.runtime.errors import NonDeterminismError, PerdureError
+from perdure.runtime.errors import ExecutionNotFound, NonDeterminismError
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 
 from .instance import WorkflowInstance
@@ -28,10 +28,13 @@ class ReplayReport:
     ok: bool
     steps: int
     divergence: str = ""
+    missing: bool = False  # no such execution: nothing was replayed, nothing diverges
 
     def __str__(self) -> str:
         if self.ok:
             return f"{self.execution_id}: ok ({self.steps} steps replayed)"
+        if self.missing:
+            return f"{self.execution_id}: NOT FOUND: {self.divergence}"
         return f"{self.execution_id}: DIVERGES: {self.divergence}"
 
 
@@ -74,7 +77,8 @@ def read_history_file(path: Path) -> list[HistoryStep]:
 
 
 async def replay_command(args: argparse.Namespace) -> int:
-    """``perdure replay``: exit status 0 if every history replays, 1 if any diverges."""
+    """``perdure replay``: exit status 0 if every history replays, 1 if any diverges, 2 if an
+    execution is not found (and none diverges); a connection error is one line, status 2."""
     registry = Registry.from_targets(args.targets)
     reports: list[ReplayReport] = [
         replay_steps(registry, str(f), read_history_file(Path(f))) for f in args.file
@@ -89,12 +93,20 @@ async def replay_command(args: argparse.Namespace) -> int:
             for execution_id in args.execution:
                 try:
                     reports.append(await replay_execution(client, registry, execution_id))
-                except PerdureError as exc:
-                    reports.append(ReplayReport(execution_id, False, 0, str(exc)))
+                except ExecutionNotFound as exc:
+                    reports.append(ReplayReport(execution_id, False, 0, str(exc), missing=True))
         finally:
             await client.close()
     _print(reports)
-    return 0 if reports and all(r.ok for r in reports) else 1
+    return exit_status(reports)
+
+
+def exit_status(reports: list[ReplayReport]) -> int:
+    """0: every history replays; 1: one diverges (do not deploy); 2: none diverges but an
+    execution was not found (nothing to check: a wrong id or namespace?)."""
+    if any(not r.ok and not r.missing for r in reports) or not reports:
+        return 1
+    return 2 if any(r.missing for r in reports) else 0
 
 
 def _print(reports: Iterable[ReplayReport]) -> None:

@@ -105,7 +105,10 @@ class Worker:
         assert self.settings.url
         workflow_threads().budget = self.settings.step_budget  # workflow code past it fails its step
         conn = await Connection.connect(
-            self.settings.url, name=f"perdure-runtime-{self.settings.name}", options=self.settings.connect
+            self.settings.url,
+            name=f"perdure-runtime-{self.settings.name}",
+            options=self.settings.connect,
+            timeout=self.settings.connect_timeout,
         )
         self._conn = conn
         await Provisioner(conn, self.settings).provision()

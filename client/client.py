@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -12,7 +14,13 @@ from perdure.runtime import codec
 from perdure.runtime.connect_options import ConnectOptions
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
-from perdure.runtime.errors import ExecutionAlreadyExists, ExecutionNotFound, InvalidPayload, from_info
+from perdure.runtime.errors import (
+    ExecutionAlreadyExists,
+    ExecutionNotFound,
+    InvalidPayload,
+    Unavailable,
+    from_info,
+)
 from perdure.runtime.limits import START_INPUT_REASON, check_size, start_input_limit
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
@@ -29,6 +37,7 @@ from perdure.runtime.nats_client import Ack, Connection
 from .handle import ExecutionDescription, WorkflowHandle
 from .index_watch import IndexWatch
 
+T = TypeVar("T")
 OnConflict = Literal["use_existing", "fail"]
 IdReuse = Literal["use_existing", "reject", "allow_after_failure", "allow"]
 
@@ -54,11 +63,25 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str | None = None, *, namespace: str = "perdure", options: ConnectOptions | None = None
+        cls,
+        url: str | None = None,
+        *,
+        namespace: str = "perdure",
+        options: ConnectOptions | None = None,
+        connect_timeout: float | None = None,
     ) -> Client:
-        """``options``: authentication and TLS (default: the ``PERDURE_*`` variables)."""
+        """Connect to ``url`` (comma-separated seeds; credentials allowed, never shown), with
+        ``options``: authentication and TLS (default: the ``PERDURE_*`` variables).
+
+        Gives up after ``connect_timeout`` seconds (default ``PERDURE_CONNECT_TIMEOUT``, 10 s)
+        with ``ConnectionLost`` naming the URL and the cause (refused, unresolvable, no
+        answer); a malformed URL raises ``ConfigurationError`` and refused credentials or TLS
+        ``NotAuthenticated`` / ``TLSRefused`` at once.
+        """
         names = Names(namespace)
-        conn = await Connection.connect(url or default_url(), name="perdure-client", options=options)
+        conn = await Connection.connect(
+            url or default_url(), name="perdure-client", options=options, timeout=connect_timeout
+        )
         return cls(conn, names)
 
     async def close(self) -> None:
@@ -141,7 +164,24 @@ class Client:
 
     async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> Ack:
         """Publish ``message`` to the execution's inbox; returns once it is stored."""
-        return await self.conn.publish(self.names.inbox(execution_id), codec.encode(message), msg_id=msg_id)
+        data = codec.encode(message)
+        subject = self.names.inbox(execution_id)
+        return await self._retry_unavailable(lambda: self.conn.publish(subject, data, msg_id=msg_id))
+
+    async def _retry_unavailable(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again while JetStream is unavailable (nothing was stored, so sending
+        again is safe), for at most ``request_timeout``; then the ``Unavailable``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except Unavailable:
+                if loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def signal(
         self,
@@ -216,13 +256,17 @@ class Client:
         encoded = codec.encode(body)
         # The runtime forwards the body to the execution's inbox with an envelope of its own.
         check_size(len(encoded), self.conn.payload_limit, what=f"{verb} request")
-        data = await self.conn.request(self.names.api(verb), encoded, timeout=self.request_timeout)
-        reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
-        if not reply.ok:
-            error = reply.error
-            assert error is not None
-            raise from_info(_ErrorInfo(code=error.code, message=error.message))
-        return reply
+
+        async def once() -> Any:
+            data = await self.conn.request(self.names.api(verb), encoded, timeout=self.request_timeout)
+            reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
+            if not reply.ok:
+                error = reply.error
+                assert error is not None
+                raise from_info(_ErrorInfo(code=error.code, message=error.message))
+            return reply
+
+        return await self._retry_unavailable(once)  # "unavailable": the runtime stored nothing
 
 
 __all__ = ["Client", "ExecutionNotFound", "HeartbeatReply"]

@@ -14,6 +14,7 @@ from perdure.runtime.errors import (
     ConfigurationError,
     ErrorInfo,
     ExecutionNotFound,
+    Unavailable,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowTerminated,
@@ -93,12 +94,33 @@ class WorkflowHandle:
 
         Watches the execution's index entry (a subscription on its KV subject, re-read after
         every reconnect), so there is no polling loop.
+
+        Raises ``ExecutionNotFound`` at once if no execution has this id (nothing in the
+        index, the inbox or history), and ``TimeoutError`` saying what it waited for (the id,
+        the timeout, the last status seen) if it does not close within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout):
-            async for record in self._records():
-                if record.status in TERMINAL_STATUSES:
-                    return self._outcome(record)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._client.conn.unless_closed(self._closed_outcome())
+        except TimeoutError:
+            record = await self._record()
+            status = record.status if record else "started, has not been taken by a runtime yet"
+            raise TimeoutError(
+                f"execution {self.id!r} did not close within {timeout:g} s (status: {status})"
+            ) from None
+
+    async def _closed_outcome(self) -> Any:
+        async with self._client.index_watch.changes(self.id) as queue:
+            record = await self._record()  # after registering: a later change cannot slip by
+            if record is None:
+                await self._require_exists()  # ExecutionNotFound: not in the index, inbox or history
+            while record is None or record.status not in TERMINAL_STATUSES:
+                message = await queue.get()
+                if message.data and "KV-Operation" not in message.headers:
+                    record = codec.decode(
+                        codec.execution_record, message.data, what=f"index entry of {self.id}"
+                    )
+            return self._outcome(record)
 
     async def watch(self) -> AsyncIterator[ExecutionDescription]:
         """The execution's description now, then each time it changes (status, length)."""
@@ -168,7 +190,7 @@ class WorkflowHandle:
                     subject, codec.encode(body), timeout=self._client.request_timeout
                 )
                 break
-            except ConfigurationError:
+            except (ConfigurationError, Unavailable):
                 # No runtime serves the partition at this instant (starting, or handing it
                 # over): ask again until the timeout.
                 if asyncio.get_running_loop().time() > deadline:

@@ -17,15 +17,17 @@ import gc
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from . import connect_options, logs
-from .embedded import DEFAULT_PORT, EmbeddedServer, perdure_home, port_is_free
+from .embedded import DEFAULT_PORT, EmbeddedServer, perdure_home, port_is_free, running_server
 from .errors import PerdureError
 from .settings import Settings
+from .urls import redact_url
 
 log = structlog.get_logger("perdure.daemon")
 
@@ -39,14 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--url",
         default=os.environ.get("PERDURE_URL"),
-        help="NATS seed URLs, comma separated (default: start an embedded server)",
+        help="NATS seed URLs, comma separated (default: the running or an embedded server)",
     )
     worker.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
     worker.add_argument(
         "--name", default=os.environ.get("PERDURE_NAME"), help="runtime name (stable across restarts)"
     )
-    worker.add_argument("--replicas", type=int, default=int(os.environ.get("PERDURE_REPLICAS", "1")))
-    worker.add_argument("--partitions", type=int, default=int(os.environ.get("PERDURE_PARTITIONS", "12")))
+    # None: Settings.from_env reads PERDURE_REPLICAS / PERDURE_PARTITIONS (a bad value is
+    # a one-line error naming the variable, not a traceback from building this parser).
+    worker.add_argument("--replicas", type=int, default=None, help="stream replicas (PERDURE_REPLICAS, 1)")
+    worker.add_argument(
+        "--partitions", type=int, default=None, help="inbox partitions (PERDURE_PARTITIONS, 12)"
+    )
     worker.add_argument(
         "--concurrency", type=int, default=None, help="activity attempts at once, per activity"
     )
@@ -55,7 +61,18 @@ def _parser() -> argparse.ArgumentParser:
         "--lease-ttl", type=float, default=None, help="seconds before a dead runtime's work moves"
     )
     worker.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        help="seconds the first connect to NATS may take (PERDURE_CONNECT_TIMEOUT, 10)",
+    )
+    worker.add_argument(
         "--health-port", type=int, default=None, help="serve /healthz and /readyz on this port"
+    )
+    worker.add_argument(
+        "--health-host",
+        default=os.environ.get("PERDURE_HEALTH_HOST", "127.0.0.1"),
+        help="address the health port listens on (default loopback; 0.0.0.0 for every interface)",
     )
     worker.add_argument("--store-dir", default=None, help="embedded server's data directory")
     worker.add_argument("--log-level", default=None)
@@ -77,20 +94,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Exit codes: 0 stopped as asked; 1 the runtime failed or lost NATS for good (a
+    supervisor should restart it), or a replayed history diverges; 2 a bad setting, module,
+    URL or store (fix it, restarting will not help), or a replayed execution is not found."""
     args = _parser().parse_args(argv)
     logs.configure(getattr(args, "log_level", None), json=getattr(args, "log_json", None) or None)
     try:
         if args.command == "worker":
-            _run(_worker(args))
+            sys.exit(_run(_worker(args)))
         elif args.command == "server":
             _serve_nats(args)
         elif args.command == "replay":
             sys.exit(_run(_replay(args)))
     except PerdureError as exc:
-        print(f"perdure: {exc.code}: {exc}", file=sys.stderr)
+        message = " ".join(redact_url(str(exc)).split())  # one line, no secret
+        print(f"perdure: {exc.code}: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        pass
+        sys.exit(130)
 
 
 def _run(coro: Any) -> Any:
@@ -101,13 +122,20 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-def start_embedded_server(store_dir: str | None) -> EmbeddedServer:
-    """The embedded default: port 4222 if free, the data in ``~/.perdure/nats``."""
+def start_embedded_server(store_dir: str | None) -> tuple[str, EmbeddedServer | None]:
+    """The embedded default: the server already running the store (``perdure server``, another
+    runtime) if there is one, else a new one on port 4222 if free; data in ``~/.perdure/nats``.
+    Returns its URL and the server if we started it (to stop with us)."""
+    store = Path(store_dir) if store_dir else perdure_home() / "nats"
+    running = running_server(store)
+    if running is not None:
+        log.info("embedded.reused", url=running.url, pid=running.pid, store_dir=str(store))
+        return running.url, None
     port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else None
-    server = EmbeddedServer(store_dir=store_dir or perdure_home() / "nats", port=port)
+    server = EmbeddedServer(store_dir=store, port=port)
     server.start()
     server.advertise()
-    return server
+    return server.url, server
 
 
 def tune_gc() -> None:
@@ -120,13 +148,54 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1_000)
 
 
-async def _worker(args: argparse.Namespace) -> None:
+class StopSignals:
+    """SIGTERM/SIGINT from the first instant: the first asks for a drain (read at start-up
+    too), a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.on_force: list[Any] = []  # called before a forced exit (stop the embedded server)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if not self.requested.is_set():
+            log.info("runtime.stop_requested", signal=signal.Signals(signum).name)
+            self.requested.set()
+            return
+        log.warning("runtime.forced_exit", signal=signal.Signals(signum).name)
+        for action in self.on_force:
+            with contextlib.suppress(Exception):
+                action()
+        os._exit(128 + signum)
+
+    async def race(self, coro: Any) -> bool:
+        """Run ``coro`` unless a stop is asked first (then cancel it): True if it finished."""
+        task = asyncio.ensure_future(coro)
+        asked = asyncio.ensure_future(self.requested.wait())
+        await asyncio.wait({task, asked}, return_when=asyncio.FIRST_COMPLETED)
+        asked.cancel()
+        if task.done():
+            task.result()  # its error, if it failed
+            return True
+        # Cancel until it ends: on Python 3.11 a cancellation that meets a completing
+        # ``asyncio.wait_for`` (nats-py's TCP connect) is swallowed (gh-86296); measured here,
+        # one SIGTERM in a few left the connect loop running to its 10 s bound.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        with contextlib.suppress(BaseException):
+            task.result()
+        return False
+
+
+async def _worker(args: argparse.Namespace) -> int:
     from perdure.actors import Registry, Worker
 
-    registry = Registry.from_targets(args.targets)
-    embedded = None if args.url else start_embedded_server(args.store_dir)
+    stop = StopSignals()
     settings = Settings.from_env(
-        url=args.url or (embedded.url if embedded else None),
+        url=args.url,
         namespace=args.namespace,
         name=args.name,
         replicas=args.replicas,
@@ -134,35 +203,86 @@ async def _worker(args: argparse.Namespace) -> None:
         activity_concurrency=args.concurrency,
         cache_size=args.cache_size,
         lease_ttl=args.lease_ttl,
+        connect_timeout=args.connect_timeout,
         connect=connect_options.ConnectOptions.from_args(args),
     )
+    registry = Registry.from_targets(args.targets)
+    embedded: EmbeddedServer | None = None
+    if not settings.url:
+        url, embedded = await asyncio.to_thread(start_embedded_server, args.store_dir)
+        settings = replace(settings, url=url)
+        if embedded is not None:
+            stop.on_force.append(embedded.kill)
     worker = Worker(registry=registry, settings=settings)
-    tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    health = await _serve_health(args.health_port, worker) if args.health_port else None
+    health = None
+    started = False
     try:
-        await worker.start()
-        failed = asyncio.ensure_future(worker.wait_failed())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if failed.done() and failed.result() is not None:
-            log.error("runtime.failed", error=repr(failed.result()))
-        for fut in (failed, stopped):
-            fut.cancel()
+        if args.health_port:  # /healthz answers during start-up too; /readyz once started
+            health = await _serve_health(args.health_host, args.health_port, worker)
+        log.info("runtime.connecting", url=redact_url(settings.url or ""), timeout=settings.connect_timeout)
+        if not await stop.race(worker.start()):
+            log.info("runtime.stopped_while_starting", runtime=settings.name)
+            return 0
+        started = True
+        tune_gc()
+        return await _serve(worker, stop)
     finally:
-        log.info("runtime.draining", runtime=settings.name)
-        await worker.stop()
+        clean = await _shutdown(worker, DRAIN_SECONDS, started=started)
         if health is not None:
             health.close()
         if embedded is not None:
             embedded.stop()
+        if not clean:  # a stop stuck past its bound: asyncio.run would wait for it on exit
+            sys.stderr.flush()
+            os._exit(1)
 
 
-async def _serve_health(port: int, worker: Any) -> asyncio.Server:
-    """``/healthz``: the process runs. ``/readyz``: connected, provisioned, serving."""
+DRAIN_SECONDS = 10.0  # a stopping runtime's own bound; the process is gone soon after
+
+
+async def _serve(worker: Any, stop: StopSignals) -> int:
+    """Until asked to stop (0), or a critical task fails or NATS closes the connection for
+    good (1: a supervisor restarts the process; staying up doing nothing helps nobody)."""
+    failed = asyncio.ensure_future(worker.wait_failed())
+    stopped = asyncio.ensure_future(stop.requested.wait())
+    closed = asyncio.ensure_future(worker.services.conn.wait_closed())
+    await asyncio.wait({failed, stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if closed.done() and closed.result() is not None:
+        log.error(
+            "runtime.connection_closed",
+            runtime=worker.settings.name,
+            error=str(closed.result()),
+            action="exiting with status 1 so that a supervisor restarts the runtime",
+        )
+        code = 1
+    elif failed.done() and failed.result() is not None:
+        log.error("runtime.failed", runtime=worker.settings.name, error=repr(failed.result()))
+        code = 1
+    for fut in (failed, stopped, closed):
+        fut.cancel()
+    return code
+
+
+async def _shutdown(worker: Any, seconds: float, *, started: bool) -> bool:
+    """Drain within ``seconds`` (plus the close); False if the stop is still stuck then (a
+    dead connection, a step that ignores cancellation). A start that failed or was
+    interrupted has only its connection to close."""
+    if started:
+        log.info("runtime.draining", runtime=worker.settings.name)
+    stopping = asyncio.ensure_future(worker.stop(timeout=seconds))
+    done, _ = await asyncio.wait({stopping}, timeout=seconds + 5.0)
+    if not done:
+        log.warning("runtime.drain_timeout", runtime=worker.settings.name, seconds=seconds + 5.0)
+        return False
+    if stopping.exception() is not None:
+        log.warning("runtime.stop_failed", runtime=worker.settings.name, error=repr(stopping.exception()))
+    return True
+
+
+async def _serve_health(host: str, port: int, worker: Any) -> asyncio.Server:
+    """``/healthz``: the process runs. ``/readyz``: connected, provisioned, serving.
+    Loopback unless ``--health-host`` says otherwise: a probe runs beside the process."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -178,7 +298,7 @@ async def _serve_health(port: int, worker: Any) -> asyncio.Server:
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, "0.0.0.0", port)
+    return await asyncio.start_server(handle, host, port)
 
 
 def _serve_nats(args: argparse.Namespace) -> None:

@@ -3,10 +3,17 @@
 Used when no URL is given (the quick start, the tests): JetStream on, loopback only, a
 store directory of its own, stopped with its owner. The chosen URL is written to
 ``<home>/embedded.json`` so that ``Client.connect()`` without a URL finds it.
+
+One store, one server: two nats-servers on one store directory corrupt it. The server that
+runs a store records its pid and URL in ``<store>/perdure-server.json``; ``start()`` refuses
+a store whose recorded server is alive (``running_server()`` finds it, so a runtime without
+a URL connects to it instead), and a port another process listens on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -16,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -52,7 +61,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``port`` (SO_REUSEADDR, as nats-server binds: connections
+    of a server that just stopped, in TIME_WAIT, do not make the port busy)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -73,7 +85,10 @@ class EmbeddedServer:
         log_file: str | Path | None = None,
     ) -> None:
         self._own_dir = store_dir is None
-        self.store_dir = Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="perdure-nats-"))
+        # Absolute: the store is recognised by its path in the server's command line.
+        self.store_dir = (
+            Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="perdure-nats-"))
+        ).absolute()
         self.port = port or free_port(host)
         self.host = host
         self.binary = binary or find_nats_server()
@@ -89,7 +104,29 @@ class EmbeddedServer:
         return self._proc.pid if self._proc else None
 
     def start(self, timeout: float = 15.0) -> str:
+        """Start nats-server; refuses a store another live server runs, and a busy port."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        with _store_lock(self.store_dir):  # two starts at once: one waits, then sees the other
+            running = running_server(self.store_dir)
+            if running is not None:
+                raise ConfigurationError(
+                    f"the store {self.store_dir} is in use by nats-server pid {running.pid} at "
+                    f"{running.url}; connect to it (--url {running.url}) or use another store directory"
+                )
+            if not port_is_free(self.port, self.host):
+                raise ConfigurationError(
+                    f"port {self.port} on {self.host} is in use by another process; "
+                    "choose another port, or connect to the server there with --url"
+                )
+            self._spawn(timeout)
+            _record_path(self.store_dir).write_text(
+                json.dumps({"pid": self.pid, "url": self.url, "port": self.port})
+            )
+        assert self._proc is not None
+        log.info("embedded.started", url=self.url, store_dir=str(self.store_dir), pid=self._proc.pid)
+        return self.url
+
+    def _spawn(self, timeout: float) -> None:
         args = [
             self.binary, "-js", "-a", self.host, "-p", str(self.port),
             "-sd", str(self.store_dir), "-l", str(self.log_file),
@@ -103,8 +140,6 @@ class EmbeddedServer:
             start_new_session=True,
         )
         self._wait_ready(timeout)
-        log.info("embedded.started", url=self.url, store_dir=str(self.store_dir), pid=self._proc.pid)
-        return self.url
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -125,7 +160,10 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        self._forget(proc.pid)
+        if proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -141,6 +179,15 @@ class EmbeddedServer:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc is not None:
+            self._forget(proc.pid)
+
+    def _forget(self, pid: int) -> None:
+        """Remove the store's record if it still names our process."""
+        with contextlib.suppress(OSError, ValueError, KeyError, json.JSONDecodeError):
+            path = _record_path(self.store_dir)
+            if int(json.loads(path.read_text())["pid"]) == pid:
+                path.unlink()
 
     def remove_store(self) -> None:
         if self._own_dir:
@@ -154,6 +201,51 @@ class EmbeddedServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
         return path
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    pid: int
+    url: str
+
+
+def _record_path(store_dir: Path) -> Path:
+    return store_dir / "perdure-server.json"
+
+
+@contextlib.contextmanager
+def _store_lock(store_dir: Path) -> Iterator[None]:
+    with open(store_dir / "perdure-server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _runs_store(pid: int, store_dir: Path) -> bool:
+    """Alive, and the nats-server of this store (not a process that got a recycled pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    return b"nats-server" in argv[0] and str(store_dir).encode() in argv
+
+
+def running_server(store_dir: str | Path) -> RunningServer | None:
+    """The live nats-server that runs ``store_dir``, as recorded by ``EmbeddedServer.start``."""
+    try:
+        data = json.loads(_record_path(Path(store_dir)).read_text())
+        pid, url = int(data["pid"]), str(data["url"])
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return RunningServer(pid, url) if _runs_store(pid, Path(store_dir).absolute()) else None
 
 
 def advertised_url(home: Path | None = None) -> str | None:

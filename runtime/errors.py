@@ -5,6 +5,7 @@
     │   ├── NotAuthenticated             "nats.auth_refused"
     │   └── TLSRefused                   "nats.tls_refused"
     ├── ConnectionLost                   "nats.unavailable"
+    │   └── Unavailable                  "unavailable"  (retryable: nothing answered, e.g. a restart)
     ├── PermissionDenied                 "nats.permission_denied"
     ├── InvalidPayload                   "payload.invalid"
     │   └── PayloadTooLarge              "payload.too_large"
@@ -93,6 +94,17 @@ class TLSRefused(ConfigurationError):
 
 class ConnectionLost(PerdureError):
     code = "nats.unavailable"
+    retryable = True
+
+
+class Unavailable(ConnectionLost):
+    """NATS is reachable but nothing took the message: no JetStream stream stored it (HTTP-like
+    status 503) or no runtime serves the request. Transient right after a server restart,
+    during a leader election or while runtimes (re)start; lasting if the namespace is not
+    provisioned or no runtime runs. Nothing was stored or applied, so sending again is safe;
+    the Python client does so for its request timeout before raising this."""
+
+    code = "unavailable"
     retryable = True
 
 
@@ -215,6 +227,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         NotAuthenticated,
         TLSRefused,
         ConnectionLost,
+        Unavailable,
         PermissionDenied,
         InvalidPayload,
         PayloadTooLarge,

@@ -7,6 +7,18 @@ import os
 import sys
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from .urls import redact_url
+
+
+def redact_credentials(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Never log a secret: any string field quoting a URL with credentials is redacted
+    (``url=nats://alice:***@host``), whoever logged it (a runtime's ``runtime.started``)."""
+    for key, value in event.items():
+        if isinstance(value, str) and "@" in value and "://" in value:
+            event[key] = redact_url(value)
+    return event
 
 
 def configure(level: str | None = None, *, json: bool | None = None) -> None:
@@ -21,6 +33,7 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_credentials,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),

@@ -23,10 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import NotAuthenticated, PerdureError, PermissionDenied, TLSRefused
-
-# scheme://userinfo@ in a URL: the secret part is never shown (runtime/urls.py on the `conn`
-# branch does the same for every log line; this module needs it for its own messages).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s,]+)@")
+from .urls import redact_url
 
 # nats-py lower-cases the server's -ERR text: nats: permissions violation for publish to "x"
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s\']+)')
@@ -34,17 +31,12 @@ _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?
 
 def shown_urls(urls: list[str]) -> str:
     """The seed URLs for a message: a user stays, a password or token becomes ``***``."""
-
-    def redact(match: re.Match[str]) -> str:
-        user, colon, _secret = match.group("userinfo").partition(":")
-        return f"{match.group('scheme')}{user}:***@" if colon else f"{match.group('scheme')}***@"
-
-    return ", ".join(_USERINFO.sub(redact, url) for url in urls)
+    return redact_url(", ".join(urls))
 
 
 def login_description(urls: list[str], configured: str) -> str:
     """What was offered to log in, for a refusal message (``ConnectOptions.describe()``)."""
-    if configured == "no credentials" and any(_USERINFO.search(url) for url in urls):
+    if configured == "no credentials" and any(redact_url(url) != url for url in urls):
         return "credentials in the URL"
     return configured
 

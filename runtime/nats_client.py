@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -27,11 +27,22 @@ from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg as _Msg
 
 from .connect_options import ConnectOptions
-from .errors import ConfigurationError, ConnectionLost, HistoryConflict, PayloadTooLarge, PerdureError
+from .errors import (
+    ConfigurationError,
+    ConnectionLost,
+    HistoryConflict,
+    PayloadTooLarge,
+    PerdureError,
+    Unavailable,
+)
 from .limits import payload_limit
-from .nats_access import PermissionWatch, encrypted, login_description, not_encrypted, refusal, shown_urls
+from .nats_access import PermissionWatch, encrypted, login_description, not_encrypted, refusal
+from .nats_connect import ClosureWatch, close_quickly, first_connect, geturl
+from .settings import connect_timeout_from_env
+from .urls import check_urls, redact_url, split_urls
 
 log = structlog.get_logger("perdure.nats")
+T = TypeVar("T")
 
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
@@ -164,7 +175,7 @@ class Connection:
         self._ack_counter = 0
         self._ack_sub: Any = None
         self._reconnect_listeners: list[Callable[[], None]] = []
-        self._closing = False
+        self._watch = ClosureWatch("")
         self._reads: dict[bytes, asyncio.Queue[_Msg]] = {}
         self._read_prefix = b""
         self._read_counter = 0
@@ -175,65 +186,81 @@ class Connection:
 
     @classmethod
     async def connect(
-        cls, servers: str | list[str], *, name: str = "perdure", options: ConnectOptions | None = None
+        cls,
+        servers: str | list[str],
+        *,
+        name: str = "perdure",
+        options: ConnectOptions | None = None,
+        timeout: float | None = None,
     ) -> Connection:
-        """Connect with ``options`` (authentication, TLS; default: the ``PERDURE_*`` variables).
-        A refused login or TLS handshake raises ``NotAuthenticated``/``TLSRefused`` at once."""
+        """Connect with ``options`` (authentication, TLS; default: the ``PERDURE_*`` variables),
+        giving up after ``timeout`` seconds (``PERDURE_CONNECT_TIMEOUT``, 10 s).
+
+        Only the first connect is bounded: once connected, a lost connection is re-established
+        for as long as it takes. What waiting cannot cure fails at once: a malformed URL
+        (``ConfigurationError``), a refused login or TLS handshake (``NotAuthenticated``,
+        ``TLSRefused``). A refused connection, a host that does not resolve or a server that
+        does not answer are retried until the bound, then raise ``ConnectionLost`` naming the
+        (redacted) URL and the last cause.
+        """
         options = ConnectOptions.from_env() if options is None else options
-        security = options.nats_kwargs()
-        urls = [servers] if isinstance(servers, str) else list(servers)
-        urls = [u.strip() for url in urls for u in url.split(",") if u.strip()]
+        urls = split_urls(servers)
+        check_urls(urls)
+        shown = redact_url(", ".join(urls))
+        how = login_description(urls, options.describe())
+        bound = connect_timeout_from_env() if timeout is None else timeout
+        watch = ClosureWatch(shown)
         holder: list[Connection] = []
+        first_errors: list[BaseException] = []  # said once, in the error, not every 250 ms
 
         async def reconnected() -> None:
-            log.info("nats.reconnected", url=str(nc.connected_url.netloc if nc.connected_url else ""))
+            watch.reconnected()
             if holder:
+                log.info("nats.reconnected", url=holder[0].connected_url)
                 holder[0]._notify_reconnect()
 
         async def disconnected() -> None:
-            if not (holder and holder[0]._closing):
+            if holder and not watch.closing:
                 log.warning("nats.disconnected")
 
         async def error(exc: Exception) -> None:
             if not holder:  # first connect: stop at once when retrying cannot help
-                refused = refusal(exc, shown_urls(urls), login_description(urls, options.describe()))
+                refused = refusal(exc, shown, how)
                 if refused is not None:
                     raise refused
+                first_errors.append(exc)
             elif holder[0]._denied.report(exc) is not None:
-                log.warning("nats.permission_denied", error=str(exc))
-            elif not holder[0]._closing:
-                log.warning("nats.error", error=str(exc))
+                log.warning("nats.permission_denied", error=redact_url(str(exc)))
+            elif not watch.closing:
+                log.warning("nats.error", error=redact_url(str(exc)))
+                watch.refused_login(exc)
 
-        nc = _NatsClient()
-        try:
-            await nc.connect(
-                servers=urls,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                allow_reconnect=True,
-                connect_timeout=5,
-                ping_interval=5,
-                max_outstanding_pings=3,
-                reconnected_cb=reconnected,
-                disconnected_cb=disconnected,
-                error_cb=error,
-                pending_size=64 * 1024 * 1024,
-                flush_timeout=30,
-                **security,
-            )
-            if options.tls_requested and not encrypted(nc):
-                raise not_encrypted(shown_urls(urls))
-        except PerdureError:
-            # Closing a half-made TLS connection can wait on the peer: bounded, it is only cleanup.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(0.1):
-                    await nc.close()
-            raise
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-            raise ConnectionLost(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from None
+        async def closed() -> None:
+            if holder:
+                watch.closed(holder[0]._nc.last_error)
+
+        nats_options: dict[str, Any] = {
+            "servers": urls,
+            "name": name,
+            "reconnect_time_wait": 0.25,
+            "ping_interval": 5,
+            "max_outstanding_pings": 3,
+            "reconnected_cb": reconnected,
+            "disconnected_cb": disconnected,
+            "error_cb": error,
+            "closed_cb": closed,
+            "pending_size": 64 * 1024 * 1024,
+            "flush_timeout": 30,
+            **options.nats_kwargs(),
+        }
+        nc = await first_connect(nats_options, bound, shown, first_errors)
+        if options.tls_requested and not encrypted(nc):
+            await close_quickly(nc)
+            raise not_encrypted(shown)
         conn = cls(nc)
+        conn._watch = watch
         conn._denied = PermissionWatch(options.inbox_prefix or "_INBOX")
+        watch.bind(nc.close, conn._fail_acks)
         holder.append(conn)
         await conn._start_ack_mux()
         await conn._start_read_mux()
@@ -253,17 +280,48 @@ class Connection:
             await self.close()
             raise refused
 
-    async def close(self) -> None:
-        self._closing = True
+    def _fail_acks(self, error: ConnectionLost) -> None:
         for fut, _, handle, _purge in self._acks.values():
             handle.cancel()
             if not fut.done():
-                fut.set_exception(ConnectionLost("connection closed before the ack arrived"))
+                fut.set_exception(error)
         self._acks.clear()
+
+    @property
+    def lost(self) -> ConnectionLost | None:
+        """Why NATS closed this connection for good (None while it lives, or if we closed it)."""
+        return self._watch.lost
+
+    async def wait_closed(self) -> ConnectionLost | None:
+        """Wait until the connection is closed for good; the error if we did not close it."""
+        return await self._watch.wait()
+
+    async def unless_closed(self, work: Awaitable[T]) -> T:
+        """``await work``, unless the connection closes for good first: then ``ConnectionLost``.
+        A wait on a watch (``handle.result()``) would otherwise wait for ever: when nats-py's
+        own close fails on the dead socket, its subscriptions are never ended."""
+        self._watch.check_open()
+        task = asyncio.ensure_future(work)
+        closed = asyncio.ensure_future(self._watch.wait())
+        try:
+            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        self._watch.check_open()
+        raise ConnectionLost("the connection to NATS was closed")
+
+    async def close(self) -> None:
+        self._watch.closing = True
+        self._fail_acks(ConnectionLost("connection closed before the ack arrived"))
         with contextlib.suppress(Exception):
             await self._nc.drain()
         with contextlib.suppress(Exception):
             await self._nc.close()
+        self._watch.closed(None)
 
     @property
     def is_connected(self) -> bool:
@@ -271,8 +329,8 @@ class Connection:
 
     @property
     def connected_url(self) -> str:
-        url = self._nc.connected_url
-        return url.geturl() if url else ""
+        """The server this connection uses now, credentials redacted."""
+        return redact_url(geturl(self._nc))
 
     @property
     def max_payload(self) -> int:
@@ -342,8 +400,13 @@ class Connection:
             self._on_purged(fut, subject, msg)
             return
         if msg.headers and msg.headers.get("Status") == "503":
+            # No stream took it: transient right after a restart or during a leader election
+            # (measured: a complete answered config.invalid then), or not provisioned at all.
             fut.set_exception(
-                ConfigurationError(f"no JetStream stream stores {subject}; is the namespace provisioned?")
+                Unavailable(
+                    f"no JetStream stream stored {subject}: JetStream is unavailable (restarting?) "
+                    "or the namespace is not provisioned"
+                )
             )
             return
         try:
@@ -457,6 +520,7 @@ class Connection:
         deadline = asyncio.get_running_loop().time() + timeout
         attempt_timeout = 2.0
         while True:
+            self._watch.check_open()  # closed for good: say so now, not after the retries
             try:
                 with map_errors(f"read {subject}"), self._denied.guard(f"$JS.API.DIRECT.GET.{stream}"):
                     msg = await self._nc.request(
@@ -477,6 +541,7 @@ class Connection:
         like ``get_last``)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
+            self._watch.check_open()
             try:
                 return await self._read_all(stream, subject, start_seq, batch, min(timeout, 5.0))
             except (ConnectionLost, ConfigurationError):
@@ -602,7 +667,14 @@ class Connection:
     ) -> bytes:
         self.check_fits(subject, data, headers)
         with map_errors(f"request to {subject}"), self._denied.guard(subject):
-            msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+            try:
+                msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+            except nats.errors.NoRespondersError:
+                # No runtime serves the subject at this instant (a restart, runtimes starting):
+                # nothing received it, so it is safe to send again.
+                raise Unavailable(
+                    f"no runtime answers {subject}: is one running for this namespace?"
+                ) from None
         return msg.data
 
     async def serve(

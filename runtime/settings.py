@@ -11,10 +11,13 @@ from .connect_options import ConnectOptions
 from .errors import ConfigurationError
 from .naming import Names
 
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
-def _env_int(name: str, default: int) -> int:
+
+def env_int(name: str, default: int) -> int:
+    """``PERDURE_*`` integer variable; a bad value is a ``ConfigurationError`` naming it."""
     value = os.environ.get(name)
-    if value is None:
+    if value is None or value == "":
         return default
     try:
         return int(value)
@@ -22,7 +25,26 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigurationError(f"{name}={value!r} is not an integer") from None
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number (seconds)") from None
+    if not number > 0:
+        raise ConfigurationError(f"{name}={value!r} must be more than 0")
+    return number
+
+
+def connect_timeout_from_env() -> float:
+    """How long the first connect to NATS may take (``PERDURE_CONNECT_TIMEOUT``, seconds)."""
+    return env_float("PERDURE_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
+
+
+def _env_budget(name: str, default: float) -> float:
+    """Seconds, or 0 (the step budget: 0 runs workflow steps inline, unguarded)."""
     value = os.environ.get(name)
     if value is None:
         return default
@@ -52,6 +74,8 @@ class Settings:
     # Seconds one workflow step may run before it fails (StepBudgetExceeded: code that blocks,
     # such as time.sleep or a busy loop); steps run in workflow threads. 0: inline, unguarded.
     step_budget: float = 2.0
+    # The first connect to NATS gives up after this long (then reconnects are endless).
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     # Authentication and TLS (PERDURE_USER, PERDURE_CREDS_FILE, PERDURE_TLS_CA...; repr redacted).
     connect: ConnectOptions = field(default_factory=ConnectOptions)
 
@@ -60,13 +84,15 @@ class Settings:
         base = cls(
             url=os.environ.get("PERDURE_URL") or None,
             namespace=os.environ.get("PERDURE_NAMESPACE", "perdure"),
-            replicas=_env_int("PERDURE_REPLICAS", 1),
-            partitions=_env_int("PERDURE_PARTITIONS", 12),
+            replicas=env_int("PERDURE_REPLICAS", 1),
+            partitions=env_int("PERDURE_PARTITIONS", 12),
+            connect_timeout=connect_timeout_from_env(),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
-            step_budget=_env_float("PERDURE_STEP_BUDGET", 2.0),
+            step_budget=_env_budget("PERDURE_STEP_BUDGET", 2.0),
             connect=ConnectOptions.from_env(),
-            **({"name": os.environ["PERDURE_NAME"]} if os.environ.get("PERDURE_NAME") else {}),
         )
+        if os.environ.get("PERDURE_NAME"):
+            base = replace(base, name=os.environ["PERDURE_NAME"])
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean)  # type: ignore[arg-type]
 
@@ -80,3 +106,5 @@ class Settings:
             raise ConfigurationError("replicas and partitions must be at least 1")
         if self.step_budget < 0:
             raise ConfigurationError("step_budget must be 0 (unguarded) or more seconds")
+        if not self.connect_timeout > 0:
+            raise ConfigurationError("connect_timeout must be more than 0 seconds")
