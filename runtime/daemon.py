@@ -6,6 +6,7 @@ imports it), so client applications never load the replay engine.
     perdure worker MODULE[:ATTR] ...   host the workflows and activities found there
     perdure server                     run a NATS server with JetStream (the embedded default)
     perdure replay ...                 check recorded histories against the current code
+    perdure start|list|history|...     the client verbs (perdure.client.cli)
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", default=os.environ.get("PERDURE_URL"))
     replay.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
     connect_options.add_arguments(replay)
+
+    from perdure.client.cli import add_verbs  # start, list, signal...: a client, no engine
+
+    add_verbs(sub)
     return parser
 
 
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             _serve_nats(args)
         elif args.command == "replay":
             sys.exit(_run(_replay(args)))
+        elif getattr(args, "cli_verb", None):
+            from perdure.client.cli import run as run_verb
+
+            sys.exit(run_verb(args))
     except PerdureError as exc:
         message = " ".join(redact_url(str(exc)).split())  # one line, no secret
         print(f"perdure: {exc.code}: {message}", file=sys.stderr)
