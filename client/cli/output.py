@@ -41,12 +41,15 @@ def ago(seconds: float) -> str:
 
 
 def duration(seconds: float) -> str:
+    """``850ms``, ``4.2s``, ``12m``, ``3h``, ``2d``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
-        return f"{seconds:.3g}s" if seconds < 10 else f"{seconds:.0f}s"
+        return f"{seconds:.1f}s"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -87,7 +90,7 @@ def executions_table(items: Sequence[ExecutionDescription]) -> str:
         )
         for d in items
     ]
-    return table(("ID", "WORKFLOW", "STATUS", "RUN", "STARTED", "DURATION", "STEPS"), rows)
+    return table(("ID", "WORKFLOW", "STATUS", "RUN", "STARTED", "DURATION", "EVENTS"), rows)
 
 
 def description_text(d: ExecutionDescription) -> str:
@@ -98,7 +101,7 @@ def description_text(d: ExecutionDescription) -> str:
         ("Run", str(d.run)),
         ("Started", human(d.started_at)),
         ("Closed", human(d.closed_at)),
-        ("Steps", str(d.history_length)),
+        ("Events", str(d.history_length)),
     ]
     if d.error is not None:
         rows.append(

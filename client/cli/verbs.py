@@ -45,6 +45,8 @@ def check_usage(args: argparse.Namespace) -> None:
         raise UsageError("--args must be a JSON list")
     if getattr(args, "since", None):
         args.since = since_epoch(args.since)
+    if getattr(args, "type", None) is not None:
+        remote_error(args.type, "")  # a bad --type is a usage error, found before connecting
     if getattr(args, "limit", 0) < 0:
         raise UsageError("--limit must be 0 (all) or more")
 
@@ -180,6 +182,7 @@ async def act(client: Client, args: argparse.Namespace) -> int:
         execution_id, name = args.target
         await client.signal(execution_id, name, args.payload, id=args.signal_id)
         done |= {"execution_id": execution_id, "signal": name}
+        said = f"sent signal {name!r} to {execution_id}"
     elif verb == "query":
         value = await client.get_handle(args.id).query(args.name, *args.args)
         print_json({"execution_id": args.id, "query": args.name, "result": value} if args.json else value)
@@ -187,18 +190,23 @@ async def act(client: Client, args: argparse.Namespace) -> int:
     elif verb in ("cancel", "terminate"):
         await one_close(client, verb, args.id, args.reason)
         done |= {"execution_id": args.id}
+        said = f"asked {args.id} to cancel" if verb == "cancel" else f"terminated {args.id}"
     elif verb == "complete":
         await client.complete_activity(args.token, args.result)
+        said = "completed the activity"
     elif verb == "fail":
         await client.fail_activity(args.token, remote_error(args.type, args.message))
-    elif verb == "heartbeat":
+        said = f"failed the activity ({args.type}: {args.message})"
+    else:
         reply = await client.heartbeat_activity(args.token, args.details)
         done |= {"cancel_requested": reply.cancel_requested, "closed": reply.closed}
-    if args.json:
-        print_json(done)
-    else:
-        print_text(" ".join(f"{k}={v}" for k, v in done.items() if k not in ("ok", "verb")) or "ok")
+        said = f"heartbeat recorded (cancel requested: {_yes(reply.cancel_requested)}, closed: {_yes(reply.closed)})"
+    print_json(done) if args.json else print_text(said)
     return 0
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 async def one_close(client: Client, verb: str, execution_id: str, reason: str) -> None:
