@@ -355,3 +355,28 @@ async def test_bulk_cancel_dry_run_changes_nothing_and_yes_cancels_them_all(cli:
         await wait_status(cli.client, execution_id, "CANCELLED")
     run = await cli("cancel", "--status", "RUNNING", "--workflow", "gatekeeper", "--since", since, "--json")
     assert run.json()["matched"] == 0  # type: ignore[index]
+
+
+async def test_bulk_signal_and_terminate_with_yes(cli: Env) -> None:
+    opened, ended = [new_id("bsig") for _ in range(3)], [new_id("bterm") for _ in range(2)]
+    for execution_id in opened:
+        await cli.client.start("gatekeeper", "bulk", id=execution_id)
+    for execution_id in opened:
+        await wait_status(cli.client, execution_id, "RUNNING")
+    filters = ("--workflow", "gatekeeper", "--status", "RUNNING", "--since", "5m")
+    run = await cli("signal", "open", *filters, "--payload", '"all"', "--signal-id", "b1", "--yes", "--json")
+    assert run.code == 0, run
+    doc = run.json()
+    assert isinstance(doc, dict)
+    assert doc["dry_run"] is False and doc["failed"] == [] and doc["done"] == doc["matched"] >= 3
+    for execution_id in opened:
+        assert await cli.client.get_handle(execution_id).result(timeout=20) == "bulk opened with all"
+
+    for execution_id in ended:
+        await cli.client.start("gatekeeper", "bulk", id=execution_id)
+    for execution_id in ended:
+        await wait_status(cli.client, execution_id, "RUNNING")
+    run = await cli("terminate", *filters, "--reason", "cleanup", "--yes")
+    assert run.code == 0, run
+    for execution_id in ended:
+        await wait_status(cli.client, execution_id, "TERMINATED")
