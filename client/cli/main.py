@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
 
 from perdure.client import Client
 from perdure.runtime.connect_options import ConnectOptions
@@ -29,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `perdure list | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again (Python's signal docs, SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
