@@ -17,7 +17,7 @@ from typing import Any, assert_never
 import msgspec
 import structlog
 
-from perdure.runtime import codec
+from perdure.runtime import codec, tracing
 from perdure.runtime.errors import ErrorInfo, HistoryConflict
 from perdure.runtime.messages import (
     ActivityRecord,
@@ -283,6 +283,7 @@ class EffectRunner:
         return await self._conn.publish_nowait(
             self._names.work(task.name),
             codec.encode(task),
+            headers=tracing.headers(),  # the step's trace context, to the attempt (runtime/tracing.py)
             msg_id=f"{ref.execution_id}:{ref.run}:a:{task.seq}:{task.attempt}",
         )
 

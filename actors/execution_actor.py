@@ -21,17 +21,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from perdure.runtime.errors import (
-    HistoryConflict,
-    PerdureError,
-)
+from perdure.runtime import tracing
+from perdure.runtime.errors import HistoryConflict, PerdureError
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.messages import (
-    ApiError,
-    ApiReply,
-    QueryReply,
-    StartWorkflow,
-)
+from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
@@ -45,7 +38,7 @@ from .replies import OK, send_reply, verdict, wants_reply
 from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
-from .step_inputs import StepInput, decode_batch, events_of, fired_timers
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, trace_of
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -91,7 +84,7 @@ class ExecutionActor:
         self._blocked_reason = ""
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
-        self._history = HistoryLog(services.conn, services.names, execution_id)
+        self._history = HistoryLog(services.conn, services.names, execution_id, services.metrics)
         self._ledger = RedoLedger()
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
         self._bound_log: Any = None
@@ -143,9 +136,12 @@ class ExecutionActor:
             self._on_dormant(self)
 
     async def _handle(self, batch: list[Incoming]) -> None:
+        began = time.perf_counter()
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                await self._step(batch)
+                with tracing.step_scope():
+                    await self._step(batch)
+                self._services.metrics.step_done(time.perf_counter() - began)
                 return
             except HistoryConflict as exc:
                 self._log.info("execution.conflict", error=str(exc))
@@ -189,7 +185,7 @@ class ExecutionActor:
     # ------------------------------------------------------------------- one step
 
     async def _step(self, batch: list[Incoming]) -> None:
-        incoming = await decode_batch(batch, self._log)
+        incoming = await decode_batch(batch, self._log, self._services.metrics)
         if not incoming:
             self._acks.release(batch)
             return
@@ -219,6 +215,7 @@ class ExecutionActor:
             self._acks.settle_later(batch, sent, self._eager.take_hold(), self._maybe_dormant)
             return
         now = max(time.time(), self._history.last_time)
+        tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
         activation = instance.activate(events_of(fresh), now)
         if activation.inputs or activation.decisions:
             # Only what the step's end state still wants: an attempt started and then
@@ -256,6 +253,7 @@ class ExecutionActor:
                 item.message, self.instance, execution_id=self.execution_id, from_outside=from_outside
             )
             if isinstance(translation, WorkflowStarted):
+                item.translation = translation = tracing.with_trace(translation, item.delivery.headers)
                 self._create(translation.workflow)
 
     def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
@@ -364,6 +362,7 @@ class ExecutionActor:
 
     async def _load(self) -> None:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
+        began = time.perf_counter()
         current = await self._history.load()
         self.phase = Phase.LOADED
         if current is None:
@@ -372,6 +371,7 @@ class ExecutionActor:
         replayed = replay_run(
             current, definition, execution_id=self.execution_id, partition=self.partition, ledger=self._ledger
         )
+        self._services.metrics.replayed(time.perf_counter() - began)
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
         if replayed.divergence is not None:
             await self._block(replayed.divergence)

@@ -31,6 +31,8 @@ from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 
+from .metrics import RuntimeMetrics
+
 log = structlog.get_logger("perdure.timers")
 
 
@@ -61,7 +63,8 @@ class TimerKey(msgspec.Struct, frozen=True):
 
 
 class TimerService:
-    def __init__(self, conn: Connection, names: Names) -> None:
+    def __init__(self, conn: Connection, names: Names, metrics: RuntimeMetrics | None = None) -> None:
+        self._metrics = metrics or RuntimeMetrics()
         self._conn = conn
         self._names = names
         self._bucket = names.timers_bucket
@@ -112,14 +115,15 @@ class TimerService:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, fire_at - time.time())
-        self._armed[k] = loop.call_at(loop.time() + delay, self._fire_from_memory, key)
+        self._armed[k] = loop.call_at(loop.time() + delay, self._fire_from_memory, key, fire_at)
 
     def disarm(self, key: str) -> None:
         handle = self._armed.pop(key, None)
         if handle is not None:
             handle.cancel()
 
-    def _fire_from_memory(self, key: TimerKey) -> None:
+    def _fire_from_memory(self, key: TimerKey, fire_at: float) -> None:
+        self._metrics.timer_fired("memory", fire_at)
         k = key.key()
         self._armed.pop(k, None)
         self._quiet.add(k)  # the KV marker will follow; the inbox already has this firing
@@ -218,4 +222,5 @@ class TimerService:
         if k in self._quiet:
             self._quiet.discard(k)
             return
+        self._metrics.timer_fired("marker")
         self._spawn_firing(key)

@@ -36,6 +36,7 @@ from .completion import CompletionService, HeartbeatService
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
 from .local_activities import LocalActivities, LocalResult, spawner
+from .metrics import RuntimeMetrics
 from .ownership import PartitionOwnership
 from .partition_host import PartitionHost
 from .registry import Registry
@@ -60,6 +61,7 @@ class WorkerServices:
     timers: TimerService
     heartbeats: HeartbeatService
     attempts: AttemptTimers
+    metrics: RuntimeMetrics
 
 
 class Worker:
@@ -91,6 +93,8 @@ class Worker:
         self._activity_intake: list[asyncio.Task[None]] = []
         self._conn: Connection | None = None
         self.ready = asyncio.Event()
+        self.metrics = RuntimeMetrics()
+        self.metrics.watch(lambda: len(self._actors), lambda: len(self._hosts))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,7 +115,7 @@ class Worker:
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
         supervisor = Supervisor(f"runtime:{self.settings.name}")
-        timers = TimerService(conn, names)
+        timers = TimerService(conn, names, self.metrics)
         heartbeats = HeartbeatService(conn, names, self.settings.partitions)
         self.services = WorkerServices(
             conn=conn,
@@ -123,6 +127,7 @@ class Worker:
             timers=timers,
             heartbeats=heartbeats,
             attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
+            metrics=self.metrics,
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
@@ -330,6 +335,12 @@ class Worker:
     def cached_executions(self) -> int:
         """Executions held in memory (dormant and evicted ones are replayed when woken)."""
         return len(self._actors)
+
+    async def scrape_metrics(self) -> bytes:
+        """``/metrics``: the Prometheus exposition, with each owned partition's inbox backlog."""
+        names = self.settings.names
+        consumers = [(p, names.inbox_stream, names.inbox_consumer(p)) for p in self.owned_partitions]
+        return await self.metrics.scrape(self._conn, consumers)
 
     async def wait_quiet(self) -> None:
         """Until every cached execution has finished its steps and their acks."""
