@@ -267,7 +267,12 @@ async def test_signal_and_query(cli: Env) -> None:
     run = await cli("signal", execution_id, "open", "--payload", '"s3"', "--signal-id", "once", "--json")
     assert run.code == 0, run
     assert run.json() == {"ok": True, "verb": "signal", "execution_id": execution_id, "signal": "open"}
+    run = await cli("signal", execution_id, "open", "--payload", '"s4"', "--signal-id", "once")
+    assert (run.code, run.out.strip()) == (0, f"sent signal 'open' to {execution_id}"), run
+    # Sent twice with one --signal-id: the workflow saw it once, with the first payload.
     assert await cli.client.get_handle(execution_id).result(timeout=20) == "front opened with s3"
+    history = await cli.client.get_handle(execution_id).history()
+    assert [type(e).__name__ for e in history].count("SignalReceived") == 1
     run = await cli("signal", "no-such-execution", "open")
     assert run.code == 1 and "execution.not_found" in run.err, run
 
@@ -277,8 +282,8 @@ async def test_cancel_and_terminate(cli: Env) -> None:
     for execution_id in (to_cancel, to_terminate):
         await cli.client.start("gatekeeper", "x", id=execution_id)
         await wait_status(cli.client, execution_id, "RUNNING")
-    run = await cli("cancel", to_cancel, "--reason", "not needed")
-    assert run.code == 0, run
+    run = await cli("cancel", to_cancel, "--reason", "not needed", "--json")
+    assert run.code == 0 and run.json() == {"ok": True, "verb": "cancel", "execution_id": to_cancel}, run
     await wait_status(cli.client, to_cancel, "CANCELLED")
     run = await cli("terminate", to_terminate, "--reason", "stuck", "--json")
     assert run.code == 0 and run.json() == {"ok": True, "verb": "terminate", "execution_id": to_terminate}
@@ -286,6 +291,12 @@ async def test_cancel_and_terminate(cli: Env) -> None:
     assert "stuck" in str((await cli.client.describe(to_terminate)).error)
     run = await cli("terminate", "no-such-execution")
     assert run.code == 1, run
+    again = new_id("cancel")
+    await cli.client.start("gatekeeper", "y", id=again)
+    await wait_status(cli.client, again, "RUNNING")
+    run = await cli("cancel", again)
+    assert (run.code, run.out.strip()) == (0, f"asked {again} to cancel"), run
+    await wait_status(cli.client, again, "CANCELLED")
 
 
 # ---------------------------------------------------------------- async activity tokens
@@ -307,8 +318,10 @@ async def test_complete_heartbeat_and_fail_by_token(cli: Env, tmp_path: Path) ->
     run = await cli("heartbeat", token, "--details", '{"done": 3}', "--json")
     assert run.code == 0, run
     assert run.json() == {"ok": True, "verb": "heartbeat", "cancel_requested": False, "closed": False}
-    run = await cli("complete", token, "--result", '"yes"')
-    assert run.code == 0, run
+    run = await cli("heartbeat", token)
+    assert (run.code, run.out.strip()) == (0, "heartbeat recorded (cancel requested: no, closed: no)"), run
+    run = await cli("complete", token, "--result", '"yes"', "--json")
+    assert run.code == 0 and run.json() == {"ok": True, "verb": "complete"}, run
     assert await cli.client.get_handle(execution_id).result(timeout=20) == "completed with yes"
     run = await cli("complete", token, "--result", '"again"')
     assert run.code == 1 and "activity.closed" in run.err, run
@@ -317,7 +330,7 @@ async def test_complete_heartbeat_and_fail_by_token(cli: Env, tmp_path: Path) ->
 
     execution_id, token = await _token(cli, tmp_path)
     run = await cli("fail", token, "--type", "Refused", "--message", "no budget")
-    assert run.code == 0, run
+    assert (run.code, run.out.strip()) == (0, "failed the activity (Refused: no budget)"), run
     assert await cli.client.get_handle(execution_id).result(timeout=20) == "failed Refused: no budget"
     run = await cli("complete", "not-a-token")
     assert run.code == 1, run
