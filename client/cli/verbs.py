@@ -221,5 +221,7 @@ def remote_error(type_name: str, message: str) -> BaseException:
     """An exception whose type name is ``type_name``: what ``fail_activity`` reports as the type."""
     if not type_name.isidentifier():
         raise UsageError(f"--type {type_name!r} is not an identifier")
-    error_type = type(type_name, (Exception,), {"__qualname__": type_name})
+    # fail_activity(token, error) reports type(error).__qualname__: a class made for the name
+    # keeps to the client's public signature.
+    error_type: type[Exception] = type(type_name, (Exception,), {"__qualname__": type_name})
     return error_type(message)
