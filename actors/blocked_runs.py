@@ -36,7 +36,7 @@ def closed_run(
     run = started.run if started is not None else 1
     definition = registry.workflow(workflow) or _unhosted(workflow)
     instance = WorkflowInstance(definition, execution_id, run=run)
-    instance.started, instance.closing = started, closing
+    instance.started, instance.decisions.closing = started, closing  # closed, never run
     return instance, ExecutionRef(execution_id, workflow, run, partition, started_at or last.time)
 
 

@@ -7,8 +7,7 @@ sends the step's effects, and acks the messages once all is stored (``step_acks`
 that comes back after a crash is recognised by the ``redo_ledger``, and its step's effects
 are performed again. The actor keeps the mailbox, the ``Phase`` of its in-memory state and
 the conflict retries; replay (``run_replay``), eager attempts (``local_activities``), new
-runs (``run_rollover``), replies and queries live in their own modules. An execution that
-cannot run is BLOCKED: its messages are parked in ``<NS>_DEAD`` (``blocked``, ``dead_letters``).
+runs (``run_rollover``), replies, queries, BLOCKED (``blocked``) live in their own modules.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
 from .history_log import EndedBlocked, HistoryLog
 from .inbox_translation import translate
-from .instance import Activation, WorkflowInstance
+from .instance import Activation, WorkflowInstance, evict
 from .local_activities import EagerSteps, recover_eager, spawner
 from .queries import answer_query
 from .redo_ledger import RedoLedger, due_again
@@ -163,15 +162,15 @@ class ExecutionActor:
     async def _park(self, batch: list[Incoming], reason: ErrorInfo) -> None:
         """BLOCKED: ``batch`` waits in <NS>_DEAD, out of the inbox; a terminate in it ends the run."""
         parking = self._services.blocked.park(self.execution_id, self.partition, batch, reason)
+        self.phase, self._blocked = Phase.BLOCKED, reason
         if await self._acks.park(batch, hold=self._eager.take_hold(), to_dead=parking):
-            self._forget()
-        else:
-            self.phase, self._blocked = Phase.BLOCKED, reason
+            self._forget()  # a terminate ended it
 
     def _forget(self, *, conflict: bool = False) -> None:
         """Drop the in-memory state; the next step replays history. After a conflict, or
         once history was seen, never assume a fresh execution again."""
         seen = conflict or self._history.last_seq > 0 or self.phase in (Phase.UNLOADED, Phase.BLOCKED)
+        evict(self.instance)
         self.instance = None
         self.ref = None
         self._history.reset()
@@ -216,7 +215,7 @@ class ExecutionActor:
             return
         now = max(time.time(), self._history.last_time)
         tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
-        activation = instance.activate(events_of(fresh), now)
+        activation = await instance.run_step(events_of(fresh), now)
         if activation.inputs or activation.decisions:
             # Only what the step's end state still wants: an attempt started and then
             # closed within the step (a retry's timer and the previous attempt's result in
@@ -368,15 +367,16 @@ class ExecutionActor:
             await blocked.check(self.execution_id)  # its start may be parked
             self.phase = Phase.LOADED
             return
-        self.phase = Phase.LOADED
         if isinstance(current, EndedBlocked):  # terminated while BLOCKED: closed, never replayed
             self.instance, self.ref = await blocked.load_closed(current, self.execution_id, self.partition)
+            self.phase = Phase.LOADED
             return
         definition = self._definition(current.started.workflow)
-        replayed = replay_run(
+        replayed = await replay_run(
             current, definition, execution_id=self.execution_id, partition=self.partition, ledger=self._ledger
         )
         self._services.metrics.replayed(time.perf_counter() - began)
+        self.phase = Phase.LOADED  # only now: a replay that raised (from a query) leaves nothing half-loaded
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
         if replayed.divergence is not None:
             await self._block(replayed.divergence)

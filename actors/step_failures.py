@@ -1,8 +1,8 @@
 """Step failures: which ones leave an execution BLOCKED (actors/blocked.py), which come back.
 
 A ``PerdureError`` such as ``ConnectionLost`` is transient: the step's messages come back
-after a delay. Input that no retry can fix (``UnknownWorkflow``, ``HistoryUnreadable``, an
-execution the index says is BLOCKED) blocks at once. Anything else is a crash: it blocks once
+after a delay. What no retry can fix (``UnknownWorkflow``, ``HistoryUnreadable``, an
+execution the index says is BLOCKED, workflow code past its ``StepBudgetExceeded``) blocks at once. Anything else is a crash: it blocks once
 it repeats ``MAX_STEP_CRASHES`` times, counted on the deliveries of one inbox message, or in
 memory as steps in a row (an eager attempt's outcome is always on its first "delivery").
 """
@@ -20,6 +20,7 @@ from perdure.runtime.errors import (
     HistoryUnreadable,
     NonDeterminismError,
     PerdureError,
+    StepBudgetExceeded,
     StepCrashed,
     UnknownWorkflow,
     info_from_exception,
@@ -30,7 +31,8 @@ from perdure.runtime.errors import (
 # delivery). Crashes are nak'd with a 2 s delay: about 8 s of retries, enough for a transient fault.
 MAX_STEP_CRASHES = 5
 
-_BLOCKING = (UnknownWorkflow, HistoryUnreadable, ExecutionBlocked)  # no retry can fix these
+# No retry can fix these (a workflow that blocks its loop would block it again: issue 10 item 13).
+_BLOCKING = (UnknownWorkflow, HistoryUnreadable, ExecutionBlocked, StepBudgetExceeded)
 
 
 def block_reason(exc: Exception, batch: Sequence[Any], *, crashes: int) -> ErrorInfo | None:

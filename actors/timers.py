@@ -30,6 +30,7 @@ from perdure.runtime.errors import PerdureError
 from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
+from perdure.runtime.timer_ids import TimerId, TimerKind
 
 from .metrics import RuntimeMetrics
 
@@ -54,8 +55,15 @@ class TimerKey(msgspec.Struct, frozen=True):
 
     def checkpoint(self) -> TimerKey:
         """The checkpoint key of the activity this attempt key belongs to."""
-        seq = self.timer.split(".")[1]
-        return TimerKey(self.partition, self.execution_id, self.run, f"a.{seq}.cp")
+        timer = TimerId.parse(self.timer)
+        assert timer is not None and timer.is_activity, self.timer
+        return TimerKey(self.partition, self.execution_id, self.run, TimerId.checkpoint(timer.seq).format())
+
+    @property
+    def kind(self) -> TimerKind | None:
+        """What the timer is for (None: not a timer id Perdure writes)."""
+        timer = TimerId.parse(self.timer)
+        return timer.kind if timer is not None else None
 
     @property
     def msg_id(self) -> str:
@@ -185,7 +193,7 @@ class TimerService:
     async def _on_entry(self, msg: StoredMessage) -> None:
         k = msg.subject[len(self._prefix) :]
         key = TimerKey.parse(k)
-        if key is None or key.timer.endswith(".cp") or not self._owned(key.partition):
+        if key is None or key.kind == "checkpoint" or not self._owned(key.partition):
             return  # checkpoints are data, not timers
         if msg.headers.get("Nats-Marker-Reason") == "MaxAge":
             await self._on_expired(key, k)
@@ -193,7 +201,7 @@ class TimerService:
         if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
             self.disarm(k)
             return
-        if key.timer.endswith(".hb"):
+        if key.kind == "heartbeat":
             self._on_record(k, msg.data)
             return
         try:

@@ -37,6 +37,7 @@ from .completion import CompletionService, HeartbeatService
 from .dead_letters import DeadLetters
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
+from .instance import evict
 from .local_activities import LocalActivities, LocalResult, spawner
 from .metrics import RuntimeMetrics
 from .ownership import PartitionOwnership
@@ -44,6 +45,7 @@ from .partition_host import PartitionHost
 from .registry import Registry
 from .timers import TimerService
 from .unhosted_work import UnhostedWork
+from .workflow_threads import workflow_threads
 
 log = structlog.get_logger("perdure.worker")
 
@@ -109,6 +111,7 @@ class Worker:
 
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
+        workflow_threads().budget = self.settings.step_budget  # workflow code past it fails its step
         conn = await Connection.connect(
             self.settings.url,
             name=f"perdure-runtime-{self.settings.name}",
@@ -215,6 +218,8 @@ class Worker:
             await self._completion.stop()
         await self._drain_activities(timeout)
         await services.supervisor.stop(timeout=timeout)
+        for execution_id in list(self._actors):
+            self._drop(execution_id)
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -244,6 +249,8 @@ class Worker:
         if self._conn is None:
             return
         await self.services.supervisor.stop(timeout=1.0)
+        for execution_id in list(self._actors):
+            self._drop(execution_id)
         await self.services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -301,7 +308,7 @@ class Worker:
             for waiter in pending:
                 waiter.cancel()
         for actor in actors:
-            self._actors.pop(actor.execution_id, None)
+            self._drop(actor.execution_id)
 
     # ----------------------------------------------------------------- actor cache
 
@@ -325,7 +332,13 @@ class Worker:
 
     def _forget_dormant(self, actor: ExecutionActor) -> None:
         if self._actors.get(actor.execution_id) is actor:
-            del self._actors[actor.execution_id]
+            self._drop(actor.execution_id)
+
+    def _drop(self, execution_id: str) -> None:
+        """Leave the cache; the instance is torn down now, not by the garbage collector."""
+        actor = self._actors.pop(execution_id, None)
+        if actor is not None:
+            evict(actor.instance)
 
     def _evict(self) -> None:
         """Drop the least recently used idle actors beyond ``cache_size``.
@@ -339,7 +352,7 @@ class Worker:
             return
         head = itertools.islice(self._actors.items(), excess + EVICT_LOOKAHEAD)
         for execution_id in [eid for eid, actor in head if actor.idle][:excess]:
-            del self._actors[execution_id]
+            self._drop(execution_id)
 
     @property
     def cached_executions(self) -> int:

@@ -7,6 +7,7 @@ imports it), so client applications never load the replay engine.
     perdure server                     run a NATS server with JetStream (the embedded default)
     perdure replay ...                 check recorded histories against the current code
     perdure console ...                serve the web console (perdure.client.console)
+    perdure start|list|history|...     the client verbs (perdure.client.cli)
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--host", default="127.0.0.1", help="address to listen on")
     console.add_argument("--port", type=int, default=8240)
     connect_options.add_arguments(console)
+
+    from perdure.client.cli import add_verbs  # start, list, signal...: a client, no engine
+
+    add_verbs(sub)
     return parser
 
 
@@ -121,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
             from perdure.client.console import run_console
 
             _run(run_console(args))
+        elif getattr(args, "cli_verb", None):
+            from perdure.client.cli import run as run_verb
+
+            sys.exit(run_verb(args))
     except PerdureError as exc:
         message = " ".join(redact_url(str(exc)).split())  # one line, no secret
         print(f"perdure: {exc.code}: {message}", file=sys.stderr)

@@ -18,6 +18,7 @@
     ├── HistoryUnreadable                "history.invalid"    (a stored step does not decode: BLOCKED)
     ├── StepCrashed                      "step.crashed"       (a step kept crashing: BLOCKED)
     ├── ExecutionBlocked                 "execution.blocked"  (internal: carries the reason's code)
+    ├── StepBudgetExceeded               "workflow.step_budget"
     ├── WorkflowFailed                   "workflow.failed"
     │   ├── WorkflowCancelled            "workflow.cancelled"
     │   ├── WorkflowTerminated           "workflow.terminated"
@@ -188,6 +189,13 @@ class ExecutionBlocked(PerdureError):
         return self.info
 
 
+class StepBudgetExceeded(PerdureError):
+    """Workflow code ran past the step budget without yielding (``time.sleep``, a busy
+    loop, blocking I/O); the message names the workflow, the execution and the line."""
+
+    code = "workflow.step_budget"
+
+
 class WorkflowFailed(PerdureError):
     """The execution ended in failure; ``cause`` is the error the workflow raised."""
 
@@ -269,6 +277,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         UnknownWorkflow,
         HistoryUnreadable,
         StepCrashed,
+        StepBudgetExceeded,
         WorkflowFailed,
         WorkflowCancelled,
         WorkflowTerminated,
