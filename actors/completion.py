@@ -12,6 +12,7 @@ Completions go through the execution's inbox; the reply is sent by the execution
 the outcome is in history: ``{"ok": true}``, or ``{"ok": false, "error": {...}}`` (code
 ``activity.closed`` when the activity had already completed, failed or timed out).
 Heartbeats never touch history: they re-put the attempt's record, resetting its TTL.
+These are the ``API`` rows of the verb table (runtime/verbs.py), served by ``verb_server``.
 """
 
 from __future__ import annotations
@@ -19,19 +20,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 import structlog
 
-from perdure.runtime import codec
+from perdure.runtime import codec, verbs
 from perdure.runtime.errors import (
     ErrorInfo,
     ExecutionNotFound,
     HistoryConflict,
     InvalidPayload,
     InvalidToken,
-    PerdureError,
 )
 from perdure.runtime.events import (
     ActivityConcluded,
@@ -44,35 +44,35 @@ from perdure.runtime.events import (
     WorkflowTerminated,
 )
 from perdure.runtime.existence import require_execution
-from perdure.runtime.limits import check_size
 from perdure.runtime.messages import (
     REPLY_HEADER,
     ActivityProgress,
     ActivityRecord,
     ActivityResult,
-    ApiError,
     ApiReply,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    HeartbeatStatus,
+    SignalRequest,
     SignalWorkflow,
 )
 from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.rawjson import is_null
 from perdure.runtime.tokens import TokenData, decode_token
+from perdure.runtime.verbs import Verb
 
 from .effects import CHECKPOINT_TTL, record_timer
 from .registry import Registry
 from .timers import TimerKey
+from .verb_server import Handler, serve_all
 
 log = structlog.get_logger("perdure.completion")
 
-QUEUE_GROUP = "perdure-runtime"
 # How long a heartbeat keeps re-reading an attempt's record that other writers keep changing.
 CONTENTION_DEADLINE = 5.0
 _RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
-
-
-def error_reply(exc: PerdureError) -> bytes:
-    return codec.encode(ApiReply(ok=False, error=ApiError(code=exc.code, message=exc.message)))
 
 
 class HeartbeatService:
@@ -249,84 +249,55 @@ class CompletionService:
         self._registry = registry  # the workflows hosted here: their declared signal types
         self._subs: list[Subscription] = []
 
+    def handlers(self) -> dict[Verb[Any, Any], Handler]:
+        """The ``API`` rows of the verb table (runtime/verbs.py) and what serves each."""
+        return {
+            verbs.COMPLETE: self._complete,
+            verbs.FAIL: self._fail,
+            verbs.HEARTBEAT: self._heartbeat,
+            verbs.SIGNAL_API: self._signal,
+        }
+
     async def start(self) -> None:
-        for verb, handler in (
-            ("complete", self._complete),
-            ("fail", self._fail),
-            ("heartbeat", self._heartbeat),
-            ("signal", self._signal),
-        ):
-            self._subs.append(await self._conn.serve(self._names.api(verb), handler, queue=QUEUE_GROUP))
+        self._subs = await serve_all(self._conn, self._names, self.handlers())
 
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.stop()
         self._subs.clear()
 
-    async def _answer(self, reply: str, body: bytes) -> None:
-        if reply:
-            await self._conn.publish_core(reply, body)
+    async def _complete(self, request: CompleteRequest, reply: str) -> None:
+        token = decode_token(request.token)
+        await self._forward(token, reply, ok=True, result=request.result)
 
-    def _check_body(self, data: bytes, verb: str) -> None:
-        """A body over the payload limit is refused here: forwarded to the inbox with its
-        envelope and reply header it would exceed the server's ``max_payload``, and the
-        server would close this runtime's connection for it."""
-        check_size(len(data), self._conn.payload_limit, what=f"{verb} request")
+    async def _fail(self, request: FailRequest, reply: str) -> None:
+        token = decode_token(request.token)
+        error = ErrorInfo(
+            code="activity.failed",
+            type=request.error.type,
+            message=request.error.message,
+            retryable=request.error.retryable,
+            traceback=request.error.traceback,
+        )
+        await self._forward(token, reply, ok=False, error=error)
 
-    async def _complete(self, data: bytes, headers: dict[str, str], reply: str) -> None:
-        try:
-            self._check_body(data, "complete")
-            request = codec.decode(codec.complete_request, data, what="complete request")
-            token = decode_token(request.token)
-            await self._forward(token, reply, ok=True, result=request.result)
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
+    async def _heartbeat(self, request: HeartbeatRequest, reply: str) -> HeartbeatStatus:
+        token = decode_token(request.token)
+        answer = await self._heartbeats.beat(token, request.details)
+        return HeartbeatStatus(cancel_requested=answer.cancel_requested, closed=answer.closed)
 
-    async def _fail(self, data: bytes, headers: dict[str, str], reply: str) -> None:
-        try:
-            self._check_body(data, "fail")
-            request = codec.decode(codec.fail_request, data, what="fail request")
-            token = decode_token(request.token)
-            error = ErrorInfo(
-                code="activity.failed",
-                type=request.error.type,
-                message=request.error.message,
-                retryable=request.error.retryable,
-                traceback=request.error.traceback,
-            )
-            await self._forward(token, reply, ok=False, error=error)
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
-
-    async def _heartbeat(self, data: bytes, headers: dict[str, str], reply: str) -> None:
-        try:
-            self._check_body(data, "heartbeat")
-            request = codec.decode(codec.heartbeat_request, data, what="heartbeat request")
-            token = decode_token(request.token)
-            answer = await self._heartbeats.beat(token, request.details)
-            # Both flags always spelled out (ApiReply omits defaults): any language reads them.
-            status = {"ok": True, "cancel_requested": answer.cancel_requested, "closed": answer.closed}
-            await self._answer(reply, codec.encode(status))
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
-
-    async def _signal(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+    async def _signal(self, request: SignalRequest, reply: str) -> ApiReply:
         """Signal from any language; the reply comes once the signal is durably in the inbox."""
-        try:
-            self._check_body(data, "signal")
-            request = codec.decode(codec.signal_request, data, what="signal request")
-            check_execution_id(request.execution_id)
-            index = await self._require_execution(request.execution_id)
-            self._check_signal_type(index, request.name, request.payload)
-            message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
-            await self._conn.publish(
-                self._names.inbox(request.execution_id),
-                codec.encode(message),
-                msg_id=f"signal:{request.execution_id}:{request.id}" if request.id else None,
-            )
-            await self._answer(reply, codec.encode(ApiReply(ok=True)))
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
+        check_execution_id(request.execution_id)
+        index = await self._require_execution(request.execution_id)
+        self._check_signal_type(index, request.name, request.payload)
+        message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
+        await self._conn.publish(
+            self._names.inbox(request.execution_id),
+            codec.encode(message),
+            msg_id=f"signal:{request.execution_id}:{request.id}" if request.id else None,
+        )
+        return ApiReply(ok=True)
 
     def _check_signal_type(self, index: StoredMessage | None, name: str, payload: msgspec.Raw) -> None:
         """Where the signal's type is known (this runtime hosts the workflow, which declares
