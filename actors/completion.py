@@ -17,9 +17,7 @@ These are the ``API`` rows of the verb table (runtime/verbs.py), served by ``ver
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import random
+import contextlib
 from typing import Any, NoReturn
 
 import msgspec
@@ -44,6 +42,7 @@ from perdure.runtime.events import (
     WorkflowTerminated,
 )
 from perdure.runtime.existence import require_execution
+from perdure.runtime.kv_bucket import KVBucket, Put
 from perdure.runtime.messages import (
     REPLY_HEADER,
     ActivityProgress,
@@ -82,8 +81,7 @@ class HeartbeatService:
         self._conn = conn
         self._names = names
         self.partitions = partitions
-        self._timers_stream = f"KV_{names.timers_bucket}"
-        self._timers_prefix = f"$KV.{names.timers_bucket}."
+        self._timers = KVBucket(conn, names, names.timers_bucket)
 
     def _record_key(self, token: TokenData) -> TimerKey:
         """The key of the attempt's record (its heartbeat timer)."""
@@ -101,51 +99,50 @@ class HeartbeatService:
         retryable ``HistoryConflict``, never "closed" for an attempt that is open.
         """
         key = self._record_key(token)
-        subject = self._timers_prefix + key.key()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONTENTION_DEADLINE
-        lost_to: int | None = None
-        for conflicts in itertools.count():
-            stored = await self._conn.get_last(self._timers_stream, subject)
+        conflicted = 0
+
+        def started(stored: StoredMessage | None, conflicts: int) -> Put | None:
+            nonlocal conflicted
+            conflicted = conflicts
             if stored is None or not stored.is_value:
-                return await self._no_record(token, expired=stored is not None)
-            record = codec.decode(codec.activity_record, stored.data, what="activity record")
-            if record.nonce != token.nonce:
-                raise InvalidToken(
-                    f"token does not match activity {token.seq} of {token.execution_id} (wrong nonce)"
-                )
-            if record.closed:
-                return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
-            if lost_to is not None and self._covers(stored, record, details):
-                revision = stored.seq  # a newer write already reset the TTL
-            else:
-                updated = record if record.started else msgspec.structs.replace(record, started=True)
-                try:
-                    ack = await self._conn.publish(
-                        subject,
-                        codec.encode(updated),
-                        expected_last_subject_seq=stored.seq,
-                        ttl=record.heartbeat,
-                    )
-                except HistoryConflict:
-                    if loop.time() > deadline:
-                        raise HistoryConflict(
-                            f"heartbeat of activity {token.seq} of {token.execution_id}: its record "
-                            f"changed {conflicts + 1} times while this heartbeat tried to write it; "
-                            "send it again"
-                        ) from None
-                    lost_to = stored.seq
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))
-                    continue  # another heartbeat or the actor wrote meanwhile: read again
-                revision = ack.seq
-            if details is not None and not is_null(details):
-                await self._conn.publish(
-                    self._timers_prefix + key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL
-                )
-                if record.observed:
-                    await self._report_progress(token, details, revision)
-            return ApiReply(ok=True, cancel_requested=record.cancel_requested)
-        raise AssertionError("unreachable")  # pragma: no cover
+                return None
+            record = self._decode_record(stored, token)
+            if record.closed or (conflicts and self._covers(stored, record, details)):
+                return None  # closed, or a newer write already reset the TTL
+            updated = record if record.started else msgspec.structs.replace(record, started=True)
+            return Put(codec.encode(updated), ttl=record.heartbeat)
+
+        try:
+            outcome = await self._timers.update(
+                key.key(), started, attempts=None, deadline=CONTENTION_DEADLINE
+            )
+        except HistoryConflict:
+            raise HistoryConflict(
+                f"heartbeat of activity {token.seq} of {token.execution_id}: its record "
+                f"changed {conflicted + 1} times while this heartbeat tried to write it; "
+                "send it again"
+            ) from None
+        stored = outcome.stored
+        if stored is None or not stored.is_value:
+            return await self._no_record(token, expired=stored is not None)
+        record = self._decode_record(stored, token)
+        if record.closed:
+            return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
+        revision = outcome.ack.seq if outcome.ack is not None else stored.seq
+        if details is not None and not is_null(details):
+            await self._timers.put(key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL)
+            if record.observed:
+                await self._report_progress(token, details, revision)
+        return ApiReply(ok=True, cancel_requested=record.cancel_requested)
+
+    @staticmethod
+    def _decode_record(stored: StoredMessage, token: TokenData) -> ActivityRecord:
+        record = codec.decode(codec.activity_record, stored.data, what="activity record")
+        if record.nonce != token.nonce:
+            raise InvalidToken(
+                f"token does not match activity {token.seq} of {token.execution_id} (wrong nonce)"
+            )
+        return record
 
     @staticmethod
     def _covers(stored: StoredMessage, record: ActivityRecord, details: msgspec.Raw | None) -> bool:
@@ -160,26 +157,21 @@ class HeartbeatService:
     async def mark_started(self, token: TokenData) -> None:
         """Flag the attempt's record ``started`` (an eager attempt handed its token over with
         ``make_async()``: a runtime recovering lost eager attempts must leave it alone)."""
-        subject = self._timers_prefix + self._record_key(token).key()
-        for _ in range(5):
-            stored = await self._conn.get_last(self._timers_stream, subject)
+
+        def started(stored: StoredMessage | None, conflicts: int) -> Put | None:
             if stored is None or not stored.is_value:
-                return  # closed already (its keys are purged)
+                return None  # closed already (its keys are purged)
             record = codec.decode(codec.activity_record, stored.data, what="activity record")
             if record.started or record.closed:
-                return
-            updated = msgspec.structs.replace(record, started=True)
-            try:
-                await self._conn.publish(subject, codec.encode(updated), expected_last_subject_seq=stored.seq)
-                return
-            except HistoryConflict:
-                continue  # a heartbeat or the actor wrote meanwhile: read again
+                return None
+            return Put(codec.encode(msgspec.structs.replace(record, started=True)))
+
+        with contextlib.suppress(HistoryConflict):  # heartbeats and the actor kept writing it
+            await self._timers.update(self._record_key(token).key(), started, attempts=5)
 
     async def attempt_started(self, token: TokenData) -> bool:
         """Whether a worker started this attempt (armed its heartbeat timer), or it closed."""
-        stored = await self._conn.get_last(
-            self._timers_stream, self._timers_prefix + self._record_key(token).key()
-        )
+        stored = await self._timers.get(self._record_key(token).key())
         if stored is None or not stored.is_value:
             return True  # expired (its timer fired) or gone: not ours to run
         record = codec.decode(codec.activity_record, stored.data, what="activity record")

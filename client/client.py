@@ -22,6 +22,7 @@ from perdure.runtime.errors import (
     from_info,
 )
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.limits import START_INPUT_REASON, check_size, start_input_limit
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
@@ -61,6 +62,7 @@ class Client:
         self.names = names
         self.request_timeout = request_timeout
         self._partitions: int | None = None
+        self.index = KVBucket(conn, names, names.executions_bucket)
         self.index_watch = IndexWatch(conn, names)
 
     @classmethod
@@ -261,8 +263,7 @@ class Client:
     async def list_executions(
         self, *, status: str | None = None, workflow: str | None = None
     ) -> list[ExecutionDescription]:
-        bucket = self.names.executions_bucket
-        stored = await self.conn.scan_last(f"KV_{bucket}", f"$KV.{bucket}.>")
+        stored = await self.index.scan()
         out = []
         for message in stored:
             if not message.data:

@@ -68,14 +68,8 @@ class WorkflowHandle:
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
 
-    @property
-    def _index_subject(self) -> str:
-        return f"$KV.{self._client.names.executions_bucket}.{self.id}"
-
     async def _record(self) -> ExecutionRecord | None:
-        stored = await self._client.conn.get_last(
-            f"KV_{self._client.names.executions_bucket}", self._index_subject
-        )
+        stored = await self._client.index.get(self.id)
         if stored is None or not stored.data:
             return None
         return codec.decode(codec.execution_record, stored.data, what=f"index entry of {self.id}")
