@@ -35,11 +35,14 @@ from .attempt_timers import AttemptTimers
 from .completion import CompletionService, HeartbeatService
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
+from .instance import evict
 from .local_activities import LocalActivities, LocalResult, spawner
+from .metrics import RuntimeMetrics
 from .ownership import PartitionOwnership
 from .partition_host import PartitionHost
 from .registry import Registry
 from .timers import TimerService
+from .workflow_threads import workflow_threads
 
 log = structlog.get_logger("perdure.worker")
 
@@ -60,6 +63,7 @@ class WorkerServices:
     timers: TimerService
     heartbeats: HeartbeatService
     attempts: AttemptTimers
+    metrics: RuntimeMetrics
 
 
 class Worker:
@@ -91,6 +95,8 @@ class Worker:
         self._activity_intake: list[asyncio.Task[None]] = []
         self._conn: Connection | None = None
         self.ready = asyncio.Event()
+        self.metrics = RuntimeMetrics()
+        self.metrics.watch(lambda: len(self._actors), lambda: len(self._hosts))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,6 +107,7 @@ class Worker:
 
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
+        workflow_threads().budget = self.settings.step_budget  # workflow code past it fails its step
         conn = await Connection.connect(
             self.settings.url,
             name=f"perdure-runtime-{self.settings.name}",
@@ -111,7 +118,7 @@ class Worker:
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
         supervisor = Supervisor(f"runtime:{self.settings.name}")
-        timers = TimerService(conn, names)
+        timers = TimerService(conn, names, self.metrics)
         heartbeats = HeartbeatService(conn, names, self.settings.partitions)
         self.services = WorkerServices(
             conn=conn,
@@ -123,6 +130,7 @@ class Worker:
             timers=timers,
             heartbeats=heartbeats,
             attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
+            metrics=self.metrics,
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
@@ -202,6 +210,8 @@ class Worker:
             await self._completion.stop()
         await self._drain_activities(timeout)
         await services.supervisor.stop(timeout=timeout)
+        for execution_id in list(self._actors):
+            self._drop(execution_id)
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -231,6 +241,8 @@ class Worker:
         if self._conn is None:
             return
         await self.services.supervisor.stop(timeout=1.0)
+        for execution_id in list(self._actors):
+            self._drop(execution_id)
         await self.services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -286,7 +298,7 @@ class Worker:
             for waiter in pending:
                 waiter.cancel()
         for actor in actors:
-            self._actors.pop(actor.execution_id, None)
+            self._drop(actor.execution_id)
 
     # ----------------------------------------------------------------- actor cache
 
@@ -310,7 +322,13 @@ class Worker:
 
     def _forget_dormant(self, actor: ExecutionActor) -> None:
         if self._actors.get(actor.execution_id) is actor:
-            del self._actors[actor.execution_id]
+            self._drop(actor.execution_id)
+
+    def _drop(self, execution_id: str) -> None:
+        """Leave the cache; the instance is torn down now, not by the garbage collector."""
+        actor = self._actors.pop(execution_id, None)
+        if actor is not None:
+            evict(actor.instance)
 
     def _evict(self) -> None:
         """Drop the least recently used idle actors beyond ``cache_size``.
@@ -324,12 +342,18 @@ class Worker:
             return
         head = itertools.islice(self._actors.items(), excess + EVICT_LOOKAHEAD)
         for execution_id in [eid for eid, actor in head if actor.idle][:excess]:
-            del self._actors[execution_id]
+            self._drop(execution_id)
 
     @property
     def cached_executions(self) -> int:
         """Executions held in memory (dormant and evicted ones are replayed when woken)."""
         return len(self._actors)
+
+    async def scrape_metrics(self) -> bytes:
+        """``/metrics``: the Prometheus exposition, with each owned partition's inbox backlog."""
+        names = self.settings.names
+        consumers = [(p, names.inbox_stream, names.inbox_consumer(p)) for p in self.owned_partitions]
+        return await self.metrics.scrape(self._conn, consumers)
 
     async def wait_quiet(self) -> None:
         """Until every cached execution has finished its steps and their acks."""
