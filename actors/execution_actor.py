@@ -21,17 +21,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from perdure.runtime.errors import (
-    HistoryConflict,
-    PerdureError,
-)
+from perdure.runtime.errors import HistoryConflict, PerdureError, ScopeClosed
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.messages import (
-    ApiError,
-    ApiReply,
-    QueryReply,
-    StartWorkflow,
-)
+from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
@@ -48,6 +40,8 @@ from .step_acks import Incoming, StepAcks
 from .step_inputs import StepInput, decode_batch, events_of, fired_timers
 
 if TYPE_CHECKING:
+    from perdure.runtime.supervisor import Supervisor
+
     from .definitions import WorkflowDefinition
     from .worker import WorkerServices
 
@@ -77,10 +71,13 @@ class ExecutionActor:
         execution_id: str,
         partition: int,
         on_dormant: Callable[[ExecutionActor], None] = lambda actor: None,
+        scope: Supervisor | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.partition = partition
         self._services = services
+        # Its drains and step acks belong to its partition's scope (stopped with the partition).
+        self._scope = scope if scope is not None else services.supervisor
         self._on_dormant = on_dormant
         self.mailbox: list[Incoming] = []
         self._draining = False
@@ -93,9 +90,10 @@ class ExecutionActor:
         self.ref: ExecutionRef | None = None
         self._history = HistoryLog(services.conn, services.names, execution_id)
         self._ledger = RedoLedger()
+        # A HeldAck outlives the partition (its nak must reach the next owner): the runtime's.
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
         self._bound_log: Any = None
-        self._acks = StepAcks(spawner(services.supervisor), lambda: self._log)
+        self._acks = StepAcks(spawner(self._scope), lambda: self._log)
 
     @property
     def _log(self) -> Any:
@@ -117,9 +115,14 @@ class ExecutionActor:
     def deliver(self, delivery: Incoming) -> None:
         self.mailbox.append(delivery)
         if not self._draining:
+            try:
+                self._scope.spawn(self._drain(), name=f"execution:{self.execution_id}")
+            except ScopeClosed:  # its partition stopped: the messages go to the next owner
+                self._acks.abandon(self.mailbox)
+                self.mailbox.clear()
+                return
             self._draining = True
             self._idle.clear()
-            self._services.supervisor.spawn(self._drain(), name=f"execution:{self.execution_id}")
 
     async def _drain(self) -> None:
         try:

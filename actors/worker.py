@@ -8,7 +8,17 @@
     ├── ActivityActor (per activity name)   work consumer ──▶ run ──▶ inbox
     └── CompletionService         <ns>.api.complete / fail / heartbeat
 
-Every task belongs to the worker's Supervisor; ``stop()`` hands partitions over gracefully.
+Every task has an owner (a ``Supervisor`` scope) and a lifetime:
+
+    runtime scope ─┬ ownership, attempt-liveness        (critical: their failure stops the runtime)
+                   ├ partition:<p> (one per PartitionHost) ── consume, execution:<id>, settle
+                   ├ activities (the activity host) ── activities:<name> intake (critical),
+                   │                                    activity:/eager: attempts, keepalive, heartbeat
+                   ├ timers ── timer:<key> firings
+                   └ inbox-acks, inbox-in-progress (a HeldAck spans a partition and the attempts)
+
+``stop()`` hands partitions over gracefully (STYLE rule 14: intake first, in-flight work under
+a deadline, then cancel, then close the connection).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.provision import Provisioner
@@ -88,7 +98,8 @@ class Worker:
         self._hosts: dict[int, PartitionHost] = {}
         self._ownership: PartitionOwnership | None = None
         self._completion: CompletionService | None = None
-        self._activity_intake: list[asyncio.Task[None]] = []
+        self._activity_intake: list[asyncio.Task[Any]] = []
+        self._activities: Supervisor | None = None  # the activity host's scope: intake and attempts
         self._conn: Connection | None = None
         self.ready = asyncio.Event()
 
@@ -111,7 +122,7 @@ class Worker:
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
         supervisor = Supervisor(f"runtime:{self.settings.name}")
-        timers = TimerService(conn, names)
+        timers = TimerService(conn, names, scope=supervisor.child("timers"))
         heartbeats = HeartbeatService(conn, names, self.settings.partitions)
         self.services = WorkerServices(
             conn=conn,
@@ -126,21 +137,27 @@ class Worker:
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
+        activities = self._activities = supervisor.child("activities")
         activity_actors = {
-            name: ActivityActor(self.services, definition)
+            name: ActivityActor(self.services, definition, activities)
             for name, definition in self.registry.activities.items()
         }
-        self._activity_intake = [
-            supervisor.spawn(actor.run(), name=f"activities:{name}", critical=True)
-            for name, actor in activity_actors.items()
-        ]
+        # Ready when every intake consumer pulls (or the first one that cannot start raises).
+        self._activity_intake = list(
+            await asyncio.gather(
+                *(
+                    activities.start(actor.run, name=f"activities:{name}", critical=True)
+                    for name, actor in activity_actors.items()
+                )
+            )
+        )
         if activity_actors:
             supervisor.spawn(self.services.attempts.run(), name="attempt-liveness", critical=True)
         if activity_actors and self.settings.eager_activities:
             self.services.effects.local = LocalActivities(
                 activity_actors,
                 self._route_local,
-                spawner(supervisor),
+                spawner(activities),
                 self.settings.activity_concurrency,
                 heartbeats,
                 self.services.effects.running,
@@ -201,7 +218,7 @@ class Worker:
         if self._completion is not None:
             await self._completion.stop()
         await self._drain_activities(timeout)
-        await services.supervisor.stop(timeout=timeout)
+        await services.supervisor.stop(timeout=timeout)  # cancels what is left, child scopes too
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -220,11 +237,11 @@ class Worker:
             task.cancel()
         if intake:
             await asyncio.wait(intake, timeout=timeout)
-        prefixes = (f"{self.services.supervisor.name}:activity:", f"{self.services.supervisor.name}:eager:")
-        running = {t for t in asyncio.all_tasks() if t.get_name().startswith(prefixes) and not t.done()}
-        if running:
-            log.info("runtime.finishing_activities", runtime=self.settings.name, attempts=len(running))
-            await asyncio.wait(running, timeout=timeout)
+        activities = self._activities
+        if activities is not None and activities.running:
+            # What is left in the activity host's scope is its attempts (and their keepalives).
+            log.info("runtime.finishing_activities", runtime=self.settings.name, attempts=activities.running)
+            await activities.wait_idle(timeout)
 
     async def kill(self) -> None:
         """Stop without handing anything over (tests: what a crash looks like to the others)."""
@@ -253,9 +270,9 @@ class Worker:
         return sorted(self._hosts)
 
     async def _acquire(self, partition: int) -> None:
-        host = PartitionHost(self, partition)
+        host = PartitionHost(self, partition, self.services.supervisor.child(f"partition:{partition}"))
         self._hosts[partition] = host
-        host.start()
+        await host.start()
 
     async def _release(self, partition: int) -> None:
         host = self._hosts.pop(partition, None)
@@ -277,17 +294,6 @@ class Worker:
             ownership.wake()
         return owned
 
-    async def settle_partition(self, partition: int, timeout: float) -> None:
-        """Wait for this partition's actors to finish their step, then drop them."""
-        actors = [a for a in self._actors.values() if a.partition == partition]
-        busy = [asyncio.ensure_future(a.wait_idle()) for a in actors if not a.idle]
-        if busy:
-            _, pending = await asyncio.wait(busy, timeout=timeout)
-            for waiter in pending:
-                waiter.cancel()
-        for actor in actors:
-            self._actors.pop(actor.execution_id, None)
-
     # ----------------------------------------------------------------- actor cache
 
     def _route_local(self, execution_id: str, partition: int, result: LocalResult) -> None:
@@ -299,10 +305,16 @@ class Worker:
         self.actor(execution_id, partition).deliver(result)
 
     def actor(self, execution_id: str, partition: int) -> ExecutionActor:
+        """The execution's actor, from the cache (LRU over all partitions) or new; a new one
+        joins its partition host's actors and spawns its tasks on the host's scope."""
         actor = self._actors.get(execution_id)
         if actor is None:
-            actor = ExecutionActor(self.services, execution_id, partition, self._forget_dormant)
+            host = self._hosts.get(partition)
+            if host is None:
+                raise ScopeClosed(f"partition {partition} is not hosted by runtime {self.settings.name}")
+            actor = ExecutionActor(self.services, execution_id, partition, self._forget_dormant, host.scope)
             self._actors[execution_id] = actor
+            host.actors[execution_id] = actor
             self._evict()
         else:
             self._actors.move_to_end(execution_id)
@@ -310,7 +322,22 @@ class Worker:
 
     def _forget_dormant(self, actor: ExecutionActor) -> None:
         if self._actors.get(actor.execution_id) is actor:
-            del self._actors[actor.execution_id]
+            self._drop(actor.execution_id)
+
+    def _drop(self, execution_id: str) -> None:
+        """Leave the cache and the partition host's actors."""
+        actor = self._actors.pop(execution_id, None)
+        if actor is not None:
+            host = self._hosts.get(actor.partition)
+            if host is not None and host.actors.get(execution_id) is actor:
+                del host.actors[execution_id]
+
+    def forget_partition(self, host: PartitionHost) -> None:
+        """A stopped partition's actors leave the cache (the next owner replays them)."""
+        for execution_id, actor in list(host.actors.items()):
+            if self._actors.get(execution_id) is actor:
+                self._drop(execution_id)
+        host.actors.clear()
 
     def _evict(self) -> None:
         """Drop the least recently used idle actors beyond ``cache_size``.
@@ -324,7 +351,7 @@ class Worker:
             return
         head = itertools.islice(self._actors.items(), excess + EVICT_LOOKAHEAD)
         for execution_id in [eid for eid, actor in head if actor.idle][:excess]:
-            del self._actors[execution_id]
+            self._drop(execution_id)
 
     @property
     def cached_executions(self) -> int:
