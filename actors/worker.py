@@ -54,6 +54,8 @@ from .timers import TimerService
 log = structlog.get_logger("perdure.worker")
 
 ACTIVITY_GRACE = 2.0  # seconds a stopping runtime gives running activity attempts to finish
+PARTITION_SETTLE = 5.0  # seconds a released partition gives its steps under way to finish
+CANCEL_FLOOR = 1.0  # seconds cancelled tasks get to end, even when the stop's deadline has passed
 EVICT_LOOKAHEAD = 32  # busy actors skipped at the head of the LRU order before giving up
 
 
@@ -101,6 +103,7 @@ class Worker:
         self._activity_intake: list[asyncio.Task[Any]] = []
         self._activities: Supervisor | None = None  # the activity host's scope: intake and attempts
         self._conn: Connection | None = None
+        self._stop_deadline: float | None = None  # loop time by which stop() must be done
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -112,6 +115,7 @@ class Worker:
 
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
+        self._stop_deadline = None
         conn = await Connection.connect(
             self.settings.url,
             name=f"perdure-runtime-{self.settings.name}",
@@ -201,9 +205,12 @@ class Worker:
             delay = min(delay * 2, 0.5)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Graceful: hand partitions over, finish running steps, then close."""
+        """Graceful, within ``timeout`` (STYLE rule 14): hand partitions over (their steps
+        finish), stop the API intake, give running attempts their grace, cancel what is left
+        (every scope), then close the connection (which drains it)."""
         if self._conn is None:
             return
+        self._stop_deadline = asyncio.get_running_loop().time() + timeout
         self.ready.clear()
         services = getattr(self, "services", None)
         if services is None:  # start() failed before it had anything running (e.g. provisioning)
@@ -217,12 +224,18 @@ class Worker:
                 log.warning("runtime.release_failed", error=str(exc))
         if self._completion is not None:
             await self._completion.stop()
-        await self._drain_activities(timeout)
-        await services.supervisor.stop(timeout=timeout)  # cancels what is left, child scopes too
+        await self._drain_activities(self._time_left(timeout))
+        await services.supervisor.stop(timeout=max(CANCEL_FLOOR, self._time_left(timeout)))
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
         log.info("runtime.stopped", runtime=self.settings.name)
+
+    def _time_left(self, default: float) -> float:
+        """Until the stop's deadline (``default`` when not stopping)."""
+        if self._stop_deadline is None:
+            return default
+        return max(0.0, self._stop_deadline - asyncio.get_running_loop().time())
 
     async def _drain_activities(self, timeout: float) -> None:
         """Take no more work, and give the attempts under way ``ACTIVITY_GRACE`` to finish.
@@ -277,7 +290,7 @@ class Worker:
     async def _release(self, partition: int) -> None:
         host = self._hosts.pop(partition, None)
         if host is not None:
-            await host.stop(timeout=5.0)
+            await host.stop(timeout=min(PARTITION_SETTLE, self._time_left(PARTITION_SETTLE)))
 
     async def still_owns(self, partition: int) -> bool:
         """Whether this runtime's lease on ``partition`` still stands (asks the ownership tick
