@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from perdure.runtime import codec
+from perdure.runtime import codec, tracing
 from perdure.runtime.errors import (
     ErrorInfo,
     ExecutionNotFound,
@@ -116,6 +116,7 @@ class ActivityActor:
             # A poison work item: terminated, never redelivered. (The dead-letter stream of
             # actors/dead_letters.py belongs here: park the item with this reason first.)
             log.error("activity.bad_work_item", subject=delivery.subject, error=str(exc))
+            self._services.metrics.dead_lettered("bad_work_item")
             await delivery.term()
             return
         if delivery.num_delivered > 1 and await self._retried_elsewhere(task):
@@ -145,7 +146,7 @@ class ActivityActor:
             concluded = False
             try:
                 try:
-                    outcome = await self._execute(task, eager=False)
+                    outcome = await self._execute(task, eager=False, headers=delivery.headers)
                 finally:
                     keepalive.cancel()
                 if outcome is not None:
@@ -171,15 +172,23 @@ class ActivityActor:
         timers (its liveness key, timeout or heartbeat timer) that retry it."""
         return await self._services.attempts.was_started(task)
 
-    async def _execute(self, task: ActivityTask, *, eager: bool) -> ActivityResult | None:
+    async def _execute(
+        self, task: ActivityTask, *, eager: bool, headers: dict[str, str] | None = None
+    ) -> ActivityResult | None:
         running = await self._services.attempts.start(task, eager=eager)
         if running is None:
             return None  # its schedule-to-start timer fired (or it closed) while it was queued
+        metrics, began = self._services.metrics, time.perf_counter()
         try:
-            outcome = await self._run_function(task)
+            with tracing.attempt_span(task.name, task.execution_id, task.attempt, headers):
+                outcome = await self._run_function(task)
+                if outcome is not None and outcome.error is not None:
+                    tracing.note_failure(outcome.error.message)
         except BaseException:
+            metrics.attempt_ended(task.name, "cancelled", time.perf_counter() - began)
             running.abandon()  # cancelled (the runtime stops): its liveness key expires, it is retried
             raise
+        metrics.attempt_ended(task.name, outcome, time.perf_counter() - began)
         await running.end(reported=outcome is not None)
         return outcome
 
@@ -347,6 +356,7 @@ class _Heartbeater:
             return
         pending, self._has_pending = self._pending, False
         self._last_sent = time.monotonic()
+        self._services.metrics.heartbeats.inc()
         try:
             reply: ApiReply = await self._services.heartbeats.beat(self._token, pending)
         except ExecutionNotFound:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -18,6 +18,10 @@ from perdure.runtime.errors import ChildWorkflowError, ErrorInfo, from_info
 from perdure.runtime.events import ChildCancelRequested, ChildClosed, ChildStarted
 
 from .effects import CancelChild, StartChild
+
+if TYPE_CHECKING:
+    from .decisions import Decisions
+    from .replay_loop import ReplayLoop
 
 
 @dataclass
@@ -31,19 +35,33 @@ class ChildState:
 
 
 class ChildMachine:
-    def __init__(self) -> None:
+    """The child workflows a workflow instance started, keyed by sequence number."""
+
+    def __init__(self, decisions: Decisions, loop: ReplayLoop, execution_id: str, run: int) -> None:
+        self._decisions = decisions
+        self._loop = loop
+        self._execution_id = execution_id  # the parent's: children are named after it
+        self._run = run
         self.children: dict[int, ChildState] = {}
 
-    def start_child(self: Any, workflow: str, input: msgspec.Raw, execution_id: str | None) -> ChildState:
-        seq = self._next_seq("child")
-        child_id = execution_id or f"{self.execution_id}-c{seq}"
-        decision = self._decide(ChildStarted(seq=seq, workflow=workflow, execution_id=child_id, input=input))
-        state = ChildState(seq, decision.execution_id, workflow, self.loop.create_future())
+    @property
+    def any_open(self) -> bool:
+        return any(not state.closed for state in self.children.values())
+
+    def start(self, workflow: str, input: msgspec.Raw, execution_id: str | None) -> ChildState:
+        decisions = self._decisions
+        decisions.check_payload(input, what=f"input of child workflow {workflow!r}")
+        seq = decisions.next_seq("child")
+        child_id = execution_id or f"{self._execution_id}-c{seq}"
+        decision = decisions.decide(
+            ChildStarted(seq=seq, workflow=workflow, execution_id=child_id, input=input)
+        )
+        state = ChildState(seq, decision.execution_id, workflow, self._loop.create_future())
         self.children[seq] = state
-        self._effect(StartChild(decision, self.run))
+        decisions.effect(StartChild(decision, self._run))
         return state
 
-    def _child_closed(self: Any, event: ChildClosed) -> bool:
+    def closed(self, event: ChildClosed) -> bool:
         state = self.children.get(event.seq)
         if state is None or state.closed:
             return False
@@ -61,16 +79,17 @@ class ChildMachine:
                 state.future.set_exception(failure)
         return True
 
-    def cancel_child(self: Any, state: ChildState) -> None:
-        if state.closed or state.cancel_requested or self.closed:
+    def cancel(self, state: ChildState) -> None:
+        if state.closed or state.cancel_requested or self._decisions.closed:
             return
-        state.cancel_requested = True
-        self._decide(ChildCancelRequested(seq=state.seq))
-        self._effect(CancelChild(state.execution_id))
+        self._request_cancel(state)
 
-    def _cancel_open_children(self: Any) -> None:
+    def cancel_open(self) -> None:
         for state in self.children.values():
             if not state.closed and not state.cancel_requested:
-                state.cancel_requested = True
-                self._decide(ChildCancelRequested(seq=state.seq))
-                self._effect(CancelChild(state.execution_id))
+                self._request_cancel(state)
+
+    def _request_cancel(self, state: ChildState) -> None:
+        state.cancel_requested = True
+        self._decisions.decide(ChildCancelRequested(seq=state.seq))
+        self._decisions.effect(CancelChild(state.execution_id))

@@ -17,7 +17,7 @@ from typing import Any, assert_never
 import msgspec
 import structlog
 
-from perdure.runtime import codec
+from perdure.runtime import codec, tracing
 from perdure.runtime.errors import ErrorInfo, HistoryConflict
 from perdure.runtime.messages import (
     ActivityRecord,
@@ -30,6 +30,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.rawjson import NULL
+from perdure.runtime.timer_ids import activity_prefix, attempt_prefix
 from perdure.runtime.tokens import TokenData, encode_token
 
 from .effects import (
@@ -283,6 +284,7 @@ class EffectRunner:
         return await self._conn.publish_nowait(
             self._names.work(task.name),
             codec.encode(task),
+            headers=tracing.headers(),  # the step's trace context, to the attempt (runtime/tracing.py)
             msg_id=f"{ref.execution_id}:{ref.run}:a:{task.seq}:{task.attempt}",
         )
 
@@ -291,7 +293,7 @@ class EffectRunner:
         the back-off timer starts. Its checkpoint stays in the activity's checkpoint key
         (``CHECKPOINT_TTL``, 30 days) for the next attempt."""
         seq, failed = effect.seq, effect.failed_attempt
-        key = self._key(ref, f"a.{seq}.{failed}")
+        key = self._key(ref, attempt_prefix(seq, failed))
         out.purge(functools.partial(self._timers.forget_activity, key, attempt_timers(seq, failed)))
         out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
 
@@ -300,7 +302,9 @@ class EffectRunner:
         its checkpoint. Late heartbeats find no record and learn from history that it closed."""
         seq, attempt = effect.seq, effect.attempt
         armed = [*attempt_timers(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
-        out.purge(functools.partial(self._timers.forget_activity, self._key(ref, f"a.{seq}"), armed))
+        out.purge(
+            functools.partial(self._timers.forget_activity, self._key(ref, activity_prefix(seq)), armed)
+        )
 
     async def _observe(self, ref: ExecutionRef, effect: ObserveActivity, out: Sent) -> None:
         """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""
@@ -400,10 +404,15 @@ class EffectRunner:
             self._executions_prefix + ref.execution_id, codec.encode(record)
         )
 
-    async def mark_blocked(self, ref: ExecutionRef, message: str) -> None:
-        error = ErrorInfo(
-            code="workflow.nondeterministic", message=message, type="NonDeterminismError", retryable=False
-        )
+    async def mark_blocked(
+        self,
+        ref: ExecutionRef,
+        message: str,
+        *,
+        code: str = "workflow.nondeterministic",
+        kind: str = "NonDeterminismError",
+    ) -> None:
+        error = ErrorInfo(code=code, message=message, type=kind, retryable=False)
         await (await self._update_index(ref, UpdateIndex("BLOCKED", error=error)))
 
 

@@ -15,6 +15,7 @@ import msgspec
 from perdure.runtime.errors import ErrorInfo
 from perdure.runtime.events import ActivityOptions, ActivityScheduled, ChildStarted
 from perdure.runtime.messages import Status
+from perdure.runtime.timer_ids import TimerId
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +112,25 @@ Effect = (
 
 
 def record_timer(seq: int, attempt: int) -> str:
-    return f"a.{seq}.{attempt}.hb"
+    return TimerId.attempt_timer("heartbeat", seq, attempt).format()
 
 
 def timeout_timer(seq: int, attempt: int) -> str:
-    return f"a.{seq}.{attempt}.to"
+    return TimerId.attempt_timer("timeout", seq, attempt).format()
 
 
 def retry_timer(seq: int, attempt: int) -> str:
-    return f"a.{seq}.{attempt}.retry"
+    return TimerId.attempt_timer("retry", seq, attempt).format()
 
 
 def schedule_to_start_timer(seq: int, attempt: int) -> str:
     """Armed when the attempt is scheduled; the runtime that starts it cancels it."""
-    return f"a.{seq}.{attempt}.s2s"
+    return TimerId.attempt_timer("schedule_to_start", seq, attempt).format()
 
 
 def liveness_timer(seq: int, attempt: int) -> str:
     """Renewed by the runtime running the attempt (actors/attempt_timers.py); expires if it dies."""
-    return f"a.{seq}.{attempt}.live"
+    return TimerId.attempt_timer("liveness", seq, attempt).format()
 
 
 def attempt_timers(seq: int, attempt: int) -> list[str]:
@@ -149,8 +150,8 @@ def checkpoint_key(seq: int) -> str:
     """The latest heartbeat details of any attempt, kept (TTL ``CHECKPOINT_TTL``, not the
     heartbeat timeout) so a retry finds them after a timeout. Nothing deletes it: closing an
     activity costs no extra write, and the key expires on its own."""
-    return f"a.{seq}.cp"
+    return TimerId.checkpoint(seq).format()
 
 
 def schedule_to_close_timer(seq: int) -> str:
-    return f"a.{seq}.s2c"
+    return TimerId.schedule_to_close(seq).format()

@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from perdure.runtime.errors import HistoryConflict, PerdureError, ScopeClosed
+from perdure.runtime import tracing
+from perdure.runtime.errors import HistoryConflict, PerdureError, ScopeClosed, StepBudgetExceeded
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
+from perdure.runtime.supervisor import Supervisor
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
 from .history_log import HistoryLog
 from .inbox_translation import translate
-from .instance import Activation, WorkflowInstance
+from .instance import Activation, WorkflowInstance, evict
 from .local_activities import EagerSteps, recover_eager, spawner
 from .queries import answer_query
 from .redo_ledger import RedoLedger, due_again
@@ -37,11 +39,9 @@ from .replies import OK, send_reply, verdict, wants_reply
 from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
-from .step_inputs import StepInput, decode_batch, events_of, fired_timers
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, trace_of
 
 if TYPE_CHECKING:
-    from perdure.runtime.supervisor import Supervisor
-
     from .definitions import WorkflowDefinition
     from .worker import WorkerServices
 
@@ -49,6 +49,7 @@ log = structlog.get_logger("perdure.execution")
 
 _MAX_CONFLICT_RETRIES = 5
 DORMANT_HORIZON = 30.0  # seconds: an execution with nothing of its own due sooner is not cached
+_NOT_BLOCKED = ApiError(code="", message="")
 
 
 class UnknownWorkflow(PerdureError):
@@ -70,14 +71,13 @@ class ExecutionActor:
         services: WorkerServices,
         execution_id: str,
         partition: int,
+        scope: Supervisor,
         on_dormant: Callable[[ExecutionActor], None] = lambda actor: None,
-        scope: Supervisor | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.partition = partition
         self._services = services
-        # Its drains and step acks belong to its partition's scope (stopped with the partition).
-        self._scope = scope if scope is not None else services.supervisor
+        self._scope = scope  # its partition's: its drains and step acks stop with the partition
         self._on_dormant = on_dormant
         self.mailbox: list[Incoming] = []
         self._draining = False
@@ -85,10 +85,10 @@ class ExecutionActor:
         self._idle.set()
         self._lock = asyncio.Lock()  # a step and a query never interleave
         self.phase = Phase.NEW
-        self._blocked_reason = ""
+        self._blocked = _NOT_BLOCKED
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
-        self._history = HistoryLog(services.conn, services.names, execution_id)
+        self._history = HistoryLog(services.conn, services.names, execution_id, services.metrics)
         self._ledger = RedoLedger()
         # A HeldAck outlives the partition (its nak must reach the next owner): the runtime's.
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
@@ -119,7 +119,6 @@ class ExecutionActor:
                 self._scope.spawn(self._drain(), name=f"execution:{self.execution_id}")
             except ScopeClosed:  # its partition stopped: the messages go to the next owner
                 self._acks.abandon(self.mailbox)
-                self.mailbox.clear()
                 return
             self._draining = True
             self._idle.clear()
@@ -146,13 +145,20 @@ class ExecutionActor:
             self._on_dormant(self)
 
     async def _handle(self, batch: list[Incoming]) -> None:
+        began = time.perf_counter()
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                await self._step(batch)
+                with tracing.step_scope():
+                    await self._step(batch)
+                self._services.metrics.step_done(time.perf_counter() - began)
                 return
             except HistoryConflict as exc:
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
+            except StepBudgetExceeded as exc:  # workflow code that blocks: BLOCKED, messages kept
+                await self._block(str(exc), exc)
+                await self._acks.nak(batch, delay=30.0, hold=self._eager.take_hold())
+                return
             except Exception as exc:
                 delay = self._failed(exc)
                 self._forget()
@@ -175,11 +181,12 @@ class ExecutionActor:
         """Drop the in-memory state; the next step replays history. After a conflict, or
         once history was seen, never assume a fresh execution again."""
         seen = conflict or self._history.last_seq > 0 or self.phase is Phase.UNLOADED
+        evict(self.instance)
         self.instance = None
         self.ref = None
         self._history.reset()
         self._ledger.clear()
-        self._blocked_reason = ""
+        self._blocked = _NOT_BLOCKED
         self.phase = Phase.UNLOADED if seen else Phase.NEW
 
     async def query(self, name: str, args: msgspec.Raw) -> QueryReply:
@@ -192,7 +199,7 @@ class ExecutionActor:
     # ------------------------------------------------------------------- one step
 
     async def _step(self, batch: list[Incoming]) -> None:
-        incoming = await decode_batch(batch, self._log)
+        incoming = await decode_batch(batch, self._log, self._services.metrics)
         if not incoming:
             self._acks.release(batch)
             return
@@ -202,7 +209,7 @@ class ExecutionActor:
             await self._load()
         if self.phase is Phase.BLOCKED:
             # Keep the messages (a fixed deployment applies them) and say why nothing happens.
-            error = ApiError(code="workflow.nondeterministic", message=self._blocked_reason)
+            error = self._blocked
             for item in incoming:
                 await self._reply(item, ApiReply(ok=False, error=error))
             await self._acks.nak(batch, delay=30.0, hold=None)
@@ -222,7 +229,8 @@ class ExecutionActor:
             self._acks.settle_later(batch, sent, self._eager.take_hold(), self._maybe_dormant)
             return
         now = max(time.time(), self._history.last_time)
-        activation = instance.activate(events_of(fresh), now)
+        tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
+        activation = await instance.run_step(events_of(fresh), now)
         if activation.inputs or activation.decisions:
             # Only what the step's end state still wants: an attempt started and then
             # closed within the step (a retry's timer and the previous attempt's result in
@@ -259,6 +267,7 @@ class ExecutionActor:
                 item.message, self.instance, execution_id=self.execution_id, from_outside=from_outside
             )
             if isinstance(translation, WorkflowStarted):
+                item.translation = translation = tracing.with_trace(translation, item.delivery.headers)
                 self._create(translation.workflow)
 
     def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
@@ -367,14 +376,17 @@ class ExecutionActor:
 
     async def _load(self) -> None:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
+        began = time.perf_counter()
         current = await self._history.load()
-        self.phase = Phase.LOADED
         if current is None:
+            self.phase = Phase.LOADED
             return
         definition = self._definition(current.started.workflow)
-        replayed = replay_run(
+        replayed = await replay_run(
             current, definition, execution_id=self.execution_id, partition=self.partition, ledger=self._ledger
         )
+        self._services.metrics.replayed(time.perf_counter() - began)
+        self.phase = Phase.LOADED  # only now: a replay that raised (from a query) leaves nothing half-loaded
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
         if replayed.divergence is not None:
             await self._block(replayed.divergence)
@@ -388,11 +400,16 @@ class ExecutionActor:
             assert instance.started is not None
             await self._next_run(continuation_start(instance.started, next_input))
 
-    async def _block(self, reason: str) -> None:
-        self.phase, self._blocked_reason = Phase.BLOCKED, reason
-        self._log.error("execution.nondeterministic", error=reason)
-        assert self.ref is not None
-        await self._services.effects.mark_blocked(self.ref, reason)
+    async def _block(self, reason: str, overrun: StepBudgetExceeded | None = None) -> None:
+        ref, code = self.ref, overrun.code if overrun else "workflow.nondeterministic"
+        if overrun is not None:
+            self._forget()  # its instance tears down when the blocking code lets go
+        self.phase, self._blocked = Phase.BLOCKED, ApiError(code=code, message=reason)
+        event = "execution.step_over_budget" if overrun else "execution.nondeterministic"
+        self._log.error(event, error=reason)
+        if ref is not None:
+            kind = type(overrun).__name__ if overrun else "NonDeterminismError"
+            await self._services.effects.mark_blocked(ref, reason, code=code, kind=kind)
 
 
 __all__ = ["DORMANT_HORIZON", "ExecutionActor", "Phase", "UnknownWorkflow"]

@@ -34,7 +34,7 @@ class ActivityHandle(Generic[R]):
         options: ActivityOptions,
     ) -> None:
         self.definition = definition
-        self._state: ActivityState = instance.schedule_activity(definition.name, input, options)
+        self._state: ActivityState = instance.activity.schedule(definition.name, input, options)
         self._state.result_codec = definition.result_codec
 
     @property
@@ -47,7 +47,7 @@ class ActivityHandle(Generic[R]):
         except asyncio.CancelledError:
             # The awaiting workflow task was cancelled (wait_for timeout, workflow cancel):
             # abandon the activity, and let its heartbeats learn that it is no longer wanted.
-            self._state.instance.cancel_activity(self._state)
+            self._state.machine.cancel(self._state)
             raise
         return self.definition.result_codec.decode(raw, what=f"result of activity {self.definition.name!r}")  # type: ignore[no-any-return]
 
@@ -61,7 +61,7 @@ class ActivityHandle(Generic[R]):
         (one event each, throttled like heartbeats), so a replay sees the same checkpoints.
         The iteration ends when the activity closes; ``await handle`` then gives the result.
         """
-        return self._state.instance.progress_of(self._state)
+        return self._state.machine.progress_of(self._state)
 
 
 class ChildHandle(Generic[R]):
@@ -71,8 +71,8 @@ class ChildHandle(Generic[R]):
         self, definition: Any, instance: WorkflowInstance, input: msgspec.Raw, execution_id: str | None
     ) -> None:
         self.definition = definition
-        self._instance = instance
-        self._state: ChildState = instance.start_child(definition.name, input, execution_id)
+        self._machine = instance.child
+        self._state: ChildState = instance.child.start(definition.name, input, execution_id)
 
     @property
     def id(self) -> str:
@@ -82,7 +82,7 @@ class ChildHandle(Generic[R]):
         try:
             raw = await asyncio.shield(self._state.future)
         except asyncio.CancelledError:
-            self._instance.cancel_child(self._state)  # the parent's cancellation reaches the child
+            self._machine.cancel(self._state)  # the parent's cancellation reaches the child
             raise
         return self.definition.result_codec.decode(raw, what=f"result of child workflow {self.id}")  # type: ignore[no-any-return]
 
@@ -90,4 +90,4 @@ class ChildHandle(Generic[R]):
         return self.result().__await__()
 
     def cancel(self) -> None:
-        self._instance.cancel_child(self._state)
+        self._machine.cancel(self._state)

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from perdure.runtime import codec
-from perdure.runtime.errors import InvalidPayload
+from perdure.runtime.errors import HistoryConflict, InvalidPayload
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_client import Connection
+
+from .metrics import RuntimeMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +33,13 @@ class CurrentRun:
 class HistoryLog:
     """Reads and appends ``history.<execution>``; remembers the last sequence and step time."""
 
-    __slots__ = ("_conn", "_execution_id", "_stream", "_subject", "last_seq", "last_time")
+    __slots__ = ("_conn", "_execution_id", "_metrics", "_stream", "_subject", "last_seq", "last_time")
 
-    def __init__(self, conn: Connection, names: Names, execution_id: str) -> None:
+    def __init__(
+        self, conn: Connection, names: Names, execution_id: str, metrics: RuntimeMetrics | None = None
+    ) -> None:
         self._conn = conn
+        self._metrics = metrics
         self._execution_id = execution_id
         self._stream = names.history_stream
         self._subject = names.history(execution_id)
@@ -68,9 +73,16 @@ class HistoryLog:
     async def append(self, step: HistoryStep) -> int:
         """Append ``step`` after the last one seen; raises ``HistoryConflict`` if another
         writer appended meanwhile. Returns the step's stream sequence."""
-        ack = await self._conn.publish(
-            self._subject, codec.encode(step), expected_last_subject_seq=self.last_seq
-        )
+        try:
+            ack = await self._conn.publish(
+                self._subject, codec.encode(step), expected_last_subject_seq=self.last_seq
+            )
+        except HistoryConflict:
+            if self._metrics is not None:
+                self._metrics.conflicts.inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.appends.inc()
         self.last_seq, self.last_time = ack.seq, step.time
         return ack.seq
 

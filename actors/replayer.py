@@ -57,6 +57,8 @@ def replay_steps(registry: Registry, execution_id: str, steps: list[HistoryStep]
             instance.activate(step.inputs, step.time, expected=step.decisions)
     except NonDeterminismError as exc:
         return ReplayReport(execution_id, False, instance.step_index, str(exc))
+    finally:
+        instance.evict()  # an open run is dropped without running its finally blocks
     return ReplayReport(execution_id, True, len(steps))
 
 

@@ -33,7 +33,7 @@ class Replayed:
     divergence: str | None  # the NonDeterminismError's message, if the code diverged
 
 
-def replay_run(
+async def replay_run(
     current: CurrentRun,
     definition: WorkflowDefinition[Any, Any],
     *,
@@ -48,12 +48,15 @@ def replay_run(
     divergence = None
     try:
         for index, step in enumerate(steps):
-            activation = instance.activate(step.inputs, step.time, expected=step.decisions)
+            activation = await instance.run_step(step.inputs, step.time, expected=step.decisions)
             ledger.remember(index, step.absorbed, activation.effects)
             if step.eager:
                 eager.update(started_attempts(activation.effects, step.eager))
     except NonDeterminismError as exc:
         divergence = str(exc)
+    except BaseException:
+        instance.evict()  # a half-replayed instance is dropped on purpose (a step past its budget, say)
+        raise
     finally:
         instance.replaying = False
     ref.history_length = instance.history_length

@@ -71,8 +71,13 @@ async def begin_next_run(
     now = max(time.time(), not_before)
     instance = WorkflowInstance(old.definition, old.execution_id, run=run)
     ref = ExecutionRef(old.execution_id, old.definition.name, run, partition, now)
-    activation = instance.activate([started_event(start, run=run)], now)
+    try:
+        activation = await instance.run_step([started_event(start, run=run)], now)
+    except BaseException:
+        instance.evict()
+        raise
     first_seq = await commit(instance, now, activation)
+    old.evict()  # the closed run's instance is dropped on purpose
     ref.history_length = instance.history_length
     await effects.perform(ref, activation.effects)
     await history.purge_before(first_seq)

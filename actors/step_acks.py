@@ -53,10 +53,11 @@ class StepAcks:
     @staticmethod
     def abandon(batch: list[Incoming]) -> None:
         """No step will take these (the partition stopped): an eager outcome hands its
-        scheduling step back; inbox messages are redelivered to the next owner."""
+        scheduling step back; inbox messages are redelivered to the next owner. Empties it."""
         for delivery in batch:
             if isinstance(delivery, LocalResult):
                 delivery.drop()
+        batch.clear()
 
     async def nak(self, batch: list[Incoming], *, delay: float, hold: HeldAck | None) -> None:
         if hold is not None:

@@ -12,11 +12,12 @@ from typing import Any
 
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload
-from perdure.runtime.events import InputEvent
+from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
 from .inbox_translation import Refusal, Translation
 from .local_activities import LocalResult
+from .metrics import RuntimeMetrics
 from .step_acks import Incoming
 from .timers import TimerKey
 
@@ -28,7 +29,9 @@ class StepInput:
     translation: Translation | None = None
 
 
-async def decode_batch(batch: list[Incoming], log: Any) -> list[StepInput]:
+async def decode_batch(
+    batch: list[Incoming], log: Any, metrics: RuntimeMetrics | None = None
+) -> list[StepInput]:
     out: list[StepInput] = []
     for delivery in batch:
         if isinstance(delivery, LocalResult):
@@ -40,6 +43,8 @@ async def decode_batch(batch: list[Incoming], log: Any) -> list[StepInput]:
             )
         except InvalidPayload as exc:
             log.error("execution.bad_inbox_message", error=str(exc))
+            if metrics is not None:
+                metrics.dead_lettered("bad_inbox_message")
             await delivery.term()
             continue
         out.append(StepInput(delivery, message))
@@ -64,3 +69,14 @@ def fired_timers(items: list[StepInput], partition: int, execution_id: str) -> l
         for item in items
         if isinstance(item.message, TimerExpired)
     ]
+
+
+def trace_of(started: WorkflowStarted | None, items: list[StepInput]) -> str:
+    """The start's trace context (``traceparent``) of the run a step belongs to: recorded in
+    its ``WorkflowStarted``, which the first step finds among its own translations."""
+    if started is not None:
+        return started.trace
+    for item in items:
+        if isinstance(item.translation, WorkflowStarted):
+            return item.translation.trace
+    return ""

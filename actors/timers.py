@@ -31,6 +31,9 @@ from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.supervisor import Supervisor
+from perdure.runtime.timer_ids import TimerId, TimerKind
+
+from .metrics import RuntimeMetrics
 
 log = structlog.get_logger("perdure.timers")
 
@@ -53,8 +56,15 @@ class TimerKey(msgspec.Struct, frozen=True):
 
     def checkpoint(self) -> TimerKey:
         """The checkpoint key of the activity this attempt key belongs to."""
-        seq = self.timer.split(".")[1]
-        return TimerKey(self.partition, self.execution_id, self.run, f"a.{seq}.cp")
+        timer = TimerId.parse(self.timer)
+        assert timer is not None and timer.is_activity, self.timer
+        return TimerKey(self.partition, self.execution_id, self.run, TimerId.checkpoint(timer.seq).format())
+
+    @property
+    def kind(self) -> TimerKind | None:
+        """What the timer is for (None: not a timer id Perdure writes)."""
+        timer = TimerId.parse(self.timer)
+        return timer.kind if timer is not None else None
 
     @property
     def msg_id(self) -> str:
@@ -62,7 +72,15 @@ class TimerKey(msgspec.Struct, frozen=True):
 
 
 class TimerService:
-    def __init__(self, conn: Connection, names: Names, *, scope: Supervisor | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        names: Names,
+        metrics: RuntimeMetrics | None = None,
+        *,
+        scope: Supervisor | None = None,
+    ) -> None:
+        self._metrics = metrics or RuntimeMetrics()
         self._conn = conn
         self._names = names
         self._bucket = names.timers_bucket
@@ -113,14 +131,15 @@ class TimerService:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, fire_at - time.time())
-        self._armed[k] = loop.call_at(loop.time() + delay, self._fire_from_memory, key)
+        self._armed[k] = loop.call_at(loop.time() + delay, self._fire_from_memory, key, fire_at)
 
     def disarm(self, key: str) -> None:
         handle = self._armed.pop(key, None)
         if handle is not None:
             handle.cancel()
 
-    def _fire_from_memory(self, key: TimerKey) -> None:
+    def _fire_from_memory(self, key: TimerKey, fire_at: float) -> None:
+        self._metrics.timer_fired("memory", fire_at)
         k = key.key()
         self._armed.pop(k, None)
         self._quiet.add(k)  # the KV marker will follow; the inbox already has this firing
@@ -181,7 +200,7 @@ class TimerService:
     async def _on_entry(self, msg: StoredMessage) -> None:
         k = msg.subject[len(self._prefix) :]
         key = TimerKey.parse(k)
-        if key is None or key.timer.endswith(".cp") or not self._owned(key.partition):
+        if key is None or key.kind == "checkpoint" or not self._owned(key.partition):
             return  # checkpoints are data, not timers
         if msg.headers.get("Nats-Marker-Reason") == "MaxAge":
             await self._on_expired(key, k)
@@ -189,7 +208,7 @@ class TimerService:
         if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
             self.disarm(k)
             return
-        if key.timer.endswith(".hb"):
+        if key.kind == "heartbeat":
             self._on_record(k, msg.data)
             return
         try:
@@ -218,4 +237,5 @@ class TimerService:
         if k in self._quiet:
             self._quiet.discard(k)
             return
+        self._metrics.timer_fired("marker")
         self._spawn_firing(key)

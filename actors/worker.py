@@ -45,11 +45,14 @@ from .attempt_timers import AttemptTimers
 from .completion import CompletionService, HeartbeatService
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
+from .instance import evict
 from .local_activities import LocalActivities, LocalResult, spawner
+from .metrics import RuntimeMetrics
 from .ownership import PartitionOwnership
 from .partition_host import PartitionHost
 from .registry import Registry
 from .timers import TimerService
+from .workflow_threads import workflow_threads
 
 log = structlog.get_logger("perdure.worker")
 
@@ -72,6 +75,7 @@ class WorkerServices:
     timers: TimerService
     heartbeats: HeartbeatService
     attempts: AttemptTimers
+    metrics: RuntimeMetrics
 
 
 class Worker:
@@ -105,6 +109,8 @@ class Worker:
         self._conn: Connection | None = None
         self._stop_deadline: float | None = None  # loop time by which stop() must be done
         self.ready = asyncio.Event()
+        self.metrics = RuntimeMetrics()
+        self.metrics.watch(lambda: len(self._actors), lambda: len(self._hosts))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -116,6 +122,7 @@ class Worker:
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
         self._stop_deadline = None
+        workflow_threads().budget = self.settings.step_budget  # workflow code past it fails its step
         conn = await Connection.connect(
             self.settings.url,
             name=f"perdure-runtime-{self.settings.name}",
@@ -126,7 +133,7 @@ class Worker:
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
         supervisor = Supervisor(f"runtime:{self.settings.name}")
-        timers = TimerService(conn, names, scope=supervisor.child("timers"))
+        timers = TimerService(conn, names, self.metrics, scope=supervisor.child("timers"))
         heartbeats = HeartbeatService(conn, names, self.settings.partitions)
         self.services = WorkerServices(
             conn=conn,
@@ -138,6 +145,7 @@ class Worker:
             timers=timers,
             heartbeats=heartbeats,
             attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
+            metrics=self.metrics,
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
@@ -226,6 +234,8 @@ class Worker:
             await self._completion.stop()
         await self._drain_activities(self._time_left(timeout))
         await services.supervisor.stop(timeout=max(CANCEL_FLOOR, self._time_left(timeout)))
+        for execution_id in list(self._actors):
+            self._drop(execution_id)
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -261,6 +271,8 @@ class Worker:
         if self._conn is None:
             return
         await self.services.supervisor.stop(timeout=1.0)
+        for execution_id in list(self._actors):
+            self._drop(execution_id)
         await self.services.timers.stop()
         await self._conn.close()
         self._conn = None
@@ -325,7 +337,7 @@ class Worker:
             host = self._hosts.get(partition)
             if host is None:
                 raise ScopeClosed(f"partition {partition} is not hosted by runtime {self.settings.name}")
-            actor = ExecutionActor(self.services, execution_id, partition, self._forget_dormant, host.scope)
+            actor = ExecutionActor(self.services, execution_id, partition, host.scope, self._forget_dormant)
             self._actors[execution_id] = actor
             host.actors[execution_id] = actor
             self._evict()
@@ -338,9 +350,11 @@ class Worker:
             self._drop(actor.execution_id)
 
     def _drop(self, execution_id: str) -> None:
-        """Leave the cache and the partition host's actors."""
+        """Leave the cache and the partition host's actors; the instance is torn down now,
+        not by the garbage collector."""
         actor = self._actors.pop(execution_id, None)
         if actor is not None:
+            evict(actor.instance)
             host = self._hosts.get(actor.partition)
             if host is not None and host.actors.get(execution_id) is actor:
                 del host.actors[execution_id]
@@ -370,6 +384,12 @@ class Worker:
     def cached_executions(self) -> int:
         """Executions held in memory (dormant and evicted ones are replayed when woken)."""
         return len(self._actors)
+
+    async def scrape_metrics(self) -> bytes:
+        """``/metrics``: the Prometheus exposition, with each owned partition's inbox backlog."""
+        names = self.settings.names
+        consumers = [(p, names.inbox_stream, names.inbox_consumer(p)) for p in self.owned_partitions]
+        return await self.metrics.scrape(self._conn, consumers)
 
     async def wait_quiet(self) -> None:
         """Until every cached execution has finished its steps and their acks."""

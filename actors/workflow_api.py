@@ -103,7 +103,7 @@ class _Workflow:
         remaining = seconds(timeout)
         deadline = None if remaining is None else instance.loop.now + remaining
         while True:
-            waiting = instance.wait_signal(name)
+            waiting = instance.signals.wait(name)
             raw = await (asyncio.wait_for(waiting, remaining) if remaining is not None else waiting)
             try:
                 return signal_codec.decode(raw, what=f"signal {name!r}")
@@ -115,15 +115,15 @@ class _Workflow:
                     remaining = max(0.0, deadline - instance.loop.now)
 
     def pending_signals(self, name: str) -> int:
-        return require_instance("workflow.pending_signals()").pending_signals(name)
+        return require_instance("workflow.pending_signals()").signals.pending(name)
 
     async def condition(self, predicate: Callable[[], bool], *, timeout: Duration | None = None) -> bool:
         """Wait until ``predicate()`` is true (re-checked after every event); False on timeout."""
         instance = require_instance("workflow.condition()")
         if timeout is None:
-            return await instance.condition(predicate)
+            return await instance.conditions.wait(predicate)
         try:
-            return await asyncio.wait_for(instance.condition(predicate), seconds(timeout))
+            return await asyncio.wait_for(instance.conditions.wait(predicate), seconds(timeout))
         except TimeoutError:
             return False
 

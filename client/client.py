@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from perdure.runtime import codec
+from perdure.runtime import codec, tracing
 from perdure.runtime.connect_options import ConnectOptions
 from perdure.runtime.embedded import default_url
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
@@ -151,9 +151,11 @@ class Client:
             if id_reuse == "use_existing" or (id_reuse == "allow_after_failure" and not failed):
                 return handle
             new_run = msgspec.structs.replace(message, new_run=True)
-            await self.send(execution_id, new_run, msg_id=f"start:{execution_id}:after:{existing.run}")
+            with tracing.client_span("perdure.start", execution_id, name):
+                await self.send(execution_id, new_run, msg_id=f"start:{execution_id}:after:{existing.run}")
             return handle
-        ack = await self.send(execution_id, message, msg_id=f"start:{execution_id}")
+        with tracing.client_span("perdure.start", execution_id, name):
+            ack = await self.send(execution_id, message, msg_id=f"start:{execution_id}")
         if ack.duplicate and on_conflict == "fail":
             # Started moments ago by someone else (the index may not show it yet).
             raise ExecutionAlreadyExists(f"execution {execution_id!r} was already started")
@@ -163,10 +165,13 @@ class Client:
         return WorkflowHandle(self, check_execution_id(execution_id), workflow)
 
     async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> Ack:
-        """Publish ``message`` to the execution's inbox; returns once it is stored."""
-        data = codec.encode(message)
+        """Publish ``message`` to the execution's inbox; returns once it is stored. The
+        current trace context goes with it (a ``traceparent`` header, runtime/tracing.py)."""
+        data, headers = codec.encode(message), tracing.headers()
         subject = self.names.inbox(execution_id)
-        return await self._retry_unavailable(lambda: self.conn.publish(subject, data, msg_id=msg_id))
+        return await self._retry_unavailable(
+            lambda: self.conn.publish(subject, data, msg_id=msg_id, headers=headers)
+        )
 
     async def _retry_unavailable(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again while JetStream is unavailable (nothing was stored, so sending

@@ -6,6 +6,8 @@ imports it), so client applications never load the replay engine.
     perdure worker MODULE[:ATTR] ...   host the workflows and activities found there
     perdure server                     run a NATS server with JetStream (the embedded default)
     perdure replay ...                 check recorded histories against the current code
+    perdure console ...                serve the web console (perdure.client.console)
+    perdure start|list|history|...     the client verbs (perdure.client.cli)
 """
 
 from __future__ import annotations
@@ -67,12 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the first connect to NATS may take (PERDURE_CONNECT_TIMEOUT, 10)",
     )
     worker.add_argument(
-        "--health-port", type=int, default=None, help="serve /healthz and /readyz on this port"
+        "--health-port", type=int, default=None, help="serve /healthz, /readyz and /metrics on this port"
     )
     worker.add_argument(
         "--health-host",
         default=os.environ.get("PERDURE_HEALTH_HOST", "127.0.0.1"),
         help="address the health port listens on (default loopback; 0.0.0.0 for every interface)",
+    )
+    worker.add_argument(
+        "--console-port", type=int, default=None, help="serve the web console on this port (127.0.0.1)"
     )
     worker.add_argument("--store-dir", default=None, help="embedded server's data directory")
     worker.add_argument("--log-level", default=None)
@@ -90,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", default=os.environ.get("PERDURE_URL"))
     replay.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
     connect_options.add_arguments(replay)
+
+    console = sub.add_parser("console", help="serve the web console (needs perdure[console])")
+    console.add_argument("--url", default=os.environ.get("PERDURE_URL"))
+    console.add_argument("--namespace", default=os.environ.get("PERDURE_NAMESPACE", "perdure"))
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    console.add_argument("--port", type=int, default=8240)
+    connect_options.add_arguments(console)
+
+    from perdure.client.cli import add_verbs  # start, list, signal...: a client, no engine
+
+    add_verbs(sub)
     return parser
 
 
@@ -106,6 +122,14 @@ def main(argv: list[str] | None = None) -> None:
             _serve_nats(args)
         elif args.command == "replay":
             sys.exit(_run(_replay(args)))
+        elif args.command == "console":
+            from perdure.client.console import run_console
+
+            _run(run_console(args))
+        elif getattr(args, "cli_verb", None):
+            from perdure.client.cli import run as run_verb
+
+            sys.exit(run_verb(args))
     except PerdureError as exc:
         message = " ".join(redact_url(str(exc)).split())  # one line, no secret
         print(f"perdure: {exc.code}: {message}", file=sys.stderr)
@@ -215,6 +239,7 @@ async def _worker(args: argparse.Namespace) -> int:
             stop.on_force.append(embedded.kill)
     worker = Worker(registry=registry, settings=settings)
     health = None
+    console = None
     started = False
     try:
         if args.health_port:  # /healthz answers during start-up too; /readyz once started
@@ -225,8 +250,14 @@ async def _worker(args: argparse.Namespace) -> int:
             return 0
         started = True
         tune_gc()
+        if args.console_port is not None:
+            from perdure.client.console import start_for_worker
+
+            console = await start_for_worker(settings, args.console_port)
         return await _serve(worker, stop)
     finally:
+        if console is not None:
+            await console.stop()
         clean = await _shutdown(worker, DRAIN_SECONDS, started=started)
         if health is not None:
             health.close()
@@ -282,12 +313,15 @@ async def _shutdown(worker: Any, seconds: float, *, started: bool) -> bool:
 
 async def _serve_health(host: str, port: int, worker: Any) -> asyncio.Server:
     """``/healthz``: the process runs. ``/readyz``: connected, provisioned, serving.
-    Loopback unless ``--health-host`` says otherwise: a probe runs beside the process."""
+    Loopback unless ``--health-host`` says otherwise: a probe runs beside the process.
+    ``/metrics``: the runtime's Prometheus metrics (actors/metrics.py)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             line = (await reader.readline()).decode(errors="replace")
             path = line.split(" ")[1] if " " in line else "/"
+            if path == "/metrics":
+                return await _write_metrics(reader, writer, await worker.scrape_metrics())
             ok = path == "/healthz" or (path == "/readyz" and worker.ready.is_set())
             status = "200 OK" if ok else "503 Service Unavailable"
             body = b"ok\n" if ok else b"not ready\n"
@@ -299,6 +333,17 @@ async def _serve_health(host: str, port: int, worker: Any) -> asyncio.Server:
         writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+async def _write_metrics(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> None:
+    from perdure.actors.metrics import CONTENT_TYPE
+
+    while (await reader.readline()).strip():  # the request's headers: closing with them unread resets
+        pass
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+    writer.write(f"{head}Connection: close\r\n\r\n".encode() + body)
+    await writer.drain()
+    writer.close()
 
 
 def _serve_nats(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@
     ├── ExecutionAlreadyExists           "execution.exists"
     ├── ActivityClosed                   "activity.closed"
     ├── NonDeterminismError              "workflow.nondeterministic"
+    ├── StepBudgetExceeded               "workflow.step_budget"
     ├── WorkflowFailed                   "workflow.failed"
     │   ├── WorkflowCancelled            "workflow.cancelled"
     │   ├── WorkflowTerminated           "workflow.terminated"
@@ -151,6 +152,13 @@ class NonDeterminismError(PerdureError):
     code = "workflow.nondeterministic"
 
 
+class StepBudgetExceeded(PerdureError):
+    """Workflow code ran past the step budget without yielding (``time.sleep``, a busy
+    loop, blocking I/O); the message names the workflow, the execution and the line."""
+
+    code = "workflow.step_budget"
+
+
 class WorkflowFailed(PerdureError):
     """The execution ended in failure; ``cause`` is the error the workflow raised."""
 
@@ -236,6 +244,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         ExecutionAlreadyExists,
         ActivityClosed,
         NonDeterminismError,
+        StepBudgetExceeded,
         WorkflowFailed,
         WorkflowCancelled,
         WorkflowTerminated,

@@ -102,6 +102,7 @@ class WorkflowStarted(Event, tag="workflow.started"):
     parent_run: int = 0
     parent_seq: int = 0
     timeout: float | None = None  # the whole execution (all runs)
+    trace: str = ""  # the start's W3C ``traceparent`` (runtime/tracing.py), "" when not traced
 
 
 class ActivityCompleted(Event, tag="activity.completed"):

@@ -182,3 +182,11 @@ async def delete_streams(conn: Connection, names: list[str]) -> None:
     for name in names:
         with map_errors(f"delete stream {name}"), contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
+
+
+async def consumer_pending(conn: Connection, *, stream: str, name: str) -> int:
+    """Messages of the consumer's filter not yet delivered to it (its backlog)."""
+    js = conn.raw.jetstream()
+    with map_errors(f"read consumer {stream}/{name}"):
+        info = await js.consumer_info(stream, name, timeout=2.0)
+    return int(info.num_pending or 0)

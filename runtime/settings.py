@@ -43,6 +43,17 @@ def connect_timeout_from_env() -> float:
     return env_float("PERDURE_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
 
 
+def _env_budget(name: str, default: float) -> float:
+    """Seconds, or 0 (the step budget: 0 runs workflow steps inline, unguarded)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """What a runtime needs to know. Every field has a ``PERDURE_<FIELD>`` variable."""
@@ -60,6 +71,9 @@ class Settings:
     eager_activities: bool = True
     marker_ttl: float = 3600.0  # how long timer expiry markers stay visible to a new owner
     history_warn_events: int = 10_000  # workflow.info().history_long turns true past this
+    # Seconds one workflow step may run before it fails (StepBudgetExceeded: code that blocks,
+    # such as time.sleep or a busy loop); steps run in workflow threads. 0: inline, unguarded.
+    step_budget: float = 2.0
     # The first connect to NATS gives up after this long (then reconnects are endless).
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     # Authentication and TLS (PERDURE_USER, PERDURE_CREDS_FILE, PERDURE_TLS_CA...; repr redacted).
@@ -74,6 +88,7 @@ class Settings:
             partitions=env_int("PERDURE_PARTITIONS", 12),
             connect_timeout=connect_timeout_from_env(),
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
+            step_budget=_env_budget("PERDURE_STEP_BUDGET", 2.0),
             connect=ConnectOptions.from_env(),
         )
         if os.environ.get("PERDURE_NAME"):
@@ -89,5 +104,7 @@ class Settings:
         Names(self.namespace)  # validates
         if self.replicas < 1 or self.partitions < 1:
             raise ConfigurationError("replicas and partitions must be at least 1")
+        if self.step_budget < 0:
+            raise ConfigurationError("step_budget must be 0 (unguarded) or more seconds")
         if not self.connect_timeout > 0:
             raise ConfigurationError("connect_timeout must be more than 0 seconds")

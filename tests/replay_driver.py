@@ -242,6 +242,7 @@ def drive(ops: list[Any], schedule: Schedule, max_steps: int = 30) -> list[Histo
         steps.append(recorded(now, activation.inputs, activation.decisions))
         pending.record(activation.inputs, activation.decisions)
         if instance.closed or len(steps) >= max_steps:
+            instance.evict()  # dropped on purpose, as owners do (issue 10 item 8)
             return steps
         inputs = schedule.pick(pending.candidates(sent))
         sent += sum(isinstance(e, SignalReceived) for e in inputs)

@@ -167,19 +167,20 @@ def test_a_scripted_schedule_reaches_retries_timeouts_timers_and_signals() -> No
     assert wire(replayed) == wire(steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 8: a dropped instance's coroutines are closed by the garbage collector, "
-    "which runs workflow code (wait_for's clean-up cancels its timer, a decision) outside any step",
-)
 def test_dropping_a_replayed_instance_runs_no_workflow_code() -> None:
+    """Issue 10 item 8: an owner drops an instance on purpose (``evict()``, as the execution
+    actor, the worker's cache and the replayer do); its coroutines are abandoned, so the
+    garbage collector runs none of their code (here: wait_for's clean-up). Without
+    ``evict()`` only a best-effort safety net (``ReplayLoop.__del__``) covers it."""
     steps = drive([["wait_for", 1, 30.0]], Script([]), max_steps=1)
     instance, _ = replay(steps)
     assert not instance.closed  # blocked in wait_for, as an evicted or dormant execution is
+    gc.collect()  # the garbage of earlier tests is theirs
     errors: list[BaseException | None] = []
     previous = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: errors.append(unraisable.exc_value)
     try:
+        instance.evict()
         del instance
         gc.collect()
     finally:
@@ -192,31 +193,24 @@ async def waits_on_pending_signals() -> bool:
     return await workflow.condition(lambda: workflow.pending_signals("done") > 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="a condition's predicate is re-checked after an event outside the workflow loop "
-    "(WorkflowInstance._check_conditions runs after ReplayLoop.run_ready has restored the outer "
-    "loop), so a predicate that calls the workflow API raises RuntimeError and the step crashes",
-)
 def test_a_condition_may_read_the_workflow_api() -> None:
+    """A condition's predicate is re-checked after each event as workflow code, so it may
+    call the workflow API (it was re-checked outside the workflow loop: RuntimeError)."""
     instance = WorkflowInstance(waits_on_pending_signals, "condition-1")
     instance.activate([WorkflowStarted(workflow="waits_on_pending_signals", input=raw(None))], START_TIME)
     activation = instance.activate([SignalReceived(name="done", payload=raw(None))], START_TIME + 1)
     assert isinstance(activation.decisions[-1], WorkflowCompleted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 8: the garbage collector closing a dropped instance's coroutines runs "
-    "wait_for's clean-up, which cancels its timer and appends TimerCancelled to the decisions of "
-    "the instance's last activation, after that step was returned",
-)
 def test_dropping_a_live_instance_leaves_its_last_step_alone() -> None:
+    """Issue 10 item 8: evicting a live instance appends nothing to its last activation (the
+    garbage collector closing its coroutines ran wait_for's clean-up, which cancelled its
+    timer and appended TimerCancelled to the decisions of a step already returned)."""
     instance = new_instance()
     activation = instance.activate([started([["wait_for", 1, 30.0]])], START_TIME)
     decisions = activation.decisions
     before = wire_decisions(decisions)
+    instance.evict()
     del instance, activation
     gc.collect()
     assert wire_decisions(decisions) == before

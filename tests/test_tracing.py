@@ -1,0 +1,123 @@
+"""OpenTelemetry traces (issue 11): the client's start span is the ancestor of every workflow
+step span and activity attempt span of its execution, all in one trace, whether the attempts
+run eagerly in the owning runtime or are pulled from the work subject by another."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from metrics_workflows import flaky, greet, traced
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from perdure import Client, Settings, Worker
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The process's tracer provider (settable once per process), exporting to memory."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    yield exporter
+    exporter.shutdown()  # later tests' spans (the provider stays set) are dropped
+
+
+def of_execution(spans: tuple[ReadableSpan, ...], execution_id: str) -> dict[str, list[ReadableSpan]]:
+    found: dict[str, list[ReadableSpan]] = {}
+    for span in spans:
+        if (span.attributes or {}).get("perdure.execution_id") == execution_id:
+            found.setdefault(span.name, []).append(span)
+    return found
+
+
+def ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[int]:
+    chain = []
+    while span.parent is not None:
+        chain.append(span.parent.span_id)
+        parent = by_id.get(span.parent.span_id)
+        if parent is None:
+            break
+        span = parent
+    return chain
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "work-items"])
+async def test_one_trace_per_execution(
+    spans: InMemorySpanExporter, settings: Settings, client: Client, eager: bool
+) -> None:
+    spans.clear()
+    settings = dataclasses.replace(settings, eager_activities=eager, partitions=2)
+    async with Worker([traced, greet, flaky], settings=settings) as worker:
+        ids = [f"traced-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        handles = [await client.start(traced, "x", id=execution_id) for execution_id in ids]
+        for handle in handles:
+            assert await handle.result(timeout=30) == "hello x 4"
+        await worker.wait_quiet()  # every step's span has ended
+
+    finished = spans.get_finished_spans()
+    by_id = {span.context.span_id: span for span in finished}
+    trace_ids = set()
+    for execution_id in ids:
+        named = of_execution(finished, execution_id)
+        [start] = named["perdure.start"]
+        assert start.kind is SpanKind.CLIENT
+        trace_ids.add(start.context.trace_id)
+        steps, attempts = named["perdure.step"], named["perdure.activity"]
+        # start+schedule greet, greet's outcome, flaky's failure, its back-off timer, its outcome
+        assert len(steps) >= 5
+        for step in steps:
+            assert step.context.trace_id == start.context.trace_id
+            assert step.parent is not None and step.parent.span_id == start.context.span_id
+        assert sorted(
+            (a.attributes["perdure.activity"], a.attributes["perdure.attempt"]) for a in attempts
+        ) == [
+            ("flaky", 1),
+            ("flaky", 2),
+            ("greet", 1),
+        ]
+        step_ids = {step.context.span_id for step in steps}
+        for attempt in attempts:
+            assert attempt.context.trace_id == start.context.trace_id
+            chain = ancestors(attempt, by_id)
+            assert chain[0] in step_ids  # scheduled by one of the execution's steps
+            assert start.context.span_id in chain
+        failed = [a for a in attempts if a.status.status_code is StatusCode.ERROR]
+        assert [(a.attributes["perdure.activity"], a.attributes["perdure.attempt"]) for a in failed] == [
+            ("flaky", 1)
+        ]
+    assert len(trace_ids) == 2  # one trace per execution
+
+
+def test_without_opentelemetry_tracing_is_a_no_op() -> None:
+    """With opentelemetry not importable, the shim works and does nothing."""
+    code = """
+import sys
+sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+from perdure.runtime import tracing
+from perdure.runtime.events import WorkflowStarted
+import msgspec
+assert tracing.enabled is False
+assert tracing.headers() is None and tracing.headers({"a": "b"}) == {"a": "b"}
+with tracing.client_span("perdure.start", "e", "w"), tracing.step_scope():
+    tracing.begin_step("e", "")
+    with tracing.attempt_span("act", "e", 1, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}):
+        tracing.note_failure("x")
+started = WorkflowStarted(workflow="w", input=msgspec.Raw(b"null"))
+tp = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+assert tracing.with_trace(started, {"traceparent": tp}).trace == tp  # recorded for tracing runtimes
+assert "opentelemetry.trace" not in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
