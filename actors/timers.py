@@ -26,10 +26,12 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import PerdureError, ScopeClosed
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
+from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.timer_ids import TimerId, TimerKind
 
 from .metrics import RuntimeMetrics
@@ -71,16 +73,21 @@ class TimerKey(msgspec.Struct, frozen=True):
 
 
 class TimerService:
-    def __init__(self, conn: Connection, names: Names, metrics: RuntimeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        names: Names,
+        metrics: RuntimeMetrics | None = None,
+        *,
+        scope: Supervisor | None = None,
+    ) -> None:
         self._metrics = metrics or RuntimeMetrics()
         self._conn = conn
         self._names = names
-        self._bucket = names.timers_bucket
-        self._stream = f"KV_{names.timers_bucket}"
-        self._prefix = f"$KV.{self._bucket}."
+        self._timers = KVBucket(conn, names, names.timers_bucket)
         self._armed: dict[str, asyncio.TimerHandle] = {}
         self._quiet: set[str] = set()  # fired from memory: their coming expiry marker must not fire
-        self._firing: set[asyncio.Task[None]] = set()  # firings being published (owned here)
+        self._firing = scope if scope is not None else Supervisor("timers")  # firings being published
         self._watchers: dict[int, Subscription] = {}
         self._owned: Callable[[int], bool] = lambda p: True
 
@@ -93,11 +100,9 @@ class TimerService:
         """Store the timer (TTL backstop) and arm it in memory."""
         k = key.key()
         self.arm(key, fire_at)
-        return await self._conn.publish_nowait(
-            self._prefix + k,
-            codec.encode(TimerEntry(fire_at=fire_at)),
-            ttl=max(0.0, fire_at - time.time()),
-        )  # type: ignore[return-value]
+        return await self._timers.put_nowait(
+            k, codec.encode(TimerEntry(fire_at=fire_at)), ttl=max(0.0, fire_at - time.time())
+        )
 
     async def forget(self, key: TimerKey) -> asyncio.Future[int]:
         """The timer is cancelled, or its firing is absorbed: disarm it and purge its key (no
@@ -105,7 +110,7 @@ class TimerService:
         k = key.key()
         self.disarm(k)
         self._quiet.discard(k)
-        return await self._conn.purge_nowait(self._stream, self._prefix + k)
+        return await self._timers.purge_nowait(k)
 
     async def forget_activity(self, key: TimerKey, timers: list[str]) -> asyncio.Future[int]:
         """An activity closed: purge every key under ``a.<seq>.`` (its attempts' records and
@@ -115,7 +120,7 @@ class TimerService:
             k = msgspec.structs.replace(key, timer=timer).key()
             self.disarm(k)
             self._quiet.discard(k)
-        return await self._conn.purge_nowait(self._stream, f"{self._prefix}{key.key()}.>")
+        return await self._timers.purge_nowait(f"{key.key()}.>")
 
     def arm(self, key: TimerKey, fire_at: float) -> None:
         k = key.key()
@@ -138,11 +143,13 @@ class TimerService:
         self._spawn_firing(key)
 
     def _spawn_firing(self, key: TimerKey) -> None:
-        """Publish a firing in a task the service owns (it may retry for a while; ``stop()``
-        cancels it), so neither a timer callback nor the watcher waits on the inbox."""
-        task = asyncio.get_running_loop().create_task(self._publish_fired(key), name=f"timer:{key.key()}")
-        self._firing.add(task)
-        task.add_done_callback(self._firing.discard)
+        """Publish a firing in a task of the service's scope (it may retry for a while;
+        ``stop()`` cancels it), so neither a timer callback nor the watcher waits on the inbox.
+        Once stopping, nothing is published: the expiry marker fires it at the next owner."""
+        try:
+            self._firing.spawn(self._publish_fired(key), name=f"timer:{key.key()}")
+        except ScopeClosed:
+            log.info("timer.left_to_next_owner", key=key.key())
 
     async def _publish_fired(self, key: TimerKey) -> None:
         """Put the firing in the inbox, retrying until it is stored (the Nats-Msg-Id makes
@@ -167,9 +174,7 @@ class TimerService:
     async def watch_partition(self, partition: int) -> None:
         if partition in self._watchers:
             return
-        self._watchers[partition] = await self._conn.watch(
-            self._stream, f"{self._prefix}{partition}.>", self._on_entry
-        )
+        self._watchers[partition] = await self._timers.watch(f"{partition}.>", self._on_entry)
 
     async def unwatch_partition(self, partition: int) -> None:
         sub = self._watchers.pop(partition, None)
@@ -185,13 +190,10 @@ class TimerService:
             await self.unwatch_partition(partition)
         for k in list(self._armed):
             self.disarm(k)
-        for task in list(self._firing):
-            task.cancel()
-        if self._firing:
-            await asyncio.wait(set(self._firing), timeout=2.0)
+        await self._firing.stop(timeout=2.0)
 
     async def _on_entry(self, msg: StoredMessage) -> None:
-        k = msg.subject[len(self._prefix) :]
+        k = self._timers.key_of(msg.subject)
         key = TimerKey.parse(k)
         if key is None or key.kind == "checkpoint" or not self._owned(key.partition):
             return  # checkpoints are data, not timers

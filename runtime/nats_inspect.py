@@ -1,12 +1,14 @@
-"""Read-only looks at streams and consumers (operators' questions, off the hot path)."""
+"""Read-only looks at streams and consumers (operators' questions, off the hot path).
+
+Through ``Connection``'s inspection methods: nothing here touches nats-py itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import nats.js.errors
-
-from .nats_client import Connection, map_errors
+from .errors import ConnectionLost, PerdureError
+from .nats_client import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,18 +19,16 @@ class ConsumerLoad:
 
 async def subject_counts(conn: Connection, stream: str, subjects: str) -> dict[str, int]:
     """Messages stored per subject matching ``subjects`` (wildcards allowed)."""
-    js = conn.raw.jetstream()
-    with map_errors(f"inspect {stream}"):
-        info = await js.stream_info(stream, subjects_filter=subjects)
+    info = await conn.stream_info(stream, subjects_filter=subjects)
     return dict(info.state.subjects or {})
 
 
 async def consumer_load(conn: Connection, stream: str, consumer: str) -> ConsumerLoad | None:
     """How busy a consumer is, or None if it does not exist."""
-    js = conn.raw.jetstream()
-    with map_errors(f"inspect {stream}/{consumer}"):
-        try:
-            info = await js.consumer_info(stream, consumer)
-        except nats.js.errors.NotFoundError:
-            return None
+    try:
+        info = await conn.consumer_info(stream, consumer)
+    except ConnectionLost:
+        raise
+    except PerdureError:  # JetStream's "consumer not found" (10014), as map_errors words it
+        return None
     return ConsumerLoad(waiting=info.num_waiting or 0, ack_pending=info.num_ack_pending or 0)

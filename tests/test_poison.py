@@ -88,9 +88,8 @@ async def _dead(client: Client, subject: str) -> list[StoredMessage]:
 
 async def _inbox_drained(client: Client, timeout: float = 5.0) -> bool:
     """The inbox stream holds nothing (acks are not confirmed by the server: poll its count)."""
-    js = client.conn.raw.jetstream()
     async with asyncio.timeout(timeout):
-        while (await js.stream_info(client.names.inbox_stream)).state.messages:  # noqa: ASYNC110
+        while (await client.conn.stream_info(client.names.inbox_stream)).state.messages:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # no event tells that an ack was applied
     return True
 
