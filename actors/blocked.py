@@ -239,6 +239,16 @@ class BlockedExecutions:
             )
         await self.dead.forget_parked(partition, execution_id)
 
+    async def without_replay(
+        self, ended: EndedBlocked | None, execution_id: str, partition: int
+    ) -> tuple[WorkflowInstance | None, ExecutionRef | None]:
+        """What the actor holds of an execution it does not replay: nothing if it has no history
+        (``ExecutionBlocked`` if the index says its start is parked), or a run ended while BLOCKED."""
+        if ended is None:
+            await self.check(execution_id)
+            return None, None
+        return await self.load_closed(ended, execution_id, partition)
+
     async def load_closed(
         self, ended: EndedBlocked, execution_id: str, partition: int
     ) -> tuple[WorkflowInstance, ExecutionRef]:

@@ -22,7 +22,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import tracing
-from perdure.runtime.errors import ErrorInfo, HistoryConflict, PerdureError, ScopeClosed, UnknownWorkflow
+from perdure.runtime.errors import ErrorInfo, HistoryConflict, ScopeClosed, UnknownWorkflow
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.messages import ApiReply, QueryReply, StartWorkflow
 from perdure.runtime.supervisor import Supervisor
@@ -153,19 +153,13 @@ class ExecutionActor:
             except HistoryConflict as exc:
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
-            except Exception as exc:
-                await self._failed(batch, exc)
-                return
+            except Exception as exc:  # parked if poison (step_failures), else back after a delay
+                self._forget()
+                reason, delay = self._failures.failed(exc, batch, self._log)
+                if reason is not None:
+                    return await self._park(batch, reason)
+                return await self._acks.nak(batch, delay=delay, hold=self._eager.take_hold())
         await self._acks.nak(batch, delay=0.5, hold=self._eager.take_hold())
-
-    async def _failed(self, batch: list[Incoming], exc: Exception) -> None:
-        """A step failed: its messages come back after a delay, or are parked if poison."""
-        self._forget()
-        reason = self._failures.failed(exc, batch, self._log)
-        if reason is not None:
-            return await self._park(batch, reason)
-        delay = 1.0 if isinstance(exc, PerdureError) else 2.0  # ConnectionLost and the like, or a crash
-        await self._acks.nak(batch, delay=delay, hold=self._eager.take_hold())
 
     async def _park(self, batch: list[Incoming], reason: ErrorInfo) -> None:
         """BLOCKED: ``batch`` waits in <NS>_DEAD, out of the inbox; a terminate in it ends the run."""
@@ -370,14 +364,10 @@ class ExecutionActor:
     async def _load(self) -> None:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
         began = time.perf_counter()
-        current, blocked = await self._history.load(), self._services.blocked
-        if current is None:
-            await blocked.check(self.execution_id)  # its start may be parked
-            self.phase = Phase.LOADED
-            return
-        if isinstance(current, EndedBlocked):  # terminated while BLOCKED: closed, never replayed
-            self.instance, self.ref = await blocked.load_closed(current, self.execution_id, self.partition)
-            self.phase = Phase.LOADED
+        current = await self._history.load()
+        if current is None or isinstance(current, EndedBlocked):  # none yet, or closed while BLOCKED
+            closed = self._services.blocked.without_replay(current, self.execution_id, self.partition)
+            self.phase, (self.instance, self.ref) = Phase.LOADED, await closed
             return
         definition = self._definition(current.started.workflow)
         replayed = await replay_run(

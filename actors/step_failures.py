@@ -60,8 +60,9 @@ class StepFailures:
     def __init__(self) -> None:
         self.crashes = 0  # reset by a step that succeeds
 
-    def failed(self, exc: Exception, batch: Sequence[Any], log: Any) -> ErrorInfo | None:
-        """Why the execution is BLOCKED now, or None: its messages come back later."""
+    def failed(self, exc: Exception, batch: Sequence[Any], log: Any) -> tuple[ErrorInfo | None, float]:
+        """Why the execution is BLOCKED now (or None), and the delay before its messages come
+        back otherwise (1 s after a transient ``PerdureError``, 2 s after a crash)."""
         crashed = not isinstance(exc, PerdureError)  # a PerdureError (ConnectionLost...) is transient
         if crashed:
             self.crashes += 1
@@ -69,7 +70,7 @@ class StepFailures:
         reason = block_reason(exc, batch, crashes=self.crashes)
         if reason is None and not crashed:
             log.warning("execution.step_failed", error=str(exc))
-        return reason
+        return reason, 2.0 if crashed else 1.0
 
 
 def crash_reason(exc: BaseException) -> ErrorInfo:
