@@ -151,7 +151,7 @@ class ActivityActor:
                         task,
                         eager=False,
                         headers=delivery.headers,
-                        ask=needs_asking(task, delivery.num_delivered),
+                        ask=needs_asking(task, delivery.num_delivered, delivery.headers),
                     )
                 finally:
                     keepalive.cancel()

@@ -6,7 +6,7 @@ when attempt 1's timeout or liveness key fired, was still queued (issue 10: "rep
 activity run that starts after its outcome is in history). History is the only truth that
 exists before the close purges the attempt's keys, so the worker reads it just before the
 activity's code runs, the same question an eager attempt asks its execution ("still wanted").
-The first delivery of attempt 1 is not asked: nothing but its own outcome closes it, and
+The first delivery of attempt 1 is not asked (unless its work item was sent again): nothing but its own outcome closes it, and
 asking would add a read to every activity's latency.
 
 The check and the start are not one atomic step: an outcome stored between the read and
@@ -46,9 +46,13 @@ def _closes(decision: object, seq: int) -> bool:
     return isinstance(decision, _RUN_ENDS)
 
 
-def needs_asking(task: ActivityTask, num_delivered: int) -> bool:
-    """A retry or a redelivery: something else may have closed its activity meanwhile."""
-    return task.attempt > 1 or num_delivered > 1
+RECHECK_HEADER = "Perdure-Recheck"  # on a work item sent again by a redo or an eager recovery
+
+
+def needs_asking(task: ActivityTask, num_delivered: int, headers: dict[str, str] | None = None) -> bool:
+    """A retry, a redelivery, or a work item sent again (a redone step, an eager attempt
+    recovered after a replay): something else may have closed its activity meanwhile."""
+    return task.attempt > 1 or num_delivered > 1 or bool(headers and RECHECK_HEADER in headers)
 
 
 async def still_open(conn: Connection, names: Names, task: ActivityTask) -> bool:

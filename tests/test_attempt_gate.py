@@ -10,6 +10,7 @@ import asyncio
 from payload_workflows import recorded, records, runs
 
 from perdure import Client, Settings, Worker
+from perdure.actors.attempt_gate import RECHECK_HEADER
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityScheduled
 from perdure.runtime.messages import ActivityTask
@@ -62,3 +63,32 @@ async def test_a_retry_delivered_after_the_activity_closed_does_not_run(
         ack = await client.conn.publish(client.names.work("recorded"), codec.encode(task))
         await settled(client, "recorded", ack.seq)
     assert runs == ["gate-retry:once"], runs
+
+
+async def test_a_work_item_sent_again_after_the_activity_closed_does_not_run(
+    settings: Settings, client: Client
+) -> None:
+    """Attempt 1's work item sent again by a redone step or an eager recovery (another
+    holder of the partition absorbed its outcome meanwhile) carries the recheck header."""
+    runs.clear()
+    async with Worker([records, recorded], settings=settings):
+        handle = await client.start(records, "first", id="gate-resent")
+        assert await handle.result(timeout=30) == "first"
+        run, decision = await scheduled(client, "gate-resent")
+        task = ActivityTask(
+            execution_id="gate-resent",
+            workflow="records",
+            run=run,
+            seq=decision.seq,
+            attempt=decision.attempt,
+            name="recorded",
+            input=decision.input,
+            nonce=decision.nonce,
+            token="t",
+            options=decision.options,
+        )
+        ack = await client.conn.publish(
+            client.names.work("recorded"), codec.encode(task), headers={RECHECK_HEADER: "1"}
+        )
+        await settled(client, "recorded", ack.seq)
+    assert runs == ["gate-resent:first"], runs
