@@ -251,8 +251,7 @@ class ExecutionActor:
             )
         else:
             sent = Sent()
-            if any(wants_reply(i.delivery.headers) for i in fresh) and not await self._history.is_current():
-                raise HistoryConflict(f"history of {self.execution_id} moved on: refusals wait for a reload")
+            await self._history.require_current(any(wants_reply(i.delivery.headers) for i in fresh))
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
         next_input = pending_continuation(instance)
         if next_input is not None and instance is self.instance:

@@ -5,10 +5,12 @@ old state: a token for an activity the other holder scheduled looks like a wrong
 
 from __future__ import annotations
 
+import pytest
 from payload_workflows import recorded, records
 
 from perdure import Client, Settings, Worker
 from perdure.actors.history_log import HistoryLog
+from perdure.runtime.errors import HistoryConflict
 
 
 async def test_a_history_log_sees_another_writers_step(settings: Settings, client: Client) -> None:
@@ -25,5 +27,8 @@ async def test_a_history_log_sees_another_writers_step(settings: Settings, clien
     assert run is not None
     await other.append(run.steps[-1])
     assert not await mine.is_current()
+    with pytest.raises(HistoryConflict):
+        await mine.require_current()  # the actor's step then reloads before it refuses anything
+    await mine.require_current(needed=False)
     await mine.load()
     assert await mine.is_current()
