@@ -29,10 +29,11 @@ async def scheduled(client: Client, execution_id: str) -> tuple[int, ActivitySch
 
 async def settled(client: Client, activity: str, stream_seq: int) -> None:
     """Until the activity's consumer delivered ``stream_seq`` and holds nothing unacked."""
-    js = client.conn.raw.jetstream()
     async with asyncio.timeout(20):
         while True:
-            info = await js.consumer_info(client.names.work_stream, client.names.work_consumer(activity))
+            info = await client.conn.consumer_info(
+                client.names.work_stream, client.names.work_consumer(activity)
+            )
             if info.delivered.stream_seq >= stream_seq and info.num_ack_pending == 0:
                 return
             await asyncio.sleep(0.05)
