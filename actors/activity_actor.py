@@ -173,13 +173,6 @@ class ActivityActor:
         ):
             return await self._execute(task, eager=True)
 
-    async def _still_wanted(self, task: ActivityTask) -> bool:
-        try:
-            return await still_open(self._services.conn, self._services.names, task)
-        except PerdureError as exc:  # NATS unreachable: run it, as before this check
-            log.warning("activity.history_unread", error=str(exc))
-            return True
-
     async def _retried_elsewhere(self, task: ActivityTask) -> bool:
         """A redelivered attempt is run again only if it never started: a started one has
         timers (its liveness key, timeout or heartbeat timer) that retry it."""
@@ -193,7 +186,7 @@ class ActivityActor:
             return None  # its schedule-to-start timer fired (or it closed) while it was queued
         # Asked after its timers are armed, the last thing before its code runs, so the
         # window in which a close can still slip in is one history read (actors/attempt_gate.py).
-        if ask and not await self._still_wanted(task):
+        if ask and not await still_open(self._services.conn, self._services.names, task):
             log.info("activity.closed_before_start")
             await running.end(reported=False)  # its liveness key goes: nothing will report
             return None

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
+from perdure.runtime.errors import PerdureError
 from perdure.runtime.events import (
     ActivityConcluded,
     ActivityScheduled,
@@ -58,8 +59,13 @@ def needs_asking(task: ActivityTask, num_delivered: int, headers: dict[str, str]
 async def still_open(conn: Connection, names: Names, task: ActivityTask) -> bool:
     """True if history still wants ``task``'s attempt: its activity is not concluded, its run
     has not ended, and no later attempt replaced it. An unreadable history says yes (the
-    attempt runs, as before this check: its timers and the outcome's msg-id still hold)."""
-    stored = await conn.read_subject(names.history_stream, names.history(task.execution_id))
+    attempt runs, as before this check: its timers and the outcome's msg-id still hold), and
+    so does one that cannot be read (NATS unreachable)."""
+    try:
+        stored = await conn.read_subject(names.history_stream, names.history(task.execution_id))
+    except PerdureError as exc:
+        log.warning("activity.history_unread", error=str(exc))
+        return True
     if not stored:
         return False  # no execution: nobody would take its outcome
     run = 0
