@@ -10,6 +10,9 @@ attempt, so publishing it twice is harmless.
 The activity host's scope (``Supervisor``, given by the worker) owns the intake loop, every
 attempt and the attempts' keepalives and heartbeats, so the runtime's drain waits for that
 scope, not for tasks found by name.
+
+Size: about 410 lines: intake, one attempt's run and its report; the gate, timers, heartbeats
+and the running set are modules of their own (attempt_gate, attempt_timers, running_attempts).
 """
 
 from __future__ import annotations
