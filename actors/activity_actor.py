@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 import structlog
@@ -42,6 +42,16 @@ if TYPE_CHECKING:
     from .worker import WorkerServices
 
 log = structlog.get_logger("perdure.activity")
+
+
+class _AttemptKeys(TypedDict):
+    """What names the attempt in each of its ``ActivityResult`` messages."""
+
+    run: int
+    seq: int
+    attempt: int
+    nonce: str
+
 
 ACK_WAIT = 30.0
 
@@ -183,7 +193,7 @@ class ActivityActor:
 
     async def _run_function(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition
-        base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
+        base: _AttemptKeys = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
         heartbeats = _Heartbeater(self._services, task)
         if task.options.heartbeat is not None:
             # A first heartbeat as the attempt starts: the silence allowed is counted from
