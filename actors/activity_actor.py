@@ -193,7 +193,8 @@ class ActivityActor:
 
     async def _run_function(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition
-        base: _AttemptKeys = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
+        base: _AttemptKeys  # typed, so that ``**base`` below type-checks field by field
+        base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
         heartbeats = _Heartbeater(self._services, task)
         if task.options.heartbeat is not None:
             # A first heartbeat as the attempt starts: the silence allowed is counted from
