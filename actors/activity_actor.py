@@ -6,6 +6,10 @@ activity run at once in a runtime (the consumer's credit). A running attempt kee
 message with ``in_progress()``; if the runtime dies, the message is redelivered after
 ``ack_wait``. The outcome goes to the execution's inbox with a ``Nats-Msg-Id`` naming the
 attempt, so publishing it twice is harmless.
+
+The activity host's scope (``Supervisor``, given by the worker) owns the intake loop, every
+attempt and the attempts' keepalives and heartbeats, so the runtime's drain waits for that
+scope, not for tasks found by name.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from perdure.runtime.errors import (
     InvalidPayload,
     PayloadTooLarge,
     PerdureError,
+    ScopeClosed,
     info_from_exception,
 )
 from perdure.runtime.limits import check_size
@@ -32,6 +37,7 @@ from perdure.runtime.messages import ActivityResult, ActivityTask, ApiReply
 from perdure.runtime.naming import check_execution_id
 from perdure.runtime.nats_admin import ensure_consumer
 from perdure.runtime.nats_consumer import ConsumerGone, Delivery, PullConsumer
+from perdure.runtime.supervisor import Ready, Supervisor
 from perdure.runtime.tokens import TokenData
 
 from .context import ActivityContext, ActivityGone, AsyncCompletion, HeartbeatStatus
@@ -57,12 +63,16 @@ ACK_WAIT = 30.0
 
 
 class ActivityActor:
-    def __init__(self, services: WorkerServices, definition: ActivityDefinition[Any, Any]) -> None:
+    def __init__(
+        self, services: WorkerServices, definition: ActivityDefinition[Any, Any], scope: Supervisor
+    ) -> None:
         self._services = services
         self._definition = definition
+        self._scope = scope  # the activity host's: attempts, keepalives, heartbeats
         self._consumer: PullConsumer | None = None
 
-    async def run(self) -> None:
+    async def run(self, ready: Ready = lambda: None) -> None:
+        """Pull work items and start an attempt for each; ``ready`` once the consumer pulls."""
         services, name = self._services, self._definition.name
         await ensure_consumer(
             services.conn,
@@ -80,13 +90,14 @@ class ActivityActor:
         )
         self._consumer = consumer
         await consumer.start()
+        ready()
         try:
             while True:
                 batch = await consumer.next_batch()
                 for i, delivery in enumerate(batch):
                     try:
-                        services.supervisor.spawn(self._attempt(delivery), name=f"activity:{name}")
-                    except RuntimeError:  # the runtime is stopping: these were never started
+                        self._scope.spawn(self._attempt(delivery), name=f"activity:{name}")
+                    except ScopeClosed:  # the runtime is stopping: these were never started
                         log.info("activity.stopping", activity=name, handed_back=len(batch) - i)
                         for unstarted in batch[i:]:
                             await unstarted.nak()
@@ -129,7 +140,7 @@ class ActivityActor:
         with structlog.contextvars.bound_contextvars(
             execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
         ):
-            keepalive = self._services.supervisor.spawn(
+            keepalive = self._scope.spawn(
                 _keep_in_progress(delivery), name=f"keepalive:{task.execution_id}:{task.seq}"
             )
             claimed = False
@@ -195,7 +206,7 @@ class ActivityActor:
         definition = self._definition
         base: _AttemptKeys  # typed, so that ``**base`` below type-checks field by field
         base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
-        heartbeats = _Heartbeater(self._services, task)
+        heartbeats = _Heartbeater(self._services, task, self._scope)
         if task.options.heartbeat is not None:
             # A first heartbeat as the attempt starts: the silence allowed is counted from
             # here, not from when it was queued; and an attempt that was closed while it
@@ -295,8 +306,9 @@ class _Heartbeater:
     activity (the heartbeat timeout is what notices a worker that really went away).
     """
 
-    def __init__(self, services: WorkerServices, task: ActivityTask) -> None:
+    def __init__(self, services: WorkerServices, task: ActivityTask, scope: Supervisor) -> None:
         self._services = services
+        self._scope = scope
         self._activity = task.name
         self._token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
         heartbeat = task.options.heartbeat
@@ -322,7 +334,7 @@ class _Heartbeater:
         if wait <= 0:
             await self._send_logged()
         elif self._trailing is None or self._trailing.done():
-            self._trailing = self._services.supervisor.spawn(
+            self._trailing = self._scope.spawn(
                 self._send_later(wait), name=f"heartbeat:{self._token.execution_id}:{self._token.seq}"
             )
         return self._status

@@ -22,9 +22,10 @@ import msgspec
 import structlog
 
 from perdure.runtime import tracing
-from perdure.runtime.errors import HistoryConflict, PerdureError, StepBudgetExceeded
+from perdure.runtime.errors import HistoryConflict, PerdureError, ScopeClosed, StepBudgetExceeded
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
+from perdure.runtime.supervisor import Supervisor
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
@@ -70,11 +71,13 @@ class ExecutionActor:
         services: WorkerServices,
         execution_id: str,
         partition: int,
+        scope: Supervisor,
         on_dormant: Callable[[ExecutionActor], None] = lambda actor: None,
     ) -> None:
         self.execution_id = execution_id
         self.partition = partition
         self._services = services
+        self._scope = scope  # its partition's: its drains and step acks stop with the partition
         self._on_dormant = on_dormant
         self.mailbox: list[Incoming] = []
         self._draining = False
@@ -87,9 +90,10 @@ class ExecutionActor:
         self.ref: ExecutionRef | None = None
         self._history = HistoryLog(services.conn, services.names, execution_id, services.metrics)
         self._ledger = RedoLedger()
+        # A HeldAck outlives the partition (its nak must reach the next owner): the runtime's.
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
         self._bound_log: Any = None
-        self._acks = StepAcks(spawner(services.supervisor), lambda: self._log)
+        self._acks = StepAcks(spawner(self._scope), lambda: self._log)
 
     @property
     def _log(self) -> Any:
@@ -111,9 +115,13 @@ class ExecutionActor:
     def deliver(self, delivery: Incoming) -> None:
         self.mailbox.append(delivery)
         if not self._draining:
+            try:
+                self._scope.spawn(self._drain(), name=f"execution:{self.execution_id}")
+            except ScopeClosed:  # its partition stopped: the messages go to the next owner
+                self._acks.abandon(self.mailbox)
+                return
             self._draining = True
             self._idle.clear()
-            self._services.supervisor.spawn(self._drain(), name=f"execution:{self.execution_id}")
 
     async def _drain(self) -> None:
         try:

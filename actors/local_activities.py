@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.messages import ActivityResult, ActivityTask
 from perdure.runtime.nats_consumer import Delivery
+from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
 from .effects import Effect, StartAttempt, record_timer
@@ -106,7 +107,7 @@ class HeldAck:
             if hold._keepalive is not None:
                 hold._keepalive.cancel()
             if hold._deliveries:
-                with contextlib.suppress(RuntimeError):  # stopping: the next owner gets them back
+                with contextlib.suppress(ScopeClosed):  # stopping: the next owner gets them back
                     hold._spawn(hold._send(ack), "inbox-acks")
             for parent in hold._parents:
                 if ack:
@@ -124,7 +125,7 @@ class HeldAck:
     def _keep_in_progress(self) -> None:
         if self._settled:
             return
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(ScopeClosed):  # stopping: no keepalive, the next owner gets them
             self._spawn(self._in_progress(), "inbox-in-progress")
             self._arm_keepalive()
 
@@ -244,7 +245,7 @@ class LocalActivities:
         try:
             run = self._run(task, partition, hold, attempt_id, record_stored, wanted)
             self._spawn(run, f"eager:{attempt_id}")
-        except RuntimeError:
+        except ScopeClosed:  # the activity host stops: the attempt goes the ordinary way
             self._running.release(attempt_id, concluded=False)
             self._free += 1
             return False
@@ -391,10 +392,6 @@ def _attempt_id(task: ActivityTask) -> str:
     return attempt_id(task.execution_id, task.run, task.seq, task.attempt)
 
 
-def spawner(supervisor: Any) -> Spawn:
-    """A supervisor's ``spawn`` as a plain ``(coroutine, name)`` callable."""
-
-    def spawn(coro: Coroutine[Any, Any, Any], name: str) -> Any:
-        return supervisor.spawn(coro, name=name)
-
-    return spawn
+def spawner(supervisor: Supervisor) -> Spawn:
+    """A scope's ``spawn`` as a plain ``(coroutine, name)`` callable (raises ``ScopeClosed``)."""
+    return lambda coro, name: supervisor.spawn(coro, name=name)

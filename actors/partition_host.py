@@ -3,6 +3,10 @@ message to its execution's actor (``Worker.actor``); also answers the partition'
 
 Each delivery carries its consumer's ``release``: credit goes back to the consumer that
 delivered the message even after the host recreated it (a server restart, a consumer lost).
+
+The host owns a scope (``Supervisor``, a child of the runtime's) and the actors of its
+partition: the consume loop and its actors' tasks (``execution:<id>`` drains, ``settle``
+acks) live in that scope, so stopping the partition stops exactly them, no cache scan.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from perdure.runtime.messages import ApiError, QueryReply
 from perdure.runtime.naming import check_execution_id
 from perdure.runtime.nats_admin import recreate_consumer
 from perdure.runtime.nats_consumer import PullConsumer
+from perdure.runtime.supervisor import Ready, Supervisor
 
 if TYPE_CHECKING:
+    from .execution_actor import ExecutionActor
     from .worker import Worker
 
 log = structlog.get_logger("perdure.worker")
@@ -34,6 +40,7 @@ INBOX_ACK_WAIT = 30.0
 # caught up (bench/population.py).
 INBOX_IN_FLIGHT = 1024
 INBOX_MIN_CREDIT = 32
+CANCEL_BOUND = 1.0  # seconds a stopping partition waits for its cancelled tasks to end
 
 
 def inbox_credit(partitions: int) -> int:
@@ -44,20 +51,24 @@ def inbox_credit(partitions: int) -> int:
 class PartitionHost:
     """Consumes one inbox partition and routes each message to its execution's actor."""
 
-    def __init__(self, worker: Worker, partition: int) -> None:
+    def __init__(self, worker: Worker, partition: int, scope: Supervisor) -> None:
         self._worker = worker
         self.partition = partition
+        self.scope = scope
+        self.actors: dict[str, ExecutionActor] = {}  # this partition's cached actors (worker.actor)
         self._task: asyncio.Task[None] | None = None
         self._consumer: PullConsumer | None = None
 
-    def start(self) -> None:
-        self._task = self._worker.services.supervisor.spawn(self._run(), name=f"partition:{self.partition}")
+    async def start(self) -> None:
+        """Returns once the partition's consumer pulls, or its first attempt failed (logged;
+        the loop retries, the lease stays ours: a restart of NATS must not lose the lease)."""
+        self._task = await self.scope.start(self._run, name="consume")
 
     @property
     def consuming(self) -> bool:
         return self._consumer is not None
 
-    async def _run(self) -> None:
+    async def _run(self, ready: Ready) -> None:
         """Consume until stopped; on a failure (server restart, consumer lost) start over.
 
         A deleted consumer usually means another runtime took the partition over (it
@@ -71,14 +82,15 @@ class PartitionHost:
                 await asyncio.sleep(backoff)  # the tick stops this host meanwhile
                 continue
             try:
-                await self._consume()
+                await self._consume(ready)
             except PerdureError as exc:
                 log.warning("partition.restart", partition=self.partition, error=str(exc))
+            ready()
             failed = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _consume(self) -> None:
+    async def _consume(self, ready: Ready) -> None:
         services = self._worker.services
         names, p = services.names, self.partition
         credit = inbox_credit(services.settings.partitions)
@@ -93,6 +105,7 @@ class PartitionHost:
         consumer = PullConsumer(services.conn, names.inbox_stream, names.inbox_consumer(p), credit=credit)
         self._consumer = consumer
         await consumer.start()
+        ready()
         await services.timers.watch_partition(p)
         queries = await services.conn.serve(
             names.api(f"query.{p}"), self._answer_query, queue="perdure-query"
@@ -121,9 +134,14 @@ class PartitionHost:
             await services.conn.publish_core(reply, codec.encode(answer))
 
     async def stop(self, timeout: float) -> None:
-        """Stop taking messages, let the steps under way finish, forget this partition's actors."""
+        """Stop taking messages, let the steps under way finish (at most ``timeout``), cancel
+        what is left, forget this partition's actors (STYLE rule 14)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=timeout)
-        await self._worker.settle_partition(self.partition, timeout)
+        # Left in the scope: the actors' drains and settles, which end once idle.
+        if not await self.scope.wait_idle(timeout):
+            log.warning("partition.steps_cut_short", partition=self.partition, tasks=self.scope.running)
+        await self.scope.stop(timeout=CANCEL_BOUND)
+        self._worker.forget_partition(self)
         await self._worker.services.timers.unwatch_partition(self.partition)

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.nats_consumer import Delivery
 
 from .effect_runner import Sent
@@ -50,6 +50,15 @@ class StepAcks:
             if isinstance(delivery, Delivery):
                 delivery.release()
 
+    @staticmethod
+    def abandon(batch: list[Incoming]) -> None:
+        """No step will take these (the partition stopped): an eager outcome hands its
+        scheduling step back; inbox messages are redelivered to the next owner. Empties it."""
+        for delivery in batch:
+            if isinstance(delivery, LocalResult):
+                delivery.drop()
+        batch.clear()
+
     async def nak(self, batch: list[Incoming], *, delay: float, hold: HeldAck | None) -> None:
         if hold is not None:
             hold.abandon()  # its deliveries are nak'd here; its attempts' outcomes settle nothing
@@ -65,7 +74,7 @@ class StepAcks:
         after = self._settling
         try:
             self._settling = self._spawn(self._settle(batch, hold, sent, after, on_settled), "settle")
-        except RuntimeError:  # stopping: unacked, the messages go to the partition's next owner
+        except ScopeClosed:  # stopping: unacked, the messages go to the partition's next owner
             self._settling = None
 
     async def _settle(

@@ -26,10 +26,11 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
+from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.timer_ids import TimerId, TimerKind
 
 from .metrics import RuntimeMetrics
@@ -71,7 +72,14 @@ class TimerKey(msgspec.Struct, frozen=True):
 
 
 class TimerService:
-    def __init__(self, conn: Connection, names: Names, metrics: RuntimeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        names: Names,
+        metrics: RuntimeMetrics | None = None,
+        *,
+        scope: Supervisor | None = None,
+    ) -> None:
         self._metrics = metrics or RuntimeMetrics()
         self._conn = conn
         self._names = names
@@ -80,7 +88,7 @@ class TimerService:
         self._prefix = f"$KV.{self._bucket}."
         self._armed: dict[str, asyncio.TimerHandle] = {}
         self._quiet: set[str] = set()  # fired from memory: their coming expiry marker must not fire
-        self._firing: set[asyncio.Task[None]] = set()  # firings being published (owned here)
+        self._firing = scope if scope is not None else Supervisor("timers")  # firings being published
         self._watchers: dict[int, Subscription] = {}
         self._owned: Callable[[int], bool] = lambda p: True
 
@@ -138,11 +146,13 @@ class TimerService:
         self._spawn_firing(key)
 
     def _spawn_firing(self, key: TimerKey) -> None:
-        """Publish a firing in a task the service owns (it may retry for a while; ``stop()``
-        cancels it), so neither a timer callback nor the watcher waits on the inbox."""
-        task = asyncio.get_running_loop().create_task(self._publish_fired(key), name=f"timer:{key.key()}")
-        self._firing.add(task)
-        task.add_done_callback(self._firing.discard)
+        """Publish a firing in a task of the service's scope (it may retry for a while;
+        ``stop()`` cancels it), so neither a timer callback nor the watcher waits on the inbox.
+        Once stopping, nothing is published: the expiry marker fires it at the next owner."""
+        try:
+            self._firing.spawn(self._publish_fired(key), name=f"timer:{key.key()}")
+        except ScopeClosed:
+            log.info("timer.left_to_next_owner", key=key.key())
 
     async def _publish_fired(self, key: TimerKey) -> None:
         """Put the firing in the inbox, retrying until it is stored (the Nats-Msg-Id makes
@@ -185,10 +195,7 @@ class TimerService:
             await self.unwatch_partition(partition)
         for k in list(self._armed):
             self.disarm(k)
-        for task in list(self._firing):
-            task.cancel()
-        if self._firing:
-            await asyncio.wait(set(self._firing), timeout=2.0)
+        await self._firing.stop(timeout=2.0)
 
     async def _on_entry(self, msg: StoredMessage) -> None:
         k = msg.subject[len(self._prefix) :]

@@ -8,7 +8,17 @@
     ├── ActivityActor (per activity name)   work consumer ──▶ run ──▶ inbox
     └── CompletionService         <ns>.api.complete / fail / heartbeat
 
-Every task belongs to the worker's Supervisor; ``stop()`` hands partitions over gracefully.
+Every task has an owner (a ``Supervisor`` scope) and a lifetime:
+
+    runtime scope ─┬ ownership, attempt-liveness        (critical: their failure stops the runtime)
+                   ├ partition:<p> (one per PartitionHost) ── consume, execution:<id>, settle
+                   ├ activities (the activity host) ── activities:<name> intake (critical),
+                   │                                    activity:/eager: attempts, keepalive, heartbeat
+                   ├ timers ── timer:<key> firings
+                   └ inbox-acks, inbox-in-progress (a HeldAck spans a partition and the attempts)
+
+``stop()`` hands partitions over gracefully (STYLE rule 14: intake first, in-flight work under
+a deadline, then cancel, then close the connection).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from perdure.runtime.errors import PerdureError
+from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.provision import Provisioner
@@ -47,6 +57,8 @@ from .workflow_threads import workflow_threads
 log = structlog.get_logger("perdure.worker")
 
 ACTIVITY_GRACE = 2.0  # seconds a stopping runtime gives running activity attempts to finish
+PARTITION_SETTLE = 5.0  # seconds a released partition gives its steps under way to finish
+CANCEL_FLOOR = 1.0  # seconds cancelled tasks get to end, even when the stop's deadline has passed
 EVICT_LOOKAHEAD = 32  # busy actors skipped at the head of the LRU order before giving up
 
 
@@ -92,8 +104,10 @@ class Worker:
         self._hosts: dict[int, PartitionHost] = {}
         self._ownership: PartitionOwnership | None = None
         self._completion: CompletionService | None = None
-        self._activity_intake: list[asyncio.Task[None]] = []
+        self._activity_intake: list[asyncio.Task[Any]] = []
+        self._activities: Supervisor | None = None  # the activity host's scope: intake and attempts
         self._conn: Connection | None = None
+        self._stop_deadline: float | None = None  # loop time by which stop() must be done
         self.ready = asyncio.Event()
         self.metrics = RuntimeMetrics()
         self.metrics.watch(lambda: len(self._actors), lambda: len(self._hosts))
@@ -107,6 +121,7 @@ class Worker:
 
             self.settings = Settings(**{**_fields(settings), "url": default_url()})
         assert self.settings.url
+        self._stop_deadline = None
         workflow_threads().budget = self.settings.step_budget  # workflow code past it fails its step
         conn = await Connection.connect(
             self.settings.url,
@@ -118,7 +133,7 @@ class Worker:
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
         supervisor = Supervisor(f"runtime:{self.settings.name}")
-        timers = TimerService(conn, names, self.metrics)
+        timers = TimerService(conn, names, self.metrics, scope=supervisor.child("timers"))
         heartbeats = HeartbeatService(conn, names, self.settings.partitions)
         self.services = WorkerServices(
             conn=conn,
@@ -134,21 +149,27 @@ class Worker:
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
+        activities = self._activities = supervisor.child("activities")
         activity_actors = {
-            name: ActivityActor(self.services, definition)
+            name: ActivityActor(self.services, definition, activities)
             for name, definition in self.registry.activities.items()
         }
-        self._activity_intake = [
-            supervisor.spawn(actor.run(), name=f"activities:{name}", critical=True)
-            for name, actor in activity_actors.items()
-        ]
+        # Ready when every intake consumer pulls (or the first one that cannot start raises).
+        self._activity_intake = list(
+            await asyncio.gather(
+                *(
+                    activities.start(actor.run, name=f"activities:{name}", critical=True)
+                    for name, actor in activity_actors.items()
+                )
+            )
+        )
         if activity_actors:
             supervisor.spawn(self.services.attempts.run(), name="attempt-liveness", critical=True)
         if activity_actors and self.settings.eager_activities:
             self.services.effects.local = LocalActivities(
                 activity_actors,
                 self._route_local,
-                spawner(supervisor),
+                spawner(activities),
                 self.settings.activity_concurrency,
                 heartbeats,
                 self.services.effects.running,
@@ -192,9 +213,12 @@ class Worker:
             delay = min(delay * 2, 0.5)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Graceful: hand partitions over, finish running steps, then close."""
+        """Graceful, within ``timeout`` (STYLE rule 14): hand partitions over (their steps
+        finish), stop the API intake, give running attempts their grace, cancel what is left
+        (every scope), then close the connection (which drains it)."""
         if self._conn is None:
             return
+        self._stop_deadline = asyncio.get_running_loop().time() + timeout
         self.ready.clear()
         services = getattr(self, "services", None)
         if services is None:  # start() failed before it had anything running (e.g. provisioning)
@@ -208,14 +232,20 @@ class Worker:
                 log.warning("runtime.release_failed", error=str(exc))
         if self._completion is not None:
             await self._completion.stop()
-        await self._drain_activities(timeout)
-        await services.supervisor.stop(timeout=timeout)
+        await self._drain_activities(self._time_left(timeout))
+        await services.supervisor.stop(timeout=max(CANCEL_FLOOR, self._time_left(timeout)))
         for execution_id in list(self._actors):
             self._drop(execution_id)
         await services.timers.stop()
         await self._conn.close()
         self._conn = None
         log.info("runtime.stopped", runtime=self.settings.name)
+
+    def _time_left(self, default: float) -> float:
+        """Until the stop's deadline (``default`` when not stopping)."""
+        if self._stop_deadline is None:
+            return default
+        return max(0.0, self._stop_deadline - asyncio.get_running_loop().time())
 
     async def _drain_activities(self, timeout: float) -> None:
         """Take no more work, and give the attempts under way ``ACTIVITY_GRACE`` to finish.
@@ -230,11 +260,11 @@ class Worker:
             task.cancel()
         if intake:
             await asyncio.wait(intake, timeout=timeout)
-        prefixes = (f"{self.services.supervisor.name}:activity:", f"{self.services.supervisor.name}:eager:")
-        running = {t for t in asyncio.all_tasks() if t.get_name().startswith(prefixes) and not t.done()}
-        if running:
-            log.info("runtime.finishing_activities", runtime=self.settings.name, attempts=len(running))
-            await asyncio.wait(running, timeout=timeout)
+        activities = self._activities
+        if activities is not None and activities.running:
+            # What is left in the activity host's scope is its attempts (and their keepalives).
+            log.info("runtime.finishing_activities", runtime=self.settings.name, attempts=activities.running)
+            await activities.wait_idle(timeout)
 
     async def kill(self) -> None:
         """Stop without handing anything over (tests: what a crash looks like to the others)."""
@@ -265,14 +295,14 @@ class Worker:
         return sorted(self._hosts)
 
     async def _acquire(self, partition: int) -> None:
-        host = PartitionHost(self, partition)
+        host = PartitionHost(self, partition, self.services.supervisor.child(f"partition:{partition}"))
         self._hosts[partition] = host
-        host.start()
+        await host.start()
 
     async def _release(self, partition: int) -> None:
         host = self._hosts.pop(partition, None)
         if host is not None:
-            await host.stop(timeout=5.0)
+            await host.stop(timeout=min(PARTITION_SETTLE, self._time_left(PARTITION_SETTLE)))
 
     async def still_owns(self, partition: int) -> bool:
         """Whether this runtime's lease on ``partition`` still stands (asks the ownership tick
@@ -289,17 +319,6 @@ class Worker:
             ownership.wake()
         return owned
 
-    async def settle_partition(self, partition: int, timeout: float) -> None:
-        """Wait for this partition's actors to finish their step, then drop them."""
-        actors = [a for a in self._actors.values() if a.partition == partition]
-        busy = [asyncio.ensure_future(a.wait_idle()) for a in actors if not a.idle]
-        if busy:
-            _, pending = await asyncio.wait(busy, timeout=timeout)
-            for waiter in pending:
-                waiter.cancel()
-        for actor in actors:
-            self._drop(actor.execution_id)
-
     # ----------------------------------------------------------------- actor cache
 
     def _route_local(self, execution_id: str, partition: int, result: LocalResult) -> None:
@@ -311,10 +330,16 @@ class Worker:
         self.actor(execution_id, partition).deliver(result)
 
     def actor(self, execution_id: str, partition: int) -> ExecutionActor:
+        """The execution's actor, from the cache (LRU over all partitions) or new; a new one
+        joins its partition host's actors and spawns its tasks on the host's scope."""
         actor = self._actors.get(execution_id)
         if actor is None:
-            actor = ExecutionActor(self.services, execution_id, partition, self._forget_dormant)
+            host = self._hosts.get(partition)
+            if host is None:
+                raise ScopeClosed(f"partition {partition} is not hosted by runtime {self.settings.name}")
+            actor = ExecutionActor(self.services, execution_id, partition, host.scope, self._forget_dormant)
             self._actors[execution_id] = actor
+            host.actors[execution_id] = actor
             self._evict()
         else:
             self._actors.move_to_end(execution_id)
@@ -325,10 +350,21 @@ class Worker:
             self._drop(actor.execution_id)
 
     def _drop(self, execution_id: str) -> None:
-        """Leave the cache; the instance is torn down now, not by the garbage collector."""
+        """Leave the cache and the partition host's actors; the instance is torn down now,
+        not by the garbage collector."""
         actor = self._actors.pop(execution_id, None)
         if actor is not None:
             evict(actor.instance)
+            host = self._hosts.get(actor.partition)
+            if host is not None and host.actors.get(execution_id) is actor:
+                del host.actors[execution_id]
+
+    def forget_partition(self, host: PartitionHost) -> None:
+        """A stopped partition's actors leave the cache (the next owner replays them)."""
+        for execution_id, actor in list(host.actors.items()):
+            if self._actors.get(execution_id) is actor:
+                self._drop(execution_id)
+        host.actors.clear()
 
     def _evict(self) -> None:
         """Drop the least recently used idle actors beyond ``cache_size``.

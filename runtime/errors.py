@@ -25,7 +25,8 @@
     │   ├── HeartbeatTimeout             "activity.heartbeat_timeout"
     │   └── ActivityCancelled            "activity.cancelled"
     ├── RemoteError                      (any code this version does not know)
-    └── HistoryConflict                  "history.conflict"  (internal: another owner appended)
+    ├── HistoryConflict                  "history.conflict"  (internal: another owner appended)
+    └── ScopeClosed                      "runtime.scope_closed"  (internal: a task scope is stopping)
 
 Every class has a stable ``code``; errors cross the wire as ``ErrorInfo`` and come
 back as the class with that code, so peers of other versions still interoperate
@@ -212,6 +213,13 @@ class HistoryConflict(PerdureError):
     retryable = True
 
 
+class ScopeClosed(PerdureError):
+    """A task was spawned on a ``Supervisor`` scope that is stopping or stopped: what it would
+    have done is left to whoever comes next (a message stays unacked and is redelivered)."""
+
+    code = "runtime.scope_closed"
+
+
 class RemoteError(PerdureError):
     """An error whose code this version does not know; the code is kept."""
 
@@ -247,6 +255,7 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         HeartbeatTimeout,
         ActivityCancelled,
         HistoryConflict,
+        ScopeClosed,
     )
 }
 
