@@ -36,6 +36,7 @@ import structlog
 
 from perdure.runtime import codec
 from perdure.runtime.errors import HistoryConflict, PerdureError
+from perdure.runtime.kv_bucket import KVBucket, Put
 from perdure.runtime.messages import ActivityTask, TimerEntry
 from perdure.runtime.naming import Names, partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage
@@ -107,13 +108,12 @@ class AttemptTimers:
         self._conn = conn
         self._partitions = partitions
         self._lease_ttl = lease_ttl
-        self._stream = f"KV_{names.timers_bucket}"
-        self._prefix = f"$KV.{names.timers_bucket}."
-        self._live: dict[str, bytes] = {}  # liveness subjects renewed here -> their value
+        self._timers = KVBucket(conn, names, names.timers_bucket)
+        self._live: dict[str, bytes] = {}  # liveness keys renewed here -> their value
 
-    def _subject(self, task: ActivityTask, timer: str) -> str:
+    def _key(self, task: ActivityTask, timer: str) -> str:
         partition = partition_of(task.execution_id, self._partitions)
-        return self._prefix + TimerKey(partition, task.execution_id, task.run, timer).key()
+        return TimerKey(partition, task.execution_id, task.run, timer).key()
 
     def needs_liveness(self, task: ActivityTask, *, eager: bool) -> bool:
         """Whether no other timer retries this attempt within ``lease_ttl`` if we die."""
@@ -142,17 +142,17 @@ class AttemptTimers:
         if task.options.timeout is not None:
             entry = codec.encode(TimerEntry(fire_at=now + task.options.timeout))
             writes.append(
-                await self._conn.publish_nowait(
-                    self._subject(task, timeout_timer(task.seq, task.attempt)),
+                await self._timers.put_nowait(
+                    self._key(task, timeout_timer(task.seq, task.attempt)),
                     entry,
                     ttl=task.options.timeout,
                 )
             )
         live: str | None = None
         if self.needs_liveness(task, eager=eager):
-            live = self._subject(task, liveness_timer(task.seq, task.attempt))
+            live = self._key(task, liveness_timer(task.seq, task.attempt))
             value = codec.encode(TimerEntry(fire_at=now + NEVER))
-            writes.append(await self._conn.publish_nowait(live, value, ttl=self._lease_ttl))
+            writes.append(await self._timers.put_nowait(live, value, ttl=self._lease_ttl))
             self._live[live] = value
         if eager:
             # Not waited for: the inbox message an eager attempt holds recovers it after a
@@ -172,27 +172,31 @@ class AttemptTimers:
     async def _cancel_schedule_to_start(self, task: ActivityTask) -> bool:
         """Cancel the attempt's schedule-to-start timer (compare-and-set on the revision read);
         False if it fired or the activity closed first: the attempt must not start."""
-        subject = self._subject(task, schedule_to_start_timer(task.seq, task.attempt))
-        stored = await self._conn.get_last(self._stream, subject)
-        entry = _timer_entry(stored)
-        if stored is None or entry is None or entry.cancelled or entry.fire_at <= time.time():
-            log.info("activity.not_started", reason="schedule_to_start passed or activity closed")
-            return False
-        cancelled = codec.encode(TimerEntry(fire_at=entry.fire_at, cancelled=True))
+
+        def cancelled(stored: StoredMessage | None, conflicts: int) -> Put | None:
+            entry = _timer_entry(stored)
+            if entry is None or entry.cancelled or entry.fire_at <= time.time():
+                return None
+            return Put(codec.encode(TimerEntry(fire_at=entry.fire_at, cancelled=True)))
+
+        key = self._key(task, schedule_to_start_timer(task.seq, task.attempt))
         try:
-            await self._conn.publish(subject, cancelled, expected_last_subject_seq=stored.seq)
+            outcome = await self._timers.update(key, cancelled, attempts=1)
         except HistoryConflict:
             log.info("activity.not_started", reason="schedule_to_start fired meanwhile")
+            return False
+        if outcome.ack is None:
+            log.info("activity.not_started", reason="schedule_to_start passed or activity closed")
             return False
         return True
 
     async def was_started(self, task: ActivityTask) -> bool:
         """A redelivered work item: whether its attempt started somewhere (its timers then
         retry it), or closed; False if it was pulled but never started, so it is run now."""
-        prefix = self._subject(task, f"a.{task.seq}.{task.attempt}")
+        prefix = self._timers.subject(self._key(task, f"a.{task.seq}.{task.attempt}"))
         stored = {
             m.subject[len(prefix) + 1 :]: m
-            for m in await self._conn.get_multi_last(self._stream, [f"{prefix}.*"])
+            for m in await self._timers.get_many([self._key(task, f"a.{task.seq}.{task.attempt}.*")])
         }
         record = stored.get(record_timer(task.seq, task.attempt).rsplit(".", 1)[1])
         if record is None or not record.is_value:
@@ -207,11 +211,11 @@ class AttemptTimers:
         s2s = _timer_entry(stored.get("s2s"))
         return s2s is not None and s2s.cancelled
 
-    def forget(self, subject: str) -> None:
-        self._live.pop(subject, None)
+    def forget(self, key: str) -> None:
+        self._live.pop(key, None)
 
-    async def purge(self, subject: str) -> asyncio.Future[int]:
-        return await self._conn.purge_nowait(self._stream, subject)
+    async def purge(self, key: str) -> asyncio.Future[int]:
+        return await self._timers.purge_nowait(key)
 
     async def run(self) -> None:
         """Renew the liveness key of every attempt running here, every ``lease_ttl / 3``."""
@@ -225,8 +229,8 @@ class AttemptTimers:
 
     async def _renew(self) -> None:
         sends = [
-            await self._conn.publish_nowait(subject, value, ttl=self._lease_ttl)
-            for subject, value in list(self._live.items())
+            await self._timers.put_nowait(key, value, ttl=self._lease_ttl)
+            for key, value in list(self._live.items())
         ]
         for result in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(result, BaseException):

@@ -12,26 +12,24 @@ Completions go through the execution's inbox; the reply is sent by the execution
 the outcome is in history: ``{"ok": true}``, or ``{"ok": false, "error": {...}}`` (code
 ``activity.closed`` when the activity had already completed, failed or timed out).
 Heartbeats never touch history: they re-put the attempt's record, resetting its TTL.
+These are the ``API`` rows of the verb table (runtime/verbs.py), served by ``verb_server``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import random
-from typing import NoReturn
+import contextlib
+from typing import Any, NoReturn
 
 import msgspec
 import structlog
 
-from perdure.runtime import codec
+from perdure.runtime import codec, verbs
 from perdure.runtime.errors import (
     ErrorInfo,
     ExecutionNotFound,
     HistoryConflict,
     InvalidPayload,
     InvalidToken,
-    PerdureError,
 )
 from perdure.runtime.events import (
     ActivityConcluded,
@@ -44,35 +42,36 @@ from perdure.runtime.events import (
     WorkflowTerminated,
 )
 from perdure.runtime.existence import require_execution
-from perdure.runtime.limits import check_size
+from perdure.runtime.kv_bucket import KVBucket, Put
 from perdure.runtime.messages import (
     REPLY_HEADER,
     ActivityProgress,
     ActivityRecord,
     ActivityResult,
-    ApiError,
     ApiReply,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    HeartbeatStatus,
+    SignalRequest,
     SignalWorkflow,
 )
 from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.rawjson import NULL, is_null
 from perdure.runtime.tokens import TokenData, decode_token
+from perdure.runtime.verbs import Verb
 
 from .effects import CHECKPOINT_TTL, record_timer
 from .registry import Registry
 from .timers import TimerKey
+from .verb_server import Handler, serve_all
 
 log = structlog.get_logger("perdure.completion")
 
-QUEUE_GROUP = "perdure-runtime"
 # How long a heartbeat keeps re-reading an attempt's record that other writers keep changing.
 CONTENTION_DEADLINE = 5.0
 _RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
-
-
-def error_reply(exc: PerdureError) -> bytes:
-    return codec.encode(ApiReply(ok=False, error=ApiError(code=exc.code, message=exc.message)))
 
 
 class HeartbeatService:
@@ -82,8 +81,7 @@ class HeartbeatService:
         self._conn = conn
         self._names = names
         self.partitions = partitions
-        self._timers_stream = f"KV_{names.timers_bucket}"
-        self._timers_prefix = f"$KV.{names.timers_bucket}."
+        self._timers = KVBucket(conn, names, names.timers_bucket)
 
     def _record_key(self, token: TokenData) -> TimerKey:
         """The key of the attempt's record (its heartbeat timer)."""
@@ -101,51 +99,50 @@ class HeartbeatService:
         retryable ``HistoryConflict``, never "closed" for an attempt that is open.
         """
         key = self._record_key(token)
-        subject = self._timers_prefix + key.key()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONTENTION_DEADLINE
-        lost_to: int | None = None
-        for conflicts in itertools.count():
-            stored = await self._conn.get_last(self._timers_stream, subject)
+        conflicted = 0
+
+        def started(stored: StoredMessage | None, conflicts: int) -> Put | None:
+            nonlocal conflicted
+            conflicted = conflicts
             if stored is None or not stored.is_value:
-                return await self._no_record(token, expired=stored is not None)
-            record = codec.decode(codec.activity_record, stored.data, what="activity record")
-            if record.nonce != token.nonce:
-                raise InvalidToken(
-                    f"token does not match activity {token.seq} of {token.execution_id} (wrong nonce)"
-                )
-            if record.closed:
-                return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
-            if lost_to is not None and self._covers(stored, record, details):
-                revision = stored.seq  # a newer write already reset the TTL
-            else:
-                updated = record if record.started else msgspec.structs.replace(record, started=True)
-                try:
-                    ack = await self._conn.publish(
-                        subject,
-                        codec.encode(updated),
-                        expected_last_subject_seq=stored.seq,
-                        ttl=record.heartbeat,
-                    )
-                except HistoryConflict:
-                    if loop.time() > deadline:
-                        raise HistoryConflict(
-                            f"heartbeat of activity {token.seq} of {token.execution_id}: its record "
-                            f"changed {conflicts + 1} times while this heartbeat tried to write it; "
-                            "send it again"
-                        ) from None
-                    lost_to = stored.seq
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))
-                    continue  # another heartbeat or the actor wrote meanwhile: read again
-                revision = ack.seq
-            if details is not None and not is_null(details):
-                await self._conn.publish(
-                    self._timers_prefix + key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL
-                )
-                if record.observed:
-                    await self._report_progress(token, details, revision)
-            return ApiReply(ok=True, cancel_requested=record.cancel_requested)
-        raise AssertionError("unreachable")  # pragma: no cover
+                return None
+            record = self._decode_record(stored, token)
+            if record.closed or (conflicts and self._covers(stored, record, details)):
+                return None  # closed, or a newer write already reset the TTL
+            updated = record if record.started else msgspec.structs.replace(record, started=True)
+            return Put(codec.encode(updated), ttl=record.heartbeat)
+
+        try:
+            outcome = await self._timers.update(
+                key.key(), started, attempts=None, deadline=CONTENTION_DEADLINE
+            )
+        except HistoryConflict:
+            raise HistoryConflict(
+                f"heartbeat of activity {token.seq} of {token.execution_id}: its record "
+                f"changed {conflicted + 1} times while this heartbeat tried to write it; "
+                "send it again"
+            ) from None
+        stored = outcome.stored
+        if stored is None or not stored.is_value:
+            return await self._no_record(token, expired=stored is not None)
+        record = self._decode_record(stored, token)
+        if record.closed:
+            return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
+        revision = outcome.ack.seq if outcome.ack is not None else stored.seq
+        if details is not None and not is_null(details):
+            await self._timers.put(key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL)
+            if record.observed:
+                await self._report_progress(token, details, revision)
+        return ApiReply(ok=True, cancel_requested=record.cancel_requested)
+
+    @staticmethod
+    def _decode_record(stored: StoredMessage, token: TokenData) -> ActivityRecord:
+        record = codec.decode(codec.activity_record, stored.data, what="activity record")
+        if record.nonce != token.nonce:
+            raise InvalidToken(
+                f"token does not match activity {token.seq} of {token.execution_id} (wrong nonce)"
+            )
+        return record
 
     @staticmethod
     def _covers(stored: StoredMessage, record: ActivityRecord, details: msgspec.Raw | None) -> bool:
@@ -160,26 +157,21 @@ class HeartbeatService:
     async def mark_started(self, token: TokenData) -> None:
         """Flag the attempt's record ``started`` (an eager attempt handed its token over with
         ``make_async()``: a runtime recovering lost eager attempts must leave it alone)."""
-        subject = self._timers_prefix + self._record_key(token).key()
-        for _ in range(5):
-            stored = await self._conn.get_last(self._timers_stream, subject)
+
+        def started(stored: StoredMessage | None, conflicts: int) -> Put | None:
             if stored is None or not stored.is_value:
-                return  # closed already (its keys are purged)
+                return None  # closed already (its keys are purged)
             record = codec.decode(codec.activity_record, stored.data, what="activity record")
             if record.started or record.closed:
-                return
-            updated = msgspec.structs.replace(record, started=True)
-            try:
-                await self._conn.publish(subject, codec.encode(updated), expected_last_subject_seq=stored.seq)
-                return
-            except HistoryConflict:
-                continue  # a heartbeat or the actor wrote meanwhile: read again
+                return None
+            return Put(codec.encode(msgspec.structs.replace(record, started=True)))
+
+        with contextlib.suppress(HistoryConflict):  # heartbeats and the actor kept writing it
+            await self._timers.update(self._record_key(token).key(), started, attempts=5)
 
     async def attempt_started(self, token: TokenData) -> bool:
         """Whether a worker started this attempt (armed its heartbeat timer), or it closed."""
-        stored = await self._conn.get_last(
-            self._timers_stream, self._timers_prefix + self._record_key(token).key()
-        )
+        stored = await self._timers.get(self._record_key(token).key())
         if stored is None or not stored.is_value:
             return True  # expired (its timer fired) or gone: not ours to run
         record = codec.decode(codec.activity_record, stored.data, what="activity record")
@@ -249,84 +241,55 @@ class CompletionService:
         self._registry = registry  # the workflows hosted here: their declared signal types
         self._subs: list[Subscription] = []
 
+    def handlers(self) -> dict[Verb[Any, Any], Handler]:
+        """The ``API`` rows of the verb table (runtime/verbs.py) and what serves each."""
+        return {
+            verbs.COMPLETE: self._complete,
+            verbs.FAIL: self._fail,
+            verbs.HEARTBEAT: self._heartbeat,
+            verbs.SIGNAL_API: self._signal,
+        }
+
     async def start(self) -> None:
-        for verb, handler in (
-            ("complete", self._complete),
-            ("fail", self._fail),
-            ("heartbeat", self._heartbeat),
-            ("signal", self._signal),
-        ):
-            self._subs.append(await self._conn.serve(self._names.api(verb), handler, queue=QUEUE_GROUP))
+        self._subs = await serve_all(self._conn, self._names, self.handlers())
 
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.stop()
         self._subs.clear()
 
-    async def _answer(self, reply: str, body: bytes) -> None:
-        if reply:
-            await self._conn.publish_core(reply, body)
+    async def _complete(self, request: CompleteRequest, reply: str) -> None:
+        token = decode_token(request.token)
+        await self._forward(token, reply, ok=True, result=request.result)
 
-    def _check_body(self, data: bytes, verb: str) -> None:
-        """A body over the payload limit is refused here: forwarded to the inbox with its
-        envelope and reply header it would exceed the server's ``max_payload``, and the
-        server would close this runtime's connection for it."""
-        check_size(len(data), self._conn.payload_limit, what=f"{verb} request")
+    async def _fail(self, request: FailRequest, reply: str) -> None:
+        token = decode_token(request.token)
+        error = ErrorInfo(
+            code="activity.failed",
+            type=request.error.type,
+            message=request.error.message,
+            retryable=request.error.retryable,
+            traceback=request.error.traceback,
+        )
+        await self._forward(token, reply, ok=False, error=error)
 
-    async def _complete(self, data: bytes, headers: dict[str, str], reply: str) -> None:
-        try:
-            self._check_body(data, "complete")
-            request = codec.decode(codec.complete_request, data, what="complete request")
-            token = decode_token(request.token)
-            await self._forward(token, reply, ok=True, result=request.result)
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
+    async def _heartbeat(self, request: HeartbeatRequest, reply: str) -> HeartbeatStatus:
+        token = decode_token(request.token)
+        answer = await self._heartbeats.beat(token, request.details)
+        return HeartbeatStatus(cancel_requested=answer.cancel_requested, closed=answer.closed)
 
-    async def _fail(self, data: bytes, headers: dict[str, str], reply: str) -> None:
-        try:
-            self._check_body(data, "fail")
-            request = codec.decode(codec.fail_request, data, what="fail request")
-            token = decode_token(request.token)
-            error = ErrorInfo(
-                code="activity.failed",
-                type=request.error.type,
-                message=request.error.message,
-                retryable=request.error.retryable,
-                traceback=request.error.traceback,
-            )
-            await self._forward(token, reply, ok=False, error=error)
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
-
-    async def _heartbeat(self, data: bytes, headers: dict[str, str], reply: str) -> None:
-        try:
-            self._check_body(data, "heartbeat")
-            request = codec.decode(codec.heartbeat_request, data, what="heartbeat request")
-            token = decode_token(request.token)
-            answer = await self._heartbeats.beat(token, request.details)
-            # Both flags always spelled out (ApiReply omits defaults): any language reads them.
-            status = {"ok": True, "cancel_requested": answer.cancel_requested, "closed": answer.closed}
-            await self._answer(reply, codec.encode(status))
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
-
-    async def _signal(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+    async def _signal(self, request: SignalRequest, reply: str) -> ApiReply:
         """Signal from any language; the reply comes once the signal is durably in the inbox."""
-        try:
-            self._check_body(data, "signal")
-            request = codec.decode(codec.signal_request, data, what="signal request")
-            check_execution_id(request.execution_id)
-            index = await self._require_execution(request.execution_id)
-            self._check_signal_type(index, request.name, request.payload)
-            message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
-            await self._conn.publish(
-                self._names.inbox(request.execution_id),
-                codec.encode(message),
-                msg_id=f"signal:{request.execution_id}:{request.id}" if request.id else None,
-            )
-            await self._answer(reply, codec.encode(ApiReply(ok=True)))
-        except PerdureError as exc:
-            await self._answer(reply, error_reply(exc))
+        check_execution_id(request.execution_id)
+        index = await self._require_execution(request.execution_id)
+        self._check_signal_type(index, request.name, request.payload)
+        message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
+        await self._conn.publish(
+            self._names.inbox(request.execution_id),
+            codec.encode(message),
+            msg_id=f"signal:{request.execution_id}:{request.id}" if request.id else None,
+        )
+        return ApiReply(ok=True)
 
     def _check_signal_type(self, index: StoredMessage | None, name: str, payload: msgspec.Raw) -> None:
         """Where the signal's type is known (this runtime hosts the workflow, which declares

@@ -19,6 +19,7 @@ import structlog
 
 from perdure.runtime import codec, tracing
 from perdure.runtime.errors import ErrorInfo, HistoryConflict
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import (
     ActivityRecord,
     ActivityTask,
@@ -104,9 +105,8 @@ class EffectRunner:
         self._conn = conn
         self._names = names
         self._timers = timers
-        self._timers_stream = f"KV_{names.timers_bucket}"
-        self._timers_prefix = f"$KV.{names.timers_bucket}."
-        self._executions_prefix = f"$KV.{names.executions_bucket}."
+        self._records = KVBucket(conn, names, names.timers_bucket)  # records and checkpoints
+        self._index = KVBucket(conn, names, names.executions_bucket)
         self.local: LocalActivities | None = None  # set by a worker that hosts activities
         self.running = RunningAttempts()  # shared with the worker's activity actors
 
@@ -309,8 +309,8 @@ class EffectRunner:
     async def _observe(self, ref: ExecutionRef, effect: ObserveActivity, out: Sent) -> None:
         """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""
         timer = record_timer(effect.seq, effect.attempt)
-        subject = self._timers_prefix + self._key(ref, timer).key()
-        stored = await self._conn.get_last(self._timers_stream, subject)
+        key = self._key(ref, timer).key()
+        stored = await self._records.get(key)
         if stored is None or not stored.is_value:
             return  # its StartAttempt is in flight in this same step, and carries the flag
         record = codec.activity_record.decode(stored.data)
@@ -318,8 +318,8 @@ class EffectRunner:
             return
         updated = msgspec.structs.replace(record, observed=True)
         out.append(
-            await self._conn.publish_nowait(
-                subject, codec.encode(updated), ttl=record.heartbeat, expected_last_subject_seq=stored.seq
+            await self._records.put_nowait(
+                key, codec.encode(updated), ttl=record.heartbeat, revision=stored.seq
             )
         )
 
@@ -360,18 +360,14 @@ class EffectRunner:
         ttl: float | None,
         create_only: bool = False,
     ) -> asyncio.Future[Any]:
-        subject = self._timers_prefix + self._key(ref, timer).key()
+        key = self._key(ref, timer).key()
         if not create_only:
-            return await self._conn.publish_nowait(subject, codec.encode(record), ttl=ttl)
-        sent = await self._conn.publish_nowait(
-            subject, codec.encode(record), ttl=ttl, expected_last_subject_seq=0
-        )
+            return await self._records.put_nowait(key, codec.encode(record), ttl=ttl)
+        sent = await self._records.put_nowait(key, codec.encode(record), ttl=ttl, revision=0)
         return asyncio.ensure_future(_unless_present(sent))  # awaited by Sent.finish, with the step
 
     async def read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
-        stored = await self._conn.get_last(
-            self._timers_stream, self._timers_prefix + self._key(ref, timer).key()
-        )
+        stored = await self._records.get(self._key(ref, timer).key())
         if stored is None or not stored.is_value:
             return None
         try:
@@ -380,8 +376,7 @@ class EffectRunner:
             return None
 
     async def _read_checkpoint(self, ref: ExecutionRef, seq: int) -> msgspec.Raw | None:
-        subject = self._timers_prefix + self._key(ref, checkpoint_key(seq)).key()
-        stored = await self._conn.get_last(self._timers_stream, subject)
+        stored = await self._records.get(self._key(ref, checkpoint_key(seq)).key())
         if stored is None or not stored.is_value or stored.data == b"null":
             return None
         return msgspec.Raw(stored.data)
@@ -400,9 +395,7 @@ class EffectRunner:
             error=effect.error,
             history_length=ref.history_length,
         )
-        return await self._conn.publish_nowait(
-            self._executions_prefix + ref.execution_id, codec.encode(record)
-        )
+        return await self._index.put_nowait(ref.execution_id, codec.encode(record))
 
     async def mark_blocked(
         self,

@@ -39,6 +39,7 @@ import structlog
 
 from perdure.runtime import codec
 from perdure.runtime.errors import HistoryConflict, PerdureError
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import Lease
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 from perdure.runtime.settings import Settings
@@ -97,9 +98,7 @@ class PartitionOwnership:
         self._conn = conn
         self._settings = settings
         self._name = settings.name
-        bucket = settings.names.leases_bucket
-        self._stream = f"KV_{bucket}"
-        self._prefix = f"$KV.{bucket}."
+        self._leases = KVBucket(conn, settings.names, settings.names.leases_bucket)
         self._changed_subject = settings.names.api("ownership.changed")
         self._on_acquire = on_acquire
         self._on_release = on_release
@@ -181,14 +180,12 @@ class PartitionOwnership:
     async def _read_state(self) -> tuple[list[str], dict[int, StoredMessage], dict[str, tuple[float, float]]]:
         """Live members, the partition leases, and when each member's key was stored and
         expires (server clock)."""
-        stored = await self._conn.get_multi_last(
-            self._stream, [f"{self._prefix}member.*", f"{self._prefix}partition.*"]
-        )
+        stored = await self._leases.get_many(["member.*", "partition.*"])
         members: list[str] = []
         leases: dict[int, StoredMessage] = {}
         stamps: dict[str, tuple[float, float]] = {}
         for msg in stored:
-            key = msg.subject[len(self._prefix) :]
+            key = self._leases.key_of(msg.subject)
             lease = _decode(msg)
             if key.startswith("member.") and lease is not None and lease.owner:
                 members.append(lease.owner)
@@ -260,7 +257,7 @@ class PartitionOwnership:
         """Whether the stored lease is still ours (a deleted consumer may mean it is not)."""
         if partition not in self.owned:
             return False
-        stored = await self._conn.get_last(self._stream, f"{self._prefix}partition.{partition}")
+        stored = await self._leases.get(f"partition.{partition}")
         lease = _decode(stored)
         return lease is not None and lease.owner == self._name
 
@@ -315,10 +312,10 @@ class PartitionOwnership:
     async def _put_nowait(
         self, key: str, lease: Lease, expected: int | None, *, ttl: float | None = None
     ) -> asyncio.Future[object]:
-        return await self._conn.publish_nowait(  # type: ignore[return-value]
-            self._prefix + key,
+        return await self._leases.put_nowait(
+            key,
             codec.encode(lease),
-            expected_last_subject_seq=expected,
+            revision=expected,
             ttl=ttl if ttl is not None else self._settings.lease_ttl,
         )
 

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from perdure.runtime import codec
+from perdure.runtime import verbs
 from perdure.runtime.errors import PerdureError
-from perdure.runtime.messages import ApiError, QueryReply
+from perdure.runtime.messages import QueryReply, QueryRequest
 from perdure.runtime.naming import check_execution_id
 from perdure.runtime.nats_admin import recreate_consumer
 from perdure.runtime.nats_consumer import PullConsumer
 from perdure.runtime.supervisor import Ready, Supervisor
+
+from .verb_server import serve
 
 if TYPE_CHECKING:
     from .execution_actor import ExecutionActor
@@ -107,9 +109,7 @@ class PartitionHost:
         await consumer.start()
         ready()
         await services.timers.watch_partition(p)
-        queries = await services.conn.serve(
-            names.api(f"query.{p}"), self._answer_query, queue="perdure-query"
-        )
+        queries = await serve(services.conn, names, verbs.QUERY, self._answer_query, partition=p)
         try:
             while True:
                 for delivery in await consumer.next_batch():
@@ -119,19 +119,12 @@ class PartitionHost:
             await queries.stop()
             await consumer.stop()
 
-    async def _answer_query(self, data: bytes, headers: dict[str, str], reply: str) -> None:
+    async def _answer_query(self, request: QueryRequest, reply: str) -> QueryReply:
         """Queries go to the partition's owner, where the execution's live state is."""
-        services = self._worker.services
-        try:
-            request = codec.decode(codec.query_request, data, what="query request")
-            check_execution_id(request.execution_id)
-            answer = await self._worker.actor(request.execution_id, self.partition).query(
-                request.name, request.args
-            )
-        except PerdureError as exc:
-            answer = QueryReply(ok=False, error=ApiError(code=exc.code, message=exc.message))
-        if reply:
-            await services.conn.publish_core(reply, codec.encode(answer))
+        check_execution_id(request.execution_id)
+        return await self._worker.actor(request.execution_id, self.partition).query(
+            request.name, request.args
+        )
 
     async def stop(self, timeout: float) -> None:
         """Stop taking messages, let the steps under way finish (at most ``timeout``), cancel

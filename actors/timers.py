@@ -27,6 +27,7 @@ import structlog
 
 from perdure.runtime import codec
 from perdure.runtime.errors import PerdureError, ScopeClosed
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import TimerEntry, TimerExpired
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
@@ -83,9 +84,7 @@ class TimerService:
         self._metrics = metrics or RuntimeMetrics()
         self._conn = conn
         self._names = names
-        self._bucket = names.timers_bucket
-        self._stream = f"KV_{names.timers_bucket}"
-        self._prefix = f"$KV.{self._bucket}."
+        self._timers = KVBucket(conn, names, names.timers_bucket)
         self._armed: dict[str, asyncio.TimerHandle] = {}
         self._quiet: set[str] = set()  # fired from memory: their coming expiry marker must not fire
         self._firing = scope if scope is not None else Supervisor("timers")  # firings being published
@@ -101,11 +100,9 @@ class TimerService:
         """Store the timer (TTL backstop) and arm it in memory."""
         k = key.key()
         self.arm(key, fire_at)
-        return await self._conn.publish_nowait(
-            self._prefix + k,
-            codec.encode(TimerEntry(fire_at=fire_at)),
-            ttl=max(0.0, fire_at - time.time()),
-        )  # type: ignore[return-value]
+        return await self._timers.put_nowait(
+            k, codec.encode(TimerEntry(fire_at=fire_at)), ttl=max(0.0, fire_at - time.time())
+        )
 
     async def forget(self, key: TimerKey) -> asyncio.Future[int]:
         """The timer is cancelled, or its firing is absorbed: disarm it and purge its key (no
@@ -113,7 +110,7 @@ class TimerService:
         k = key.key()
         self.disarm(k)
         self._quiet.discard(k)
-        return await self._conn.purge_nowait(self._stream, self._prefix + k)
+        return await self._timers.purge_nowait(k)
 
     async def forget_activity(self, key: TimerKey, timers: list[str]) -> asyncio.Future[int]:
         """An activity closed: purge every key under ``a.<seq>.`` (its attempts' records and
@@ -123,7 +120,7 @@ class TimerService:
             k = msgspec.structs.replace(key, timer=timer).key()
             self.disarm(k)
             self._quiet.discard(k)
-        return await self._conn.purge_nowait(self._stream, f"{self._prefix}{key.key()}.>")
+        return await self._timers.purge_nowait(f"{key.key()}.>")
 
     def arm(self, key: TimerKey, fire_at: float) -> None:
         k = key.key()
@@ -177,9 +174,7 @@ class TimerService:
     async def watch_partition(self, partition: int) -> None:
         if partition in self._watchers:
             return
-        self._watchers[partition] = await self._conn.watch(
-            self._stream, f"{self._prefix}{partition}.>", self._on_entry
-        )
+        self._watchers[partition] = await self._timers.watch(f"{partition}.>", self._on_entry)
 
     async def unwatch_partition(self, partition: int) -> None:
         sub = self._watchers.pop(partition, None)
@@ -198,7 +193,7 @@ class TimerService:
         await self._firing.stop(timeout=2.0)
 
     async def _on_entry(self, msg: StoredMessage) -> None:
-        k = msg.subject[len(self._prefix) :]
+        k = self._timers.key_of(msg.subject)
         key = TimerKey.parse(k)
         if key is None or key.kind == "checkpoint" or not self._owned(key.partition):
             return  # checkpoints are data, not timers

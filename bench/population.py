@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from perdure import sleep, workflow
+from perdure.runtime.nats_client import nats_core
 
 
 @workflow
@@ -187,7 +188,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         progress_every = 5.0
 
         async def progress() -> None:
-            js = client.conn.raw.jetstream()
+            js = nats_core(client.conn).jetstream()
             while True:
                 await asyncio.sleep(progress_every)
                 with contextlib.suppress(Exception):

@@ -10,17 +10,19 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from perdure.runtime import codec, tracing
+from perdure.runtime import codec, tracing, verbs
 from perdure.runtime.connect_options import ConnectOptions
 from perdure.runtime.embedded import default_url
-from perdure.runtime.errors import ErrorInfo as _ErrorInfo
 from perdure.runtime.errors import (
+    ConfigurationError,
     ExecutionAlreadyExists,
     ExecutionNotFound,
     InvalidPayload,
     Unavailable,
     from_info,
 )
+from perdure.runtime.errors import ErrorInfo as _ErrorInfo
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.limits import START_INPUT_REASON, check_size, start_input_limit
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
@@ -33,6 +35,7 @@ from perdure.runtime.messages import (
 )
 from perdure.runtime.naming import Names, check_execution_id
 from perdure.runtime.nats_client import Ack, Connection
+from perdure.runtime.verbs import Rep, Req, Route, Verb
 
 from .handle import ExecutionDescription, WorkflowHandle
 from .index_watch import IndexWatch
@@ -59,6 +62,7 @@ class Client:
         self.names = names
         self.request_timeout = request_timeout
         self._partitions: int | None = None
+        self.index = KVBucket(conn, names, names.executions_bucket)
         self.index_watch = IndexWatch(conn, names)
 
     @classmethod
@@ -152,10 +156,17 @@ class Client:
                 return handle
             new_run = msgspec.structs.replace(message, new_run=True)
             with tracing.client_span("perdure.start", execution_id, name):
-                await self.send(execution_id, new_run, msg_id=f"start:{execution_id}:after:{existing.run}")
+                await self.call(
+                    verbs.START,
+                    new_run,
+                    execution_id=execution_id,
+                    msg_id=f"start:{execution_id}:after:{existing.run}",
+                )
             return handle
         with tracing.client_span("perdure.start", execution_id, name):
-            ack = await self.send(execution_id, message, msg_id=f"start:{execution_id}")
+            ack = await self.call(
+                verbs.START, message, execution_id=execution_id, msg_id=f"start:{execution_id}"
+            )
         if ack.duplicate and on_conflict == "fail":
             # Started moments ago by someone else (the index may not show it yet).
             raise ExecutionAlreadyExists(f"execution {execution_id!r} was already started")
@@ -173,16 +184,54 @@ class Client:
             lambda: self.conn.publish(subject, data, msg_id=msg_id, headers=headers)
         )
 
+    async def call(
+        self, verb: Verb[Req, Rep], request: Req, *, execution_id: str = "", msg_id: str | None = None
+    ) -> Rep:
+        """Send ``request`` by ``verb``'s route (the table in runtime/verbs.py) and return its reply.
+
+        ``INBOX`` verbs need ``execution_id`` (and take ``msg_id`` for deduplication) and
+        return ``Accepted`` once stored; request verbs return the decoded reply, or raise the
+        ``PerdureError`` it carries. Sent again while nothing answers (``Unavailable``; for a
+        ``PARTITION`` verb also while no runtime serves the partition) until ``request_timeout``.
+        """
+        if verb.route is Route.INBOX:
+            ack = await self.send(execution_id, request, msg_id=msg_id)  # type: ignore[arg-type]
+            return verb.reply(seq=ack.seq, duplicate=ack.duplicate)  # type: ignore[call-arg]
+        encoded = codec.encode(request)
+        if verb.route is Route.API:
+            # The runtime forwards the body to the execution's inbox with an envelope of its own.
+            check_size(len(encoded), self.conn.payload_limit, what=f"{verb.name} request")
+        partitions = await self.partitions() if verb.route is Route.PARTITION else 0
+        subject = verb.subject(self.names, execution_id, partitions)
+        decoder = msgspec.json.Decoder(verb.reply)
+        retry_on: tuple[type[Exception], ...] = (Unavailable,)
+        if verb.route is Route.PARTITION:
+            retry_on = (Unavailable, ConfigurationError)  # the partition is changing hands
+
+        async def once() -> Rep:
+            data = await self.conn.request(subject, encoded, timeout=self.request_timeout)
+            reply = codec.decode(decoder, data, what=f"reply to {verb.name}")
+            error = getattr(reply, "error", None)
+            if error is not None or getattr(reply, "ok", True) is False:
+                assert error is not None
+                raise from_info(_ErrorInfo(code=error.code, message=error.message))
+            return reply
+
+        return await self._retry(once, retry_on)  # "unavailable": the runtime stored nothing
+
     async def _retry_unavailable(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, again while JetStream is unavailable (nothing was stored, so sending
-        again is safe), for at most ``request_timeout``; then the ``Unavailable``."""
+        return await self._retry(call, (Unavailable,))
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], retry_on: tuple[type[Exception], ...]) -> T:
+        """``call()``, again while it raises one of ``retry_on`` (nothing was stored or
+        answered, so sending again is safe), for at most ``request_timeout``; then the error."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         delay = 0.05
         while True:
             try:
                 return await call()
-            except Unavailable:
+            except retry_on:
                 if loop.time() + delay >= deadline:
                     raise
             await asyncio.sleep(delay)
@@ -221,8 +270,7 @@ class Client:
     async def list_executions(
         self, *, status: str | None = None, workflow: str | None = None
     ) -> list[ExecutionDescription]:
-        bucket = self.names.executions_bucket
-        stored = await self.conn.scan_last(f"KV_{bucket}", f"$KV.{bucket}.>")
+        stored = await self.index.scan()
         out = []
         for message in stored:
             if not message.data:
@@ -240,7 +288,7 @@ class Client:
         """Finish an async activity with ``result``. Raises ``ActivityClosed`` if it already closed."""
         raw = result if isinstance(result, msgspec.Raw) else msgspec.Raw(codec.encode(result))
         check_size(len(raw), self.conn.payload_limit, what="result of the activity")
-        await self._token_request("complete", CompleteRequest(token=token, result=raw))
+        await self.call(verbs.COMPLETE, CompleteRequest(token=token, result=raw))
 
     async def fail_activity(self, token: str, error: BaseException | str) -> None:
         """Fail an async activity; the workflow sees ``ActivityError`` with this type and message."""
@@ -248,30 +296,14 @@ class Client:
             failure = RemoteFailure(type=type(error).__qualname__, message=str(error))
         else:
             failure = RemoteFailure(type="Error", message=error)
-        await self._token_request("fail", FailRequest(token=token, error=failure))
+        await self.call(verbs.FAIL, FailRequest(token=token, error=failure))
 
     async def heartbeat_activity(self, token: str, details: Any = None) -> HeartbeatReply:
         """Heartbeat an async activity; the reply says if the execution still wants it."""
         raw = msgspec.Raw(codec.encode(details))
         check_size(len(raw), self.conn.payload_limit, what="heartbeat details")
-        reply = await self._token_request("heartbeat", HeartbeatRequest(token=token, details=raw))
+        reply = await self.call(verbs.HEARTBEAT, HeartbeatRequest(token=token, details=raw))
         return HeartbeatReply(cancel_requested=reply.cancel_requested, closed=reply.closed)
-
-    async def _token_request(self, verb: str, body: msgspec.Struct) -> Any:
-        encoded = codec.encode(body)
-        # The runtime forwards the body to the execution's inbox with an envelope of its own.
-        check_size(len(encoded), self.conn.payload_limit, what=f"{verb} request")
-
-        async def once() -> Any:
-            data = await self.conn.request(self.names.api(verb), encoded, timeout=self.request_timeout)
-            reply = codec.decode(codec.api_reply, data, what=f"reply to {verb}")
-            if not reply.ok:
-                error = reply.error
-                assert error is not None
-                raise from_info(_ErrorInfo(code=error.code, message=error.message))
-            return reply
-
-        return await self._retry_unavailable(once)  # "unavailable": the runtime stored nothing
 
 
 __all__ = ["Client", "ExecutionNotFound", "HeartbeatReply"]

@@ -9,12 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from perdure.runtime import codec
+from perdure.runtime import codec, verbs
 from perdure.runtime.errors import (
-    ConfigurationError,
     ErrorInfo,
     ExecutionNotFound,
-    Unavailable,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowTerminated,
@@ -31,7 +29,6 @@ from perdure.runtime.messages import (
     SignalWorkflow,
     TerminateWorkflow,
 )
-from perdure.runtime.naming import partition_of
 
 if TYPE_CHECKING:
     from .client import Client
@@ -71,14 +68,8 @@ class WorkflowHandle:
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
 
-    @property
-    def _index_subject(self) -> str:
-        return f"$KV.{self._client.names.executions_bucket}.{self.id}"
-
     async def _record(self) -> ExecutionRecord | None:
-        stored = await self._client.conn.get_last(
-            f"KV_{self._client.names.executions_bucket}", self._index_subject
-        )
+        stored = await self._client.index.get(self.id)
         if stored is None or not stored.data:
             return None
         return codec.decode(codec.execution_record, stored.data, what=f"index entry of {self.id}")
@@ -172,7 +163,7 @@ class WorkflowHandle:
         """Ask the execution to stop: the workflow sees ``CancelledError`` at its current await.
         Raises ``ExecutionNotFound`` if there is no such execution."""
         await self._require_exists()
-        await self._client.send(self.id, CancelWorkflow(reason=reason))
+        await self._client.call(verbs.CANCEL, CancelWorkflow(reason=reason), execution_id=self.id)
 
     async def _require_exists(self) -> None:
         client = self._client
@@ -180,31 +171,13 @@ class WorkflowHandle:
 
     async def query(self, name: str, *args: Any) -> Any:
         """Ask the runtime that owns the execution; the handler reads live state, writes nothing."""
-        partition = partition_of(self.id, await self._client.partitions())
         body = QueryRequest(execution_id=self.id, name=name, args=msgspec.Raw(codec.encode(list(args))))
-        subject = self._client.names.api(f"query.{partition}")
-        deadline = asyncio.get_running_loop().time() + self._client.request_timeout
-        while True:
-            try:
-                data = await self._client.conn.request(
-                    subject, codec.encode(body), timeout=self._client.request_timeout
-                )
-                break
-            except (ConfigurationError, Unavailable):
-                # No runtime serves the partition at this instant (starting, or handing it
-                # over): ask again until the timeout.
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-        reply = codec.decode(codec.query_reply, data, what=f"reply to query {name!r}")
-        if not reply.ok:
-            assert reply.error is not None
-            raise from_info(ErrorInfo(code=reply.error.code, message=reply.error.message))
+        reply = await self._client.call(verbs.QUERY, body, execution_id=self.id)
         return msgspec.json.decode(reply.result)
 
     async def terminate(self, reason: str = "") -> None:
         """End the execution now, without running any more workflow code (status TERMINATED)."""
-        await self._client.send(self.id, TerminateWorkflow(reason=reason))
+        await self._client.call(verbs.TERMINATE, TerminateWorkflow(reason=reason), execution_id=self.id)
 
     async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
         """Send signal ``name``; with ``id``, sending it again has no effect.
@@ -220,8 +193,9 @@ class WorkflowHandle:
             raw = msgspec.Raw(codec.encode(payload))
         check_size(len(raw), self._client.conn.payload_limit, what=f"payload of signal {name!r}")
         await self._require_exists()
-        await self._client.send(
-            self.id,
+        await self._client.call(
+            verbs.SIGNAL,
             SignalWorkflow(name=name, payload=raw, id=id or ""),
+            execution_id=self.id,
             msg_id=f"signal:{self.id}:{id}" if id else None,
         )

@@ -16,14 +16,14 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator
 
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
 
 
 class IndexWatch:
     def __init__(self, conn: Connection, names: Names) -> None:
-        self._conn = conn
-        self._bucket = names.executions_bucket
+        self._index = KVBucket(conn, names, names.executions_bucket)
         self._waiters: dict[str, set[asyncio.Queue[StoredMessage]]] = collections.defaultdict(set)
         self._sub: Subscription | None = None
         self._starting = asyncio.Lock()
@@ -31,12 +31,10 @@ class IndexWatch:
     async def _ensure_started(self) -> None:
         async with self._starting:
             if self._sub is None:
-                self._sub = await self._conn.watch(
-                    f"KV_{self._bucket}", f"$KV.{self._bucket}.>", self._on_entry, last_per_subject=False
-                )
+                self._sub = await self._index.watch(">", self._on_entry, last_per_subject=False)
 
     async def _on_entry(self, message: StoredMessage) -> None:
-        execution_id = message.subject.rsplit(".", 1)[1]
+        execution_id = self._index.key_of(message.subject)
         for queue in self._waiters.get(execution_id, ()):
             queue.put_nowait(message)
 

@@ -7,6 +7,7 @@ actor drops it: the sender must hear ``ExecutionNotFound`` instead, whichever wa
 from __future__ import annotations
 
 from .errors import ExecutionNotFound, PermissionDenied
+from .kv_bucket import KVBucket
 from .naming import Names, partition_of
 from .nats_client import Connection, StoredMessage
 
@@ -22,12 +23,10 @@ async def require_execution(
     a start before it acks the start (and writes the index with the step's effects), so a
     start that left the inbox between the two reads is found in the history.
     """
-    index = await conn.get_last(
-        f"KV_{names.executions_bucket}", f"$KV.{names.executions_bucket}.{execution_id}"
-    )
+    index = await KVBucket(conn, names, names.executions_bucket).get(execution_id)
     if index is not None:
         return index
-    stored_inbox = f"{names.namespace}.inbox.{partition_of(execution_id, partitions)}.{execution_id}"
+    stored_inbox = names.stored_inbox(partition_of(execution_id, partitions), execution_id)
     try:
         if await conn.get_last(names.inbox_stream, stored_inbox) is not None:
             return None

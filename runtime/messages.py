@@ -226,6 +226,15 @@ class ApiReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cancel_requested: bool = False
 
 
+class HeartbeatStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A heartbeat's answer: both flags always spelled out (no ``omit_defaults``), so any
+    language reads them; errors are an ``ApiReply``."""
+
+    ok: bool = True
+    cancel_requested: bool = False
+    closed: bool = False
+
+
 class QueryReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ok: bool
     result: msgspec.Raw = NULL

@@ -102,6 +102,10 @@ class Names:
         """The stored subjects of one partition (after the stream's subject transform)."""
         return f"{self.namespace}.inbox.{partition}.*"
 
+    def stored_inbox(self, partition: int, execution_id: str) -> str:
+        """The subject an execution's inbox messages are stored under (in its partition)."""
+        return f"{self.namespace}.inbox.{partition}.{execution_id}"
+
     def work(self, activity: str) -> str:
         return f"{self.namespace}.work.{activity}"
 
@@ -122,4 +126,17 @@ class Names:
 
     # KV keys
     def kv_subject(self, bucket: str, key: str) -> str:
-        return f"$KV.{bucket}.{key}"
+        return kv_subject(bucket, key)
+
+    def kv_stream(self, bucket: str) -> str:
+        return kv_stream(bucket)
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream holding a KV bucket."""
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject of a key (or a pattern of keys) in a KV bucket."""
+    return f"$KV.{bucket}.{key}"

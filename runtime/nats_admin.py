@@ -20,7 +20,8 @@ from nats.js.api import (
 )
 
 from .errors import ConfigurationError, ConnectionLost
-from .nats_client import Connection, map_errors
+from .naming import kv_stream, kv_subject
+from .nats_client import Connection, map_errors, nats_core
 
 log = structlog.get_logger("perdure.admin")
 
@@ -65,7 +66,7 @@ async def ensure_stream(
     if partition is not None:
         _count, src, dest = partition
         config.subject_transform = SubjectTransform(src=src, dest=dest)
-    js = conn.raw.jetstream()
+    js = nats_core(conn).jetstream()
     for attempt in range(5):
         try:
             with map_errors(f"provision stream {name}"):
@@ -103,8 +104,8 @@ async def ensure_kv_stream(
     """A KV bucket is a stream named ``KV_<bucket>`` over ``$KV.<bucket>.>``."""
     await ensure_stream(
         conn,
-        name=f"KV_{bucket}",
-        subjects=[f"$KV.{bucket}.>"],
+        name=kv_stream(bucket),
+        subjects=[kv_subject(bucket, ">")],
         replicas=replicas,
         allow_direct=True,
         allow_msg_ttl=True,
@@ -161,26 +162,26 @@ async def ensure_consumer(
         max_deliver=-1,
         max_waiting=512,
     )
-    js = conn.raw.jetstream()
+    js = nats_core(conn).jetstream()
     with map_errors(f"create consumer {stream}/{name}"):
         await js.add_consumer(stream, config)
 
 
 async def delete_consumer(conn: Connection, *, stream: str, name: str) -> None:
-    js = conn.raw.jetstream()
+    js = nats_core(conn).jetstream()
     with map_errors(f"delete consumer {stream}/{name}"), contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_consumer(stream, name)
 
 
 async def purge_subject(conn: Connection, *, stream: str, subject: str, keep_from_seq: int) -> None:
     """Remove messages of ``subject`` below ``keep_from_seq`` (continue-as-new trims history)."""
-    js = conn.raw.jetstream()
+    js = nats_core(conn).jetstream()
     with map_errors(f"purge {subject}"):
         await js.purge_stream(stream, subject=subject, seq=keep_from_seq)
 
 
 async def delete_streams(conn: Connection, names: list[str]) -> None:
-    js = conn.raw.jetstream()
+    js = nats_core(conn).jetstream()
     for name in names:
         with map_errors(f"delete stream {name}"), contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
@@ -188,7 +189,7 @@ async def delete_streams(conn: Connection, names: list[str]) -> None:
 
 async def consumer_pending(conn: Connection, *, stream: str, name: str) -> int:
     """Messages of the consumer's filter not yet delivered to it (its backlog)."""
-    js = conn.raw.jetstream()
+    js = nats_core(conn).jetstream()
     with map_errors(f"read consumer {stream}/{name}"):
         info = await js.consumer_info(stream, name, timeout=2.0)
     return int(info.num_pending or 0)

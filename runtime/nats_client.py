@@ -746,10 +746,28 @@ class Connection:
             )
         return Subscription(sub)
 
-    @property
-    def raw(self) -> _NatsClient:
-        """For ``nats_admin`` and ``nats_consumer`` only."""
-        return self._nc
+    # ------------------------------------------------------------ inspection
+
+    async def stream_info(
+        self, stream: str, *, subjects_filter: str | None = None, timeout: float = 5.0
+    ) -> Any:
+        """The stream's ``StreamInfo`` (state, cluster; with ``subjects_filter``, per-subject counts)."""
+        with map_errors(f"read stream {stream}"), self._denied.guard(f"$JS.API.STREAM.INFO.{stream}"):
+            return await self._nc.jetstream(timeout=timeout).stream_info(
+                stream, subjects_filter=subjects_filter
+            )
+
+    async def consumer_info(self, stream: str, consumer: str, *, timeout: float = 5.0) -> Any:
+        """The consumer's ``ConsumerInfo`` (pending, redelivered, ack floor)."""
+        with map_errors(f"read consumer {stream}/{consumer}"):
+            return await self._nc.jetstream(timeout=timeout).consumer_info(stream, consumer)
+
+
+def nats_core(conn: Connection) -> _NatsClient:
+    """The nats-py client under ``conn``, for the other modules of the NATS boundary
+    (runtime/nats_admin.py, runtime/nats_consumer.py) only: everything else uses
+    ``Connection``'s methods (tests/test_boundaries.py checks who imports it)."""
+    return conn._nc
 
 
 class Subscription:

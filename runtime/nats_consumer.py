@@ -21,7 +21,7 @@ import structlog
 from nats.aio.msg import Msg as _Msg
 
 from .errors import PerdureError
-from .nats_client import Connection, map_errors
+from .nats_client import Connection, map_errors, nats_core
 
 log = structlog.get_logger("perdure.consumer")
 
@@ -105,7 +105,7 @@ class PullConsumer:
         idle_heartbeat: float = 5.0,
     ) -> None:
         self._conn = conn
-        self._nc = conn.raw
+        self._nc = nats_core(conn)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.name = f"{stream}/{consumer}"
         self._available = credit

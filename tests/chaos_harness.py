@@ -38,6 +38,7 @@ from perdure.runtime import codec
 from perdure.runtime.embedded import free_port
 from perdure.runtime.errors import PerdureError
 from perdure.runtime.events import ActivityConcluded, ActivityScheduled, HistoryStep
+from perdure.runtime.nats_client import nats_core
 
 from support import RuntimeProcess, assert_applied_once
 
@@ -339,7 +340,7 @@ class ChaosRun:
 
     async def _inbox_left(self, client: Client) -> int:
         """Inbox messages still there after a bounded wait (the last acks may be on their way)."""
-        js = client.conn.raw.jetstream()
+        js = nats_core(client.conn).jetstream()
         for _ in range(50):
             left = (await js.stream_info(client.names.inbox_stream)).state.messages
             if not left:

@@ -37,7 +37,7 @@ from perdure.runtime.embedded import find_nats_server
 from perdure.runtime.errors import ExecutionNotFound
 from perdure.runtime.events import HistoryStep, TimerFired, TimerStarted
 from perdure.runtime.nats_admin import ensure_consumer, ensure_stream
-from perdure.runtime.nats_client import Connection
+from perdure.runtime.nats_client import Connection, nats_core
 from perdure.runtime.nats_consumer import PullConsumer
 from perdure.runtime.provision import Provisioner
 
@@ -137,7 +137,7 @@ def runtime_env(name: str) -> dict[str, str]:
 
 async def stream_leader(client: Client, stream: str) -> str:
     """The stream's leader (stream info may time out while leadership moves: ask again)."""
-    js = client.conn.raw.jetstream(timeout=2)
+    js = nats_core(client.conn).jetstream(timeout=2)
     for _ in range(20):
         with contextlib.suppress(Exception):
             info = await js.stream_info(stream)
@@ -149,7 +149,7 @@ async def stream_leader(client: Client, stream: str) -> str:
 
 async def settled_streams(client: Client, streams: list[str], timeout: float = 15.0) -> None:
     """Every stream has a leader and two current followers (a just-created R3 stream may not)."""
-    js = client.conn.raw.jetstream(timeout=2)
+    js = nats_core(client.conn).jetstream(timeout=2)
     deadline = time.monotonic() + timeout
     for stream in streams:
         while True:
@@ -309,7 +309,7 @@ async def test_history_leader_lost_mid_run(tmp_path: Path) -> None:
             assert_applied_once(await handle.history(), handle.id)
         running = await client.list_executions(status="RUNNING")
         if running:
-            js = client.conn.raw.jetstream(timeout=5)
+            js = nats_core(client.conn).jetstream(timeout=5)
             bucket = client.names.executions_bucket
             for d in running[:5]:
                 msg = await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{d.execution_id}")
@@ -349,7 +349,7 @@ async def test_timer_fired_while_the_inbox_refuses_is_kept(settings: Settings, c
         watch_history(client) as watch,
         watch_timer_markers(client, watch) as markers,
     ):
-        js = client.conn.raw.jetstream()
+        js = nats_core(client.conn).jetstream()
         inbox = client.names.inbox_stream
         handles = [await client.start(sleeper, 1.0, id=f"refused-{i}") for i in range(10)]
         await watch.wait_for(

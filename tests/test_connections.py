@@ -17,6 +17,7 @@ from perdure import Client, ConnectionLost, EmbeddedServer, Settings, Worker
 from perdure.runtime import codec
 from perdure.runtime.embedded import free_port
 from perdure.runtime.errors import ConfigurationError, PerdureError
+from perdure.runtime.nats_admin import delete_streams
 from perdure.runtime.provision import Provisioner
 
 BOUND = 2.0  # the connect bound the tests set; the default is 10 s
@@ -143,7 +144,7 @@ async def test_api_answers_unavailable_when_the_inbox_stream_is_gone(
                 async for record in handle.watch():
                     if record.history_length > 0:
                         break
-            await client.conn.raw.jetstream().delete_stream(client.names.inbox_stream)
+            await delete_streams(client.conn, [client.names.inbox_stream])
             body = codec.encode({"execution_id": "x1", "name": "go", "payload": 1})
             reply = await client.conn.request(client.names.api("signal"), body, timeout=10)
             error = codec.decode(codec.api_reply, reply, what="reply").error

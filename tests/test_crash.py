@@ -11,7 +11,7 @@ from pathlib import Path
 from perdure import Client, EmbeddedServer, Worker
 from perdure.runtime.embedded import free_port
 from perdure.runtime.events import TimerFired, TimerStarted
-from perdure.runtime.nats_client import StoredMessage
+from perdure.runtime.nats_client import StoredMessage, nats_core
 
 from support import RuntimeProcess, assert_applied_once, watch_history, watch_timer_markers
 from workflows import busy, busy_expected, sleeper, spread
@@ -159,7 +159,7 @@ async def test_restarted_runtime_fires_only_timers_that_expired_unabsorbed(
             await asyncio.wait_for(expired.wait(), timeout=10)
         finally:
             await marker_watch.stop()
-        inbox = conn.raw.jetstream()
+        inbox = nats_core(conn).jetstream()
         before = (await inbox.stream_info(names.inbox_stream)).state.last_seq
         await runtime.astart()
         await control.result(timeout=30)

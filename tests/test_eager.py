@@ -14,7 +14,7 @@ from workflows import double, pipeline, pipeline_expected, slow_chain, slow_chai
 
 
 async def work_items_published(client: Client) -> int:
-    info = await client.conn.raw.jetstream().stream_info(client.names.work_stream)
+    info = await client.conn.stream_info(client.names.work_stream)
     return info.state.last_seq
 
 

@@ -30,6 +30,7 @@ from perdure.actors.ownership import assign
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityScheduled
 from perdure.runtime.naming import partition_of
+from perdure.runtime.nats_client import nats_core
 
 from support import TESTS_DIR, RuntimeProcess, assert_applied_once
 from workflows import busy, busy_expected
@@ -129,7 +130,7 @@ async def assert_nothing_stuck(client: Client, handles: list, live: set[str]) ->
     )
     owners = {int(m.subject.rsplit(".", 1)[1]): json.loads(m.data).get("owner") for m in leases if m.data}
     assert set(owners) == set(range(PARTITIONS)) and set(owners.values()) <= live, owners
-    js = client.conn.raw.jetstream()
+    js = nats_core(client.conn).jetstream()
     for _ in range(50):  # the last acks may still be on their way
         info = await js.stream_info(names.inbox_stream)
         if not info.state.messages:

@@ -62,6 +62,7 @@ from perdure.runtime.messages import (
     RemoteFailure,
     SignalRequest,
 )
+from perdure.runtime.nats_client import nats_core
 from perdure.runtime.tokens import TokenData, decode_token, encode_token
 
 # Codes a reply may carry: those of the error tree (``from_info`` maps any other code to a
@@ -285,7 +286,7 @@ async def test_after_the_garbage_the_inbox_and_work_streams_drain(target: Target
     """Every garbage message is dealt with (absorbed, refused, or dead-lettered), not left
     stored to be redelivered for ever. The live execution has nothing pending by now either
     (its activity's token is not used until the next test)."""
-    js = target.client.conn.raw.jetstream()
+    js = nats_core(target.client.conn).jetstream()
     names = target.names
     left: dict[str, dict[str, int]] = {}
     try:

@@ -50,7 +50,7 @@ async def test_a_message_that_fits_only_without_its_headers_is_refused_before_se
 ) -> None:
     """The server counts headers: 1 MiB of payload plus a Nats-Msg-Id would close the connection."""
     async with Worker([measure], settings=settings) as runtime:
-        max_payload = client.conn.raw.max_payload
+        max_payload = client.conn.max_payload
         data = b"x" * (max_payload - 16)  # fits alone; not with the header
         with pytest.raises(PayloadTooLarge, match=str(max_payload)):
             await client.conn.publish(client.names.inbox("headers"), data, msg_id="headers-1")
@@ -66,12 +66,12 @@ async def test_a_1mb_completion_over_raw_nats_gets_a_clear_error(settings: Setti
         handle = await client.start(approval, "big", id="big-completion")
         token = await asyncio.wait_for(tokens("big-completion").get(), timeout=10)
         envelope = len(json.dumps({"token": token, "result": ""}))
-        body = json.dumps({"token": token, "result": "x" * (client.conn.raw.max_payload - envelope)})
-        assert len(body) == client.conn.raw.max_payload
-        reply = await client.conn.raw.request(client.names.api("complete"), body.encode(), timeout=10)
-        answer = json.loads(reply.data)
+        body = json.dumps({"token": token, "result": "x" * (client.conn.max_payload - envelope)})
+        assert len(body) == client.conn.max_payload
+        reply = await client.conn.request(client.names.api("complete"), body.encode(), timeout=10)
+        answer = json.loads(reply)
         assert answer["ok"] is False and answer["error"]["code"] == "payload.too_large", answer
-        assert str(client.conn.raw.max_payload - 16 * 1024) in answer["error"]["message"]
+        assert str(client.conn.max_payload - 16 * 1024) in answer["error"]["message"]
         await assert_healthy(client, runtime, "completion")
         # The activity is still open: a result that fits completes it.
         await client.complete_activity(token, True)
@@ -85,7 +85,7 @@ async def test_oversized_token_requests_are_refused_on_the_client(settings: Sett
         with pytest.raises(PayloadTooLarge):
             await client.complete_activity(token, "x" * (2 * MB))
         with pytest.raises(PayloadTooLarge):
-            await client.complete_activity(token, "x" * (client.conn.raw.max_payload - 100))
+            await client.complete_activity(token, "x" * (client.conn.max_payload - 100))
         with pytest.raises(PayloadTooLarge):
             await client.heartbeat_activity(token, "x" * (2 * MB))
         with pytest.raises(PayloadTooLarge):
@@ -131,17 +131,17 @@ async def test_oversized_signals_are_refused(settings: Settings, client: Client)
         with pytest.raises(PayloadTooLarge):
             await handle.signal("approval", "x" * (2 * MB))
         with pytest.raises(PayloadTooLarge):
-            await client.signal("big-signal", "approval", "x" * (client.conn.raw.max_payload - 100), id="s")
+            await client.signal("big-signal", "approval", "x" * (client.conn.max_payload - 100), id="s")
         envelope = len(json.dumps({"execution_id": "big-signal", "name": "approval", "payload": ""}))
         body = json.dumps(
             {
                 "execution_id": "big-signal",
                 "name": "approval",
-                "payload": "x" * (client.conn.raw.max_payload - envelope),
+                "payload": "x" * (client.conn.max_payload - envelope),
             }
         )
-        reply = await client.conn.raw.request(client.names.api("signal"), body.encode(), timeout=10)
-        answer = json.loads(reply.data)
+        reply = await client.conn.request(client.names.api("signal"), body.encode(), timeout=10)
+        answer = json.loads(reply)
         assert answer["ok"] is False and answer["error"]["code"] == "payload.too_large", answer
         await assert_healthy(client, runtime, "signal")
         await handle.signal("approval", True)

@@ -16,9 +16,7 @@ from perdure.runtime.messages import ActivityTask
 
 async def work_consumer_state(client: Client, activity: str) -> tuple[int, int, int]:
     """(delivered stream sequence, pending, waiting for an ack) of the activity's consumer."""
-    info = await client.conn.raw.jetstream().consumer_info(
-        client.names.work_stream, client.names.work_consumer(activity)
-    )
+    info = await client.conn.consumer_info(client.names.work_stream, client.names.work_consumer(activity))
     return info.delivered.stream_seq, info.num_pending, info.num_ack_pending
 
 

@@ -37,6 +37,7 @@ from perdure.runtime.events import ActivityRetrying, ActivityScheduled
 from perdure.runtime.messages import ActivityResult, TimerExpired
 from perdure.runtime.naming import partition_of
 from perdure.runtime.nats_admin import delete_consumer
+from perdure.runtime.nats_client import nats_core
 from perdure.runtime.tokens import decode_token
 
 from support import RuntimeProcess, assert_applied_once, watch_history
@@ -71,7 +72,7 @@ async def handed_over(client: Client, execution_id: str, partitions: int, seq: i
 
 async def work_drained(client: Client) -> bool:
     """Every work item published so far has been run and acked."""
-    js = client.conn.raw.jetstream()
+    js = nats_core(client.conn).jetstream()
     for name in ACTIVITIES:
         try:
             info = await js.consumer_info(client.names.work_stream, client.names.work_consumer(name))
@@ -87,7 +88,7 @@ async def recreate_inbox_consumer(client: Client, partition: int) -> None:
     recreates it (what happens after a server restart or a consumer lost on a cluster)."""
     names = client.names
     consumer = names.inbox_consumer(partition)
-    js = client.conn.raw.jetstream()
+    js = nats_core(client.conn).jetstream()
     before = await js.consumer_info(names.inbox_stream, consumer)
     await delete_consumer(client.conn, stream=names.inbox_stream, name=consumer)
 

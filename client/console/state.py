@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from perdure.runtime import codec
+from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import ActivityRecord, Lease
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage
@@ -99,12 +100,12 @@ async def open_attempts(
 ) -> list[OpenAttempt]:
     """Every open activity attempt in the namespace (or of one ``(execution, partition)``),
     with its deadlines and checkpoint."""
-    bucket = names.timers_bucket
-    prefix = f"$KV.{bucket}."
+    timers = KVBucket(conn, names, names.timers_bucket)
+    prefix = timers.subject("")
     # Only activity keys (``<p>.<exec>.<run>.a.>``): workflow timers are not read. One
     # multi-last read answers the first 10,000 keys: about 2,500 open attempts.
     where = f"{execution[1]}.{execution[0]}" if execution else "*.*"
-    stored = await conn.get_multi_last(f"KV_{bucket}", [f"{prefix}{where}.*.a.>"])
+    stored = await timers.get_many([f"{where}.*.a.>"])
     attempts: dict[tuple[str, int, int, int], OpenAttempt] = {}
     per_activity: dict[tuple[str, int, int], dict[str, StoredMessage]] = {}
     per_attempt: dict[tuple[str, int, int, int], dict[str, StoredMessage]] = {}
@@ -171,16 +172,15 @@ class Ownership:
 
 async def ownership(conn: Connection, names: Names, partitions: int) -> Ownership:
     """Live runtimes (``member.<name>`` keys) and the partitions whose lease each holds."""
-    bucket = names.leases_bucket
-    prefix = f"$KV.{bucket}."
-    stored = await conn.get_multi_last(f"KV_{bucket}", [f"{prefix}member.*", f"{prefix}partition.*"])
+    leases = KVBucket(conn, names, names.leases_bucket)
+    stored = await leases.get_many(["member.*", "partition.*"])
     members: dict[str, tuple[datetime | None, datetime | None]] = {}
     held: dict[int, str] = {}
     for message in stored:
         if not message.is_value:
             continue
         lease: Lease = codec.decode(codec.lease, message.data, what="lease")
-        key = message.subject[len(prefix) :]
+        key = leases.key_of(message.subject)
         if key.startswith("member.") and lease.owner:
             at = stored_time(message)
             members[lease.owner] = (at, _expiry(at, message))
