@@ -40,6 +40,7 @@ from perdure.runtime.nats_consumer import ConsumerGone, Delivery, PullConsumer
 from perdure.runtime.supervisor import Ready, Supervisor
 from perdure.runtime.tokens import TokenData
 
+from .attempt_gate import needs_asking, still_open
 from .context import ActivityContext, ActivityGone, AsyncCompletion, HeartbeatStatus
 from .definitions import ActivityDefinition
 from .running_attempts import RunningAttempts, attempt_id
@@ -156,7 +157,12 @@ class ActivityActor:
             concluded = False
             try:
                 try:
-                    outcome = await self._execute(task, eager=False, headers=delivery.headers)
+                    outcome = await self._execute(
+                        task,
+                        eager=False,
+                        headers=delivery.headers,
+                        ask=needs_asking(task, delivery.num_delivered, delivery.headers),
+                    )
                 finally:
                     keepalive.cancel()
                 if outcome is not None:
@@ -183,11 +189,17 @@ class ActivityActor:
         return await self._services.attempts.was_started(task)
 
     async def _execute(
-        self, task: ActivityTask, *, eager: bool, headers: dict[str, str] | None = None
+        self, task: ActivityTask, *, eager: bool, headers: dict[str, str] | None = None, ask: bool = False
     ) -> ActivityResult | None:
         running = await self._services.attempts.start(task, eager=eager)
         if running is None:
             return None  # its schedule-to-start timer fired (or it closed) while it was queued
+        # Asked after its timers are armed, the last thing before its code runs, so the
+        # window in which a close can still slip in is one history read (actors/attempt_gate.py).
+        if ask and not await still_open(self._services.conn, self._services.names, task):
+            log.info("activity.closed_before_start")
+            await running.end(reported=False)  # its liveness key goes: nothing will report
+            return None
         metrics, began = self._services.metrics, time.perf_counter()
         try:
             with tracing.attempt_span(task.name, task.execution_id, task.attempt, headers):

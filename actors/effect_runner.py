@@ -34,6 +34,7 @@ from perdure.runtime.rawjson import NULL
 from perdure.runtime.timer_ids import activity_prefix, attempt_prefix
 from perdure.runtime.tokens import TokenData, encode_token
 
+from .attempt_gate import RECHECK_HEADER
 from .effects import (
     CancelChild,
     CancelTimer,
@@ -229,7 +230,7 @@ class EffectRunner:
             # A redo: the record may be armed by a worker already; only a missing one is put.
             put = self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None, create_only=True)
             out.append(await put)
-            out.append(await self._publish_work(ref, task))
+            out.append(await self._publish_work(ref, task, recheck=True))
         elif options.heartbeat is not None:
             # Its first heartbeat comes at once and needs the record: store that first.
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
@@ -280,11 +281,16 @@ class EffectRunner:
         )
         return task
 
-    async def _publish_work(self, ref: ExecutionRef, task: ActivityTask) -> asyncio.Future[Any]:
+    async def _publish_work(
+        self, ref: ExecutionRef, task: ActivityTask, *, recheck: bool = False
+    ) -> asyncio.Future[Any]:
+        # A redone or recovered attempt may meanwhile have been concluded by another holder
+        # of the execution: the worker asks history before running it (actors/attempt_gate.py).
+        base = {RECHECK_HEADER: "1"} if recheck else None
         return await self._conn.publish_nowait(
             self._names.work(task.name),
             codec.encode(task),
-            headers=tracing.headers(),  # the step's trace context, to the attempt (runtime/tracing.py)
+            headers=tracing.headers(base),  # the step's trace context, to the attempt (runtime/tracing.py)
             msg_id=f"{ref.execution_id}:{ref.run}:a:{task.seq}:{task.attempt}",
         )
 

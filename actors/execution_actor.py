@@ -251,6 +251,7 @@ class ExecutionActor:
             )
         else:
             sent = Sent()
+            await self._history.require_current(any(wants_reply(i.delivery.headers) for i in fresh))
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
         next_input = pending_continuation(instance)
         if next_input is not None and instance is self.instance:

@@ -70,6 +70,20 @@ class HistoryLog:
         self.last_seq, self.last_time = stored[-1].seq, steps[-1].time
         return CurrentRun(steps, started)
 
+    async def is_current(self) -> bool:
+        """Whether no other writer appended since the last step seen here: an actor that
+        answers without appending (a refusal) checks it first, since a stale actor (its
+        partition was held elsewhere meanwhile) would refuse from an old state, e.g. a token
+        for an activity scheduled by the other holder (issue 10: ``token.invalid``)."""
+        stored = await self._conn.get_last(self._stream, self._subject)
+        return (stored.seq if stored is not None else 0) == self.last_seq
+
+    async def require_current(self, needed: bool = True) -> None:
+        """Raise ``HistoryConflict`` (the actor reloads and redoes its step) if ``needed``
+        and another writer appended meanwhile: said before answering refusals."""
+        if needed and not await self.is_current():
+            raise HistoryConflict(f"history of {self._execution_id} moved on: refusals wait for a reload")
+
     async def append(self, step: HistoryStep) -> int:
         """Append ``step`` after the last one seen; raises ``HistoryConflict`` if another
         writer appended meanwhile. Returns the step's stream sequence."""

@@ -384,7 +384,9 @@ async def recover_eager(
             continue  # handed over with make_async(): its token holder finishes it
         lost.append(effect)
     if lost:
-        await effects.perform(ref, list(lost))
+        # As a redo: its record is kept if present, and its work item says "ask history
+        # first" (another holder of the partition may be absorbing its outcome right now).
+        await effects.redo(ref, list(lost))
     return [e.decision.seq for e in lost]
 
 

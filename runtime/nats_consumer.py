@@ -25,6 +25,8 @@ from .nats_client import Connection, map_errors, nats_core
 
 log = structlog.get_logger("perdure.consumer")
 
+ACK_CONFIRM_WITHIN = 5.0  # seconds an ack is re-sent until the server confirms it
+
 
 class ConsumerGone(PerdureError):
     """The server deleted the consumer (another runtime took the partition over)."""
@@ -50,8 +52,29 @@ class Delivery:
     _msg: Any
     _release: Callable[[int], None] | None = None
 
-    async def ack(self) -> bool:
-        return await self._reply("ack", self._msg.ack())
+    async def ack(self, within: float = ACK_CONFIRM_WITHIN) -> bool:
+        """An ack the server confirms (``ack_sync``), sent again through a short outage: a
+        plain ack that reaches a server as it stops is lost without a word, and its message
+        then waits the whole ack wait (30 s) to come back (issue 10: an inbox message left
+        after a NATS restart). A repeated ack of an acked message is harmless."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                await self._msg.ack_sync(timeout=min(1.0, max(0.1, deadline - loop.time())))
+                return True
+            except nats.errors.MsgAlreadyAckdError:
+                return True
+            except nats.errors.NoRespondersError as exc:  # its consumer is gone: nobody to ack
+                log.warning("delivery.reply_failed", reply="ack", stream_seq=self.stream_seq, error=repr(exc))
+                return False
+            except (nats.errors.Error, OSError) as exc:  # timeout, no responders, reconnecting
+                if loop.time() >= deadline:
+                    log.warning(
+                        "delivery.reply_failed", reply="ack", stream_seq=self.stream_seq, error=repr(exc)
+                    )
+                    return False
+            await asyncio.sleep(0.2)
 
     async def nak(self, delay: float | None = None) -> bool:
         return await self._reply("nak", self._msg.nak(delay=delay))
