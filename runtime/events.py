@@ -286,6 +286,9 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     ``eager`` lists the activities (seq) whose attempt scheduled in this step started in that
     runtime without a work item (actors/local_activities.py): if the execution is loaded
     elsewhere while such an attempt is still open, its work item is sent then.
+    ``ended_blocked`` is set on the step that terminated a BLOCKED run without its code (the
+    code the run was blocked with, e.g. ``workflow.unknown``): that run is closed and is never
+    replayed (actors/blocked.py), since its code cannot replay it.
     """
 
     time: float
@@ -294,3 +297,4 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     absorbed: list[int] = []
     runtime: str = ""
     eager: list[int] = []
+    ended_blocked: str = ""

@@ -19,6 +19,26 @@ from .rawjson import NULL
 # is answered only when its outcome is in history.
 REPLY_HEADER = "Perdure-Reply"
 
+# Headers of a dead letter on ``<NS>_DEAD`` (actors/dead_letters.py), next to the original
+# message's own headers and data: why it is there, and where it came from. A header starting
+# with ``Nats-`` is the server's, so the original ``Nats-Msg-Id`` is kept under another name.
+DEAD_CODE = "Perdure-Dead-Code"  # the reason's error code: workflow.unknown, payload.invalid, ...
+DEAD_REASON = "Perdure-Dead-Reason"  # the reason, one line
+DEAD_EXECUTION = "Perdure-Dead-Execution"
+DEAD_SUBJECT = "Perdure-Dead-Subject"  # the subject it was stored on
+DEAD_STREAM_SEQ = "Perdure-Dead-Stream-Seq"  # its sequence there (history's ``absorbed`` names it)
+DEAD_WORKFLOW = "Perdure-Dead-Workflow"  # the execution's workflow, when known
+DEAD_MSG_ID = "Perdure-Dead-Msg-Id"  # its original Nats-Msg-Id
+DEAD_HEADERS = (
+    DEAD_CODE,
+    DEAD_REASON,
+    DEAD_EXECUTION,
+    DEAD_SUBJECT,
+    DEAD_STREAM_SEQ,
+    DEAD_WORKFLOW,
+    DEAD_MSG_ID,
+)
+
 # ------------------------------------------------------------------------------- inbox
 
 
