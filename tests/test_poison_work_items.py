@@ -23,6 +23,7 @@ async def work_consumer_state(client: Client, activity: str) -> tuple[int, int, 
 async def test_a_work_item_with_an_invalid_execution_id_is_terminated_unrun(
     settings: Settings, client: Client
 ) -> None:
+    runs.clear()  # shared by every test that hosts ``recorded`` in this process
     async with Worker([records, recorded], settings=settings):
         handle = await client.start(records, "before", id="healthy-before")
         assert await handle.result(timeout=30) == "before"
