@@ -34,6 +34,7 @@ from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
 from .effects import Effect, StartAttempt, record_timer
+from .log_context import bind_attempt
 from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
@@ -243,8 +244,9 @@ class LocalActivities:
             self._free += 1
             return True  # it runs here already: its outcome goes to the inbox as usual
         try:
-            run = self._run(task, partition, hold, attempt_id, record_stored, wanted)
-            self._spawn(run, f"eager:{attempt_id}")
+            self._spawn(
+                self._run(task, partition, hold, attempt_id, record_stored, wanted), f"eager:{attempt_id}"
+            )
         except ScopeClosed:  # the activity host stops: the attempt goes the ordinary way
             self._running.release(attempt_id, concluded=False)
             self._free += 1
@@ -261,8 +263,9 @@ class LocalActivities:
         record_stored: asyncio.Future[Any],
         wanted: Callable[[], bool],
     ) -> None:
+        bind_attempt(task)  # this task is the attempt's: its lines carry the attempt's ids
         if not wanted():
-            log.info("eager.attempt_withdrawn", execution_id=task.execution_id, seq=task.seq)
+            log.info("eager.attempt_withdrawn")
             self._free += 1
             self._running.release(attempt_id)  # nothing to report: the activity is closed
             hold.conclude()
