@@ -34,7 +34,7 @@ from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
 from .effects import Effect, StartAttempt, record_timer
-from .log_context import bind_attempt
+from .log_context import as_attempt
 from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
@@ -244,9 +244,8 @@ class LocalActivities:
             self._free += 1
             return True  # it runs here already: its outcome goes to the inbox as usual
         try:
-            self._spawn(
-                self._run(task, partition, hold, attempt_id, record_stored, wanted), f"eager:{attempt_id}"
-            )
+            run = as_attempt(task, self._run, partition, hold, attempt_id, record_stored, wanted)
+            self._spawn(run, f"eager:{attempt_id}")
         except ScopeClosed:  # the activity host stops: the attempt goes the ordinary way
             self._running.release(attempt_id, concluded=False)
             self._free += 1
@@ -263,7 +262,6 @@ class LocalActivities:
         record_stored: asyncio.Future[Any],
         wanted: Callable[[], bool],
     ) -> None:
-        bind_attempt(task)  # this task is the attempt's: its lines carry the attempt's ids
         if not wanted():
             log.info("eager.attempt_withdrawn")
             self._free += 1

@@ -16,13 +16,16 @@ subscription's, the activity actor's) the context managers bind only for the wor
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
 from perdure.runtime.messages import ActivityTask
 
+P = ParamSpec("P")
+T = TypeVar("T")
 _UNBOUND = ...  # structlog's merge_contextvars skips a key set to Ellipsis
 
 
@@ -62,9 +65,16 @@ def execution_context(execution_id: str) -> AbstractContextManager[None]:
     return structlog.contextvars.bound_contextvars(**_execution(execution_id, None))
 
 
-def bind_attempt(task: ActivityTask) -> None:
-    """For the rest of the current task, which runs this attempt only (an eager one's)."""
+async def as_attempt(
+    task: ActivityTask,
+    run: Callable[Concatenate[ActivityTask, P], Awaitable[T]],
+    *args: P.args,
+    **kw: P.kwargs,
+) -> T:
+    """``run(task, ...)`` as the body of a task of its own that runs this attempt only (an
+    eager one's); called inside, so that a task never spawned leaves no coroutine unawaited."""
     structlog.contextvars.bind_contextvars(**_attempt(task))
+    return await run(task, *args, **kw)
 
 
 def attempt_context(task: ActivityTask) -> AbstractContextManager[None]:

@@ -52,3 +52,13 @@ async def logged(own_id: str) -> int:
     c = await sync_flaky(b)
     user_log.info("user.workflow", seen_execution_id=own_id, where="end")
     return c
+
+
+@workflow
+async def renewed(runs: int) -> int:
+    """Its second run logs too: that line carries ``run`` 2."""
+    info = workflow.info()
+    user_log.info("user.workflow", seen_execution_id=info.execution_id, seen_run=info.run, where="renewed")
+    if info.run < runs:
+        workflow.continue_as_new(runs)
+    return info.run

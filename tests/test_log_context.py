@@ -9,7 +9,7 @@ import asyncio
 import json
 from typing import Any
 
-from log_context_workflows import logged
+from log_context_workflows import logged, renewed
 
 from perdure import Client, EmbeddedServer
 
@@ -79,3 +79,22 @@ async def test_every_line_of_an_execution_and_an_attempt_carries_its_context(
     assert {(line.get("execution_id"), line.get("activity"), line.get("attempt")) for line in failed} == {
         (execution_id, name, 1) for execution_id in IDS for name in ACTIVITIES
     }
+
+
+async def test_text_lines_carry_the_run_a_new_run_is_at(
+    nats_server: EmbeddedServer, namespace: str, client: Client
+) -> None:
+    """Without ``--log-json`` (key=value text); after ``continue_as_new`` the lines say run 2."""
+    runtime = RuntimeProcess(nats_server.url, namespace, "logtext", targets=("log_context_workflows",))
+    await runtime.astart()
+    try:
+        assert await (await client.start(renewed, 2, id="log-r")).result(timeout=60) == 2
+        assert await runtime.aterminate() == 0
+    finally:
+        runtime.kill()
+    lines = runtime.output().splitlines()
+    for run in (1, 2):
+        (line,) = [line for line in lines if "user.workflow" in line and f"seen_run={run}" in line]
+        assert "execution_id=log-r" in line and f" run={run}" in line, line
+    (new_run,) = [line for line in lines if "execution.new_run" in line]
+    assert "execution_id=log-r" in new_run and " run=2" in new_run, new_run
