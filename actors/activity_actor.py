@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 import structlog
@@ -53,6 +53,16 @@ if TYPE_CHECKING:
     from .worker import WorkerServices
 
 log = structlog.get_logger("perdure.activity")
+
+
+class _AttemptKeys(TypedDict):
+    """What names the attempt in each of its ``ActivityResult`` messages."""
+
+    run: int
+    seq: int
+    attempt: int
+    nonce: str
+
 
 ACK_WAIT = 30.0
 
@@ -206,6 +216,7 @@ class ActivityActor:
 
     async def _run_function(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition
+        base: _AttemptKeys  # typed, so that ``**base`` below type-checks field by field
         base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
         heartbeats = _Heartbeater(self._services, task, self._scope)
         if task.options.heartbeat is not None:

@@ -46,7 +46,7 @@ class InboxMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """Base of what arrives on ``<ns>.inbox.<execution>``."""
 
 
-class StartWorkflow(InboxMessage, tag="start"):
+class StartWorkflow(InboxMessage, frozen=True, tag="start"):
     workflow: str
     input: msgspec.Raw
     parent: str | None = None
@@ -56,7 +56,7 @@ class StartWorkflow(InboxMessage, tag="start"):
     new_run: bool = False  # start a new run even if the execution exists and is closed (id reuse)
 
 
-class ActivityResult(InboxMessage, tag="activity.result"):
+class ActivityResult(InboxMessage, frozen=True, tag="activity.result"):
     """An attempt's outcome: ``result`` if ``ok``, else ``error`` (a timeout is an error too)."""
 
     run: int
@@ -68,26 +68,26 @@ class ActivityResult(InboxMessage, tag="activity.result"):
     error: ErrorInfo | None = None
 
 
-class TimerExpired(InboxMessage, tag="timer.expired"):
+class TimerExpired(InboxMessage, frozen=True, tag="timer.expired"):
     run: int
     timer: str
 
 
-class SignalWorkflow(InboxMessage, tag="signal"):
+class SignalWorkflow(InboxMessage, frozen=True, tag="signal"):
     name: str
     payload: msgspec.Raw
     id: str = ""
 
 
-class CancelWorkflow(InboxMessage, tag="cancel"):
+class CancelWorkflow(InboxMessage, frozen=True, tag="cancel"):
     reason: str = ""
 
 
-class TerminateWorkflow(InboxMessage, tag="terminate"):
+class TerminateWorkflow(InboxMessage, frozen=True, tag="terminate"):
     reason: str = ""
 
 
-class ChildResult(InboxMessage, tag="child.result"):
+class ChildResult(InboxMessage, frozen=True, tag="child.result"):
     """A child execution closed; sent to its parent's inbox."""
 
     run: int
@@ -97,7 +97,7 @@ class ChildResult(InboxMessage, tag="child.result"):
     error: ErrorInfo | None = None
 
 
-class ActivityProgress(InboxMessage, tag="activity.progress"):
+class ActivityProgress(InboxMessage, frozen=True, tag="activity.progress"):
     run: int
     seq: int
     attempt: int

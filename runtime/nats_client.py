@@ -656,7 +656,7 @@ class Connection:
                         if status == "404":
                             return False
                         if status == "204":  # end of batch
-                            return int(msg.headers.get("Nats-Num-Pending", "0")) > 0
+                            return int((msg.headers or {}).get("Nats-Num-Pending", "0")) > 0
                         if status:
                             raise PerdureError(f"direct get of {what} failed: {status} {msg.headers}")
                         stored = _stored(msg)
@@ -717,7 +717,8 @@ class Connection:
 
     async def flush(self, timeout: float = 5.0) -> None:
         with map_errors("flush"):
-            await self._nc.flush(timeout=timeout)
+            # nats-py annotates ``int`` but uses it as an ``asyncio`` timeout: fractions work.
+            await self._nc.flush(timeout=timeout)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ KV-style watch
 
