@@ -46,6 +46,7 @@ from perdure.runtime.tokens import TokenData
 from .attempt_gate import needs_asking, still_open
 from .context import ActivityContext, ActivityGone, AsyncCompletion, HeartbeatStatus
 from .definitions import ActivityDefinition
+from .log_context import attempt_context
 from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
@@ -141,9 +142,7 @@ class ActivityActor:
             return
         running = self._services.effects.running
         attempt = attempt_id(task.execution_id, task.run, task.seq, task.attempt)
-        with structlog.contextvars.bound_contextvars(
-            execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
-        ):
+        with attempt_context(task):
             keepalive = self._scope.spawn(
                 _keep_in_progress(delivery), name=f"keepalive:{task.execution_id}:{task.seq}"
             )
@@ -180,11 +179,9 @@ class ActivityActor:
             await delivery.ack()
 
     async def run_local(self, task: ActivityTask) -> ActivityResult | None:
-        """An eager attempt (``local_activities``): run it here; the caller routes the outcome."""
-        with structlog.contextvars.bound_contextvars(
-            execution_id=task.execution_id, activity=task.name, activity_id=task.seq, attempt=task.attempt
-        ):
-            return await self._execute(task, eager=True)
+        """An eager attempt (``local_activities``, whose task has its ids bound): run it here;
+        the caller routes the outcome."""
+        return await self._execute(task, eager=True)
 
     async def _retried_elsewhere(self, task: ActivityTask) -> bool:
         """A redelivered attempt is run again only if it never started: a started one has

@@ -33,6 +33,7 @@ from .history_log import EndedBlocked, HistoryLog
 from .inbox_translation import translate
 from .instance import Activation, WorkflowInstance, evict
 from .local_activities import EagerSteps, recover_eager, spawner
+from .log_context import bind_execution, bind_run, execution_context
 from .queries import answer_query
 from .redo_ledger import RedoLedger, due_again
 from .replies import OK, send_reply, verdict, wants_reply
@@ -89,15 +90,7 @@ class ExecutionActor:
         self._ledger = RedoLedger()
         # A HeldAck outlives the partition (its nak must reach the next owner): the runtime's.
         self._eager = EagerSteps(services.effects.local, spawner(services.supervisor))
-        self._bound_log: Any = None
-        self._acks = StepAcks(spawner(self._scope), lambda: self._log)
-
-    @property
-    def _log(self) -> Any:
-        """Bound on first use: most actors never log, and binding costs on the hot path."""
-        if self._bound_log is None:
-            self._bound_log = log.bind(execution_id=self.execution_id)
-        return self._bound_log
+        self._acks = StepAcks(spawner(self._scope), lambda: log)  # its lines: the drain's ids
 
     # ------------------------------------------------------------------ mailbox
 
@@ -121,6 +114,7 @@ class ExecutionActor:
             self._idle.clear()
 
     async def _drain(self) -> None:
+        bind_execution(self.execution_id)  # a task of its own (deliver): every line of it, log_context
         try:
             while self.mailbox:
                 batch, self.mailbox = self.mailbox, []
@@ -151,11 +145,11 @@ class ExecutionActor:
                 self._failures.crashes = 0
                 return
             except HistoryConflict as exc:
-                self._log.info("execution.conflict", error=str(exc))
+                log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
             except Exception as exc:  # parked if poison (step_failures), else back after a delay
                 self._forget()
-                reason, delay = self._failures.failed(exc, batch, self._log)
+                reason, delay = self._failures.failed(exc, batch, log)
                 if reason is not None:
                     return await self._park(batch, reason)
                 return await self._acks.nak(batch, delay=delay, hold=self._eager.take_hold())
@@ -183,9 +177,10 @@ class ExecutionActor:
     async def query(self, name: str, args: msgspec.Raw) -> QueryReply:
         """Answer a query from live state (replaying history first if needed); writes nothing."""
         async with self._lock:
-            if self.phase in (Phase.NEW, Phase.UNLOADED):
-                await self._load()
-            return answer_query(self.instance, self.execution_id, name, args, blocked=self._blocked)
+            with execution_context(self.execution_id):  # only its span: the query task serves others too
+                if self.phase in (Phase.NEW, Phase.UNLOADED):
+                    await self._load()
+                return answer_query(self.instance, self.execution_id, name, args, blocked=self._blocked)
 
     # ------------------------------------------------------------------- one step
 
@@ -207,7 +202,7 @@ class ExecutionActor:
         instance = self.instance
         if instance is None:
             for item in fresh:
-                self._log.info("execution.message_for_unknown", type=type(item.message).__name__)
+                log.info("execution.message_for_unknown", type=type(item.message).__name__)
             await self._reply_all(fresh, accepted=set())
             sent = Sent()
             self._services.effects.forget_timers(
@@ -215,6 +210,7 @@ class ExecutionActor:
             )
             self._acks.settle_later(batch, sent, self._eager.take_hold(), self._maybe_dormant)
             return
+        bind_run(instance.run)
         now = max(time.time(), self._history.last_time)
         tracing.begin_step(self.execution_id, trace_of(instance.started, fresh))
         activation = await instance.run_step(events_of(fresh), now)
@@ -344,7 +340,8 @@ class ExecutionActor:
             effects=self._services.effects,
         )
         self.instance, self.ref = new.instance, new.ref
-        self._log.info("execution.new_run", run=new.instance.run)
+        bind_run(new.instance.run)
+        log.info("execution.new_run")
 
     # -------------------------------------------------------------------- replies
 
@@ -377,13 +374,14 @@ class ExecutionActor:
         self._services.metrics.replayed(time.perf_counter() - began)
         self.phase = Phase.LOADED  # only now: a replay that raised (from a query) leaves nothing half-loaded
         self.instance, self.ref = instance, ref = replayed.instance, replayed.ref
+        bind_run(instance.run)
         if replayed.divergence is not None:
             await self._block(replayed.divergence)
             return
         if replayed.eager:
             recovered = await recover_eager(replayed.eager, instance.activities, ref, self._services.effects)
             if recovered:
-                self._log.info("execution.eager_attempts_recovered", activities=recovered)
+                log.info("execution.eager_attempts_recovered", activities=recovered)
         next_input = pending_continuation(instance)
         if next_input is not None:  # the crash came before the next run began
             assert instance.started is not None
@@ -391,7 +389,7 @@ class ExecutionActor:
 
     async def _block(self, reason: str) -> None:
         self.phase, self._blocked = Phase.BLOCKED, divergence(reason)
-        self._log.error("execution.nondeterministic", error=reason)
+        log.error("execution.nondeterministic", error=reason)
         assert self.ref is not None
         await self._services.effects.mark_blocked(self.ref, reason)
 

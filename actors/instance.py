@@ -62,6 +62,7 @@ from .activity_machine import ActivityMachine, ActivityState
 from .child_machine import ChildMachine, ChildState
 from .decisions import Decisions, bounded, describe, same_command
 from .effects import CancelTimer, Effect, NotifyParent, StartTimer, UpdateIndex
+from .log_context import bind_execution
 from .replay_loop import ReplayLoop
 from .signals import Conditions, Signals
 from .workflow_threads import StepInterrupted, StepOverrun, workflow_threads
@@ -297,6 +298,7 @@ class WorkflowInstance:
         return True
 
     async def _run_main(self, raw_input: msgspec.Raw) -> Any:
+        bind_execution(self.execution_id, self.run)  # the workflow's task, wherever it was created
         definition = self.definition
         args: tuple[Any, ...] = ()
         if definition.takes_input:

@@ -34,6 +34,7 @@ from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
 from .effects import Effect, StartAttempt, record_timer
+from .log_context import as_attempt
 from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
@@ -243,7 +244,7 @@ class LocalActivities:
             self._free += 1
             return True  # it runs here already: its outcome goes to the inbox as usual
         try:
-            run = self._run(task, partition, hold, attempt_id, record_stored, wanted)
+            run = as_attempt(task, self._run, partition, hold, attempt_id, record_stored, wanted)
             self._spawn(run, f"eager:{attempt_id}")
         except ScopeClosed:  # the activity host stops: the attempt goes the ordinary way
             self._running.release(attempt_id, concluded=False)
@@ -262,7 +263,7 @@ class LocalActivities:
         wanted: Callable[[], bool],
     ) -> None:
         if not wanted():
-            log.info("eager.attempt_withdrawn", execution_id=task.execution_id, seq=task.seq)
+            log.info("eager.attempt_withdrawn")
             self._free += 1
             self._running.release(attempt_id)  # nothing to report: the activity is closed
             hold.conclude()

@@ -35,7 +35,7 @@ class StepAcks:
 
     def __init__(self, spawn: Spawn, log: Callable[[], Any]) -> None:
         self._spawn = spawn
-        self._log = log  # the actor's bound logger, bound on first use
+        self._log = log  # the actor's logger (its ids are in the drain's context, log_context)
         self._settling: asyncio.Task[None] | None = None  # the last step's effects and acks, under way
 
     @property
