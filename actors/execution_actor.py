@@ -24,7 +24,7 @@ import structlog
 from perdure.runtime import tracing
 from perdure.runtime.errors import HistoryConflict, PerdureError, ScopeClosed, StepBudgetExceeded
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow
+from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow, TimerExpired
 from perdure.runtime.supervisor import Supervisor
 
 from .effect_runner import ExecutionRef, Sent
@@ -251,7 +251,13 @@ class ExecutionActor:
             )
         else:
             sent = Sent()
-            await self._history.require_current(any(wants_reply(i.delivery.headers) for i in fresh))
+            # Nothing applied: make sure that is not because this state is behind history
+            # (another holder appended meanwhile) before answering refusals, or absorbing a
+            # timer's firing (acked, its key purged: dropped for good if the timer was started
+            # in the step this actor has not seen).
+            await self._history.require_current(
+                any(wants_reply(i.delivery.headers) or isinstance(i.message, TimerExpired) for i in fresh)
+            )
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
         next_input = pending_continuation(instance)
         if next_input is not None and instance is self.instance:
