@@ -38,7 +38,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import HistoryConflict, PerdureError
+from perdure.runtime.errors import ConnectionLost, HistoryConflict, PerdureError
 from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import Lease
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
@@ -330,12 +330,25 @@ class PartitionOwnership:
     async def _put_nowait(
         self, key: str, lease: Lease, expected: int | None, *, ttl: float | None = None
     ) -> asyncio.Future[object]:
-        return await self._leases.put_nowait(
+        ack = await self._leases.put_nowait(
             key,
             codec.encode(lease),
             revision=expected,
             ttl=ttl if ttl is not None else self._settings.lease_ttl,
         )
+        # Waited for at most a lease TTL (not the 10 s publish-ack timeout): an ack lost with a
+        # NATS restart used to hold the tick for seconds while our leases lapsed and others
+        # took them; the next tick renews (a stale revision then means "lapsed", handled).
+        return asyncio.ensure_future(_within(ack, self._settings.lease_ttl, key))
+
+
+async def _within(ack: asyncio.Future[object], timeout: float, key: str) -> object:
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(ack)
+    except TimeoutError:
+        ack.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late outcome is moot
+        raise ConnectionLost(f"the put of lease {key} was not acknowledged within its TTL") from None
 
 
 def _decode(msg: StoredMessage | None) -> Lease | None:
