@@ -33,8 +33,6 @@ import weakref
 from collections.abc import AsyncGenerator, Generator, Iterator
 from typing import Any
 
-Suspendable = types.CoroutineType | types.GeneratorType | types.AsyncGeneratorType
-
 
 class _Park:
     def __await__(self) -> Generator[None, None, None]:

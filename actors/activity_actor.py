@@ -10,6 +10,9 @@ attempt, so publishing it twice is harmless.
 The activity host's scope (``Supervisor``, given by the worker) owns the intake loop, every
 attempt and the attempts' keepalives and heartbeats, so the runtime's drain waits for that
 scope, not for tasks found by name.
+
+Size: about 410 lines: intake, one attempt's run and its report; the gate, timers, heartbeats
+and the running set are modules of their own (attempt_gate, attempt_timers, running_attempts).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 import structlog
@@ -49,6 +52,16 @@ if TYPE_CHECKING:
     from .worker import WorkerServices
 
 log = structlog.get_logger("perdure.activity")
+
+
+class _AttemptKeys(TypedDict):
+    """What names the attempt in each of its ``ActivityResult`` messages."""
+
+    run: int
+    seq: int
+    attempt: int
+    nonce: str
+
 
 ACK_WAIT = 30.0
 
@@ -206,6 +219,7 @@ class ActivityActor:
 
     async def _run_function(self, task: ActivityTask) -> ActivityResult | None:
         definition = self._definition
+        base: _AttemptKeys  # typed, so that ``**base`` below type-checks field by field
         base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
         heartbeats = _Heartbeater(self._services, task, self._scope)
         if task.options.heartbeat is not None:

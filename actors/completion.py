@@ -58,7 +58,7 @@ from perdure.runtime.messages import (
 )
 from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
-from perdure.runtime.rawjson import is_null
+from perdure.runtime.rawjson import NULL, is_null
 from perdure.runtime.tokens import TokenData, decode_token
 from perdure.runtime.verbs import Verb
 
@@ -314,7 +314,7 @@ class CompletionService:
         reply: str,
         *,
         ok: bool,
-        result: msgspec.Raw | None = None,
+        result: msgspec.Raw = NULL,
         error: ErrorInfo | None = None,
     ) -> None:
         """Put the outcome in the execution's inbox; its actor replies once it is in history."""

@@ -7,7 +7,7 @@ sends the step's effects, and acks the messages once all is stored (``step_acks`
 that comes back after a crash is recognised by the ``redo_ledger``, and its step's effects
 are performed again. The actor keeps the mailbox, the ``Phase`` of its in-memory state and
 the conflict retries; replay (``run_replay``), eager attempts (``local_activities``), new
-runs (``run_rollover``), replies and queries live in their own modules.
+runs (``run_rollover``), replies, queries, BLOCKED (``blocked``) live in their own modules.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import msgspec
 import structlog
 
 from perdure.runtime import tracing
-from perdure.runtime.errors import HistoryConflict, PerdureError, ScopeClosed, StepBudgetExceeded
+from perdure.runtime.errors import ErrorInfo, HistoryConflict, ScopeClosed, UnknownWorkflow
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.messages import ApiError, ApiReply, QueryReply, StartWorkflow, TimerExpired
+from perdure.runtime.messages import ApiReply, QueryReply, StartWorkflow
 from perdure.runtime.supervisor import Supervisor
 
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
-from .history_log import HistoryLog
+from .history_log import EndedBlocked, HistoryLog
 from .inbox_translation import translate
 from .instance import Activation, WorkflowInstance, evict
 from .local_activities import EagerSteps, recover_eager, spawner
@@ -39,7 +39,8 @@ from .replies import OK, send_reply, verdict, wants_reply
 from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
-from .step_inputs import StepInput, decode_batch, events_of, fired_timers, trace_of
+from .step_failures import StepFailures, divergence
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, needs_current, trace_of
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -49,11 +50,6 @@ log = structlog.get_logger("perdure.execution")
 
 _MAX_CONFLICT_RETRIES = 5
 DORMANT_HORIZON = 30.0  # seconds: an execution with nothing of its own due sooner is not cached
-_NOT_BLOCKED = ApiError(code="", message="")
-
-
-class UnknownWorkflow(PerdureError):
-    code = "workflow.unknown"
 
 
 class Phase(enum.Enum):
@@ -62,7 +58,7 @@ class Phase(enum.Enum):
     NEW = "new"  # nothing read, none seen: a start may assume no history (a conflict says otherwise)
     UNLOADED = "unloaded"  # nothing in memory, history may exist: the next step replays it
     LOADED = "loaded"  # the current run replayed (or none exists yet): steps run on it
-    BLOCKED = "blocked"  # replay diverged from the code: messages wait for a fixed deployment
+    BLOCKED = "blocked"  # it cannot run: its messages wait in <NS>_DEAD for code that can (blocked.py)
 
 
 class ExecutionActor:
@@ -85,7 +81,8 @@ class ExecutionActor:
         self._idle.set()
         self._lock = asyncio.Lock()  # a step and a query never interleave
         self.phase = Phase.NEW
-        self._blocked = _NOT_BLOCKED
+        self._blocked: ErrorInfo | None = None  # why, while BLOCKED
+        self._failures = StepFailures()
         self.instance: WorkflowInstance | None = None
         self.ref: ExecutionRef | None = None
         self._history = HistoryLog(services.conn, services.names, execution_id, services.metrics)
@@ -151,42 +148,36 @@ class ExecutionActor:
                 with tracing.step_scope():
                     await self._step(batch)
                 self._services.metrics.step_done(time.perf_counter() - began)
+                self._failures.crashes = 0
                 return
             except HistoryConflict as exc:
                 self._log.info("execution.conflict", error=str(exc))
                 self._forget(conflict=True)
-            except StepBudgetExceeded as exc:  # workflow code that blocks: BLOCKED, messages kept
-                await self._block(str(exc), exc)
-                await self._acks.nak(batch, delay=30.0, hold=self._eager.take_hold())
-                return
-            except Exception as exc:
-                delay = self._failed(exc)
+            except Exception as exc:  # parked if poison (step_failures), else back after a delay
                 self._forget()
-                await self._acks.nak(batch, delay=delay, hold=self._eager.take_hold())
-                return
+                reason, delay = self._failures.failed(exc, batch, self._log)
+                if reason is not None:
+                    return await self._park(batch, reason)
+                return await self._acks.nak(batch, delay=delay, hold=self._eager.take_hold())
         await self._acks.nak(batch, delay=0.5, hold=self._eager.take_hold())
 
-    def _failed(self, exc: Exception) -> float:
-        """Log why a step failed; returns the delay before its messages come back."""
-        if isinstance(exc, UnknownWorkflow):
-            self._log.error("execution.unknown_workflow", error=str(exc))
-            return 5.0
-        if isinstance(exc, PerdureError):  # ConnectionLost included
-            self._log.warning("execution.step_failed", error=str(exc))
-            return 1.0
-        self._log.exception("execution.step_crashed", exc_info=exc)
-        return 2.0
+    async def _park(self, batch: list[Incoming], reason: ErrorInfo) -> None:
+        """BLOCKED: ``batch`` waits in <NS>_DEAD, out of the inbox; a terminate in it ends the run."""
+        parking = self._services.blocked.park(self.execution_id, self.partition, batch, reason)
+        self.phase, self._blocked = Phase.BLOCKED, reason
+        if await self._acks.park(batch, hold=self._eager.take_hold(), to_dead=parking):
+            self._forget()  # a terminate ended it
 
     def _forget(self, *, conflict: bool = False) -> None:
         """Drop the in-memory state; the next step replays history. After a conflict, or
         once history was seen, never assume a fresh execution again."""
-        seen = conflict or self._history.last_seq > 0 or self.phase is Phase.UNLOADED
+        seen = conflict or self._history.last_seq > 0 or self.phase in (Phase.UNLOADED, Phase.BLOCKED)
         evict(self.instance)
         self.instance = None
         self.ref = None
         self._history.reset()
         self._ledger.clear()
-        self._blocked = _NOT_BLOCKED
+        self._blocked = None
         self.phase = Phase.UNLOADED if seen else Phase.NEW
 
     async def query(self, name: str, args: msgspec.Raw) -> QueryReply:
@@ -194,12 +185,12 @@ class ExecutionActor:
         async with self._lock:
             if self.phase in (Phase.NEW, Phase.UNLOADED):
                 await self._load()
-            return answer_query(self.instance, self.execution_id, name, args)
+            return answer_query(self.instance, self.execution_id, name, args, blocked=self._blocked)
 
     # ------------------------------------------------------------------- one step
 
     async def _step(self, batch: list[Incoming]) -> None:
-        incoming = await decode_batch(batch, self._log, self._services.metrics)
+        incoming = await decode_batch(batch, self._services.blocked.dead, self.execution_id)
         if not incoming:
             self._acks.release(batch)
             return
@@ -207,13 +198,9 @@ class ExecutionActor:
             self.phase = Phase.LOADED  # optimistic: a new execution; a conflict on append says otherwise
         elif self.phase in (Phase.NEW, Phase.UNLOADED):
             await self._load()
-        if self.phase is Phase.BLOCKED:
-            # Keep the messages (a fixed deployment applies them) and say why nothing happens.
-            error = self._blocked
-            for item in incoming:
-                await self._reply(item, ApiReply(ok=False, error=error))
-            await self._acks.nak(batch, delay=30.0, hold=None)
-            return
+        if self.phase is Phase.BLOCKED:  # parked (requests answered why), or ended by a terminate
+            assert self._blocked is not None
+            return await self._park(batch, self._blocked)
         fresh = await self._redo_duplicates(incoming)
         fresh = await self._start_new_runs(fresh)
         self._translate(fresh)
@@ -251,13 +238,8 @@ class ExecutionActor:
             )
         else:
             sent = Sent()
-            # Nothing applied: make sure that is not because this state is behind history
-            # (another holder appended meanwhile) before answering refusals, or absorbing a
-            # timer's firing (acked, its key purged: dropped for good if the timer was started
-            # in the step this actor has not seen).
-            await self._history.require_current(
-                any(wants_reply(i.delivery.headers) or isinstance(i.message, TimerExpired) for i in fresh)
-            )
+            # Nothing applied: first make sure this state is not behind history (step_inputs).
+            await self._history.require_current(needs_current(fresh))
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
         next_input = pending_continuation(instance)
         if next_input is not None and instance is self.instance:
@@ -385,8 +367,9 @@ class ExecutionActor:
         """Rebuild the instance by replaying the current run's history through the workflow code."""
         began = time.perf_counter()
         current = await self._history.load()
-        if current is None:
-            self.phase = Phase.LOADED
+        if current is None or isinstance(current, EndedBlocked):  # none yet, or closed while BLOCKED
+            closed = self._services.blocked.without_replay(current, self.execution_id, self.partition)
+            self.phase, (self.instance, self.ref) = Phase.LOADED, await closed
             return
         definition = self._definition(current.started.workflow)
         replayed = await replay_run(
@@ -407,16 +390,11 @@ class ExecutionActor:
             assert instance.started is not None
             await self._next_run(continuation_start(instance.started, next_input))
 
-    async def _block(self, reason: str, overrun: StepBudgetExceeded | None = None) -> None:
-        ref, code = self.ref, overrun.code if overrun else "workflow.nondeterministic"
-        if overrun is not None:
-            self._forget()  # its instance tears down when the blocking code lets go
-        self.phase, self._blocked = Phase.BLOCKED, ApiError(code=code, message=reason)
-        event = "execution.step_over_budget" if overrun else "execution.nondeterministic"
-        self._log.error(event, error=reason)
-        if ref is not None:
-            kind = type(overrun).__name__ if overrun else "NonDeterminismError"
-            await self._services.effects.mark_blocked(ref, reason, code=code, kind=kind)
+    async def _block(self, reason: str) -> None:
+        self.phase, self._blocked = Phase.BLOCKED, divergence(reason)
+        self._log.error("execution.nondeterministic", error=reason)
+        assert self.ref is not None
+        await self._services.effects.mark_blocked(self.ref, reason)
 
 
 __all__ = ["DORMANT_HORIZON", "ExecutionActor", "Phase", "UnknownWorkflow"]

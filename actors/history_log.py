@@ -5,6 +5,10 @@ a conflict (``HistoryConflict``) means another owner wrote, and the caller reloa
 again. Runs after a continue-as-new or an id reuse share the subject; the steps before the
 current run's first step are purged once it is appended (``purge_before``), and a crash in
 between is finished by the next ``load``.
+
+A step that does not decode makes the history unreadable (``HistoryUnreadable``: the
+execution is BLOCKED, actors/blocked.py), unless the last step ended the run while it was
+BLOCKED (``HistoryStep.ended_blocked``): that run loads as closed, without replaying it.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from perdure.runtime import codec
-from perdure.runtime.errors import HistoryConflict, InvalidPayload
+from perdure.runtime.errors import HistoryConflict, HistoryUnreadable, InvalidPayload
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
-from perdure.runtime.nats_client import Connection
+from perdure.runtime.nats_client import Connection, StoredMessage
 
 from .metrics import RuntimeMetrics
 
@@ -28,6 +34,15 @@ class CurrentRun:
 
     steps: list[HistoryStep]
     started: WorkflowStarted
+
+
+@dataclass(frozen=True, slots=True)
+class EndedBlocked:
+    """The run was terminated while BLOCKED (``last.ended_blocked``): closed, never replayed
+    (its code cannot replay it); ``stored`` is the subject as read (earlier steps may not decode)."""
+
+    stored: list[StoredMessage]
+    last: HistoryStep
 
 
 class HistoryLog:
@@ -51,14 +66,21 @@ class HistoryLog:
         runs. (``last_time`` stays: workflow time never goes back.)"""
         self.last_seq = 0
 
-    async def load(self) -> CurrentRun | None:
+    async def load(self) -> CurrentRun | EndedBlocked | None:
         """The current run (older runs' steps purged if a crash left them), or None if the
-        execution has no history."""
+        execution has no history. Raises ``HistoryUnreadable`` if a step does not decode."""
         stored = await self._conn.read_subject(self._stream, self._subject)
         if not stored:
             return None
         what = f"history of {self._execution_id}"
-        steps = [codec.decode(codec.history_step, s.data, what=what) for s in stored]
+        last = _last_step(stored)
+        if last is not None and last.ended_blocked:
+            self.last_seq, self.last_time = stored[-1].seq, last.time
+            return EndedBlocked(stored, last)
+        try:
+            steps = [codec.decode(codec.history_step, s.data, what=what) for s in stored]
+        except InvalidPayload as exc:
+            raise HistoryUnreadable(exc.message) from None
         first = last_run_start(steps)
         if first > 0:
             # A new run began but the old run's steps were not purged yet (crash in between).
@@ -66,7 +88,7 @@ class HistoryLog:
             steps = steps[first:]
         started = steps[0].inputs[0] if steps[0].inputs else None
         if not isinstance(started, WorkflowStarted):
-            raise InvalidPayload(f"history of {self._execution_id} does not begin with workflow.started")
+            raise HistoryUnreadable(f"history of {self._execution_id} does not begin with workflow.started")
         self.last_seq, self.last_time = stored[-1].seq, steps[-1].time
         return CurrentRun(steps, started)
 
@@ -112,3 +134,10 @@ def last_run_start(steps: Sequence[HistoryStep]) -> int:
         if inputs and isinstance(inputs[0], WorkflowStarted):
             return index
     return 0
+
+
+def _last_step(stored: Sequence[StoredMessage]) -> HistoryStep | None:
+    try:
+        return codec.history_step.decode(stored[-1].data)
+    except msgspec.DecodeError:
+        return None

@@ -307,13 +307,13 @@ class PartitionOwnership:
             free = Lease(owner="", acquired_at=now)
             sends.append((partition, await self._put_nowait(f"partition.{partition}", free, revision, ttl=1)))
         outcomes = await asyncio.gather(*(fut for _, fut in sends), return_exceptions=True)
-        for (partition, _), outcome in zip(sends, outcomes, strict=True):
-            if isinstance(outcome, HistoryConflict):
+        for (released, _), sent in zip(sends, outcomes, strict=True):
+            if isinstance(sent, HistoryConflict):
                 continue  # already taken over: nothing to release
-            if isinstance(outcome, BaseException):
-                log.warning("partition.release_failed", partition=partition, error=str(outcome))
-            elif partition is not None:
-                log.info("partition.released", partition=partition, runtime=self._name)
+            if isinstance(sent, BaseException):
+                log.warning("partition.release_failed", partition=released, error=str(sent))
+            elif released is not None:
+                log.info("partition.released", partition=released, runtime=self._name)
         await self._conn.publish_core(self._changed_subject, self._name.encode())
 
     async def release_all(self) -> None:

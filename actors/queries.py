@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from perdure.runtime import codec
+from perdure.runtime.errors import ErrorInfo
 from perdure.runtime.messages import ApiError, QueryReply
 
 if TYPE_CHECKING:
@@ -14,9 +15,17 @@ if TYPE_CHECKING:
 
 
 def answer_query(
-    instance: WorkflowInstance | None, execution_id: str, name: str, args: msgspec.Raw
+    instance: WorkflowInstance | None,
+    execution_id: str,
+    name: str,
+    args: msgspec.Raw,
+    *,
+    blocked: ErrorInfo | None = None,
 ) -> QueryReply:
-    """Run query handler ``name`` with the JSON arguments ``args`` (a list, one value, or null)."""
+    """Run query handler ``name`` with the JSON arguments ``args`` (a list, one value, or null).
+    An execution BLOCKED before its code could run (``blocked``, actors/blocked.py) says why."""
+    if instance is None and blocked is not None:
+        return _refuse(blocked.code, blocked.message)
     if instance is None:
         return _refuse("execution.not_found", f"no execution {execution_id!r}")
     handler = instance.queries.get(name)

@@ -219,7 +219,7 @@ class ReplayLoop(asyncio.AbstractEventLoop):
             "workflow code must be deterministic: do I/O in an activity, not on the workflow loop"
         )
 
-    run_forever = run_until_complete = stop = _refuse  # type: ignore[assignment]
+    run_forever = run_until_complete = stop = _refuse
     run_in_executor = getaddrinfo = create_connection = create_server = _refuse  # type: ignore[assignment]
     subprocess_exec = subprocess_shell = add_reader = add_writer = sock_connect = _refuse  # type: ignore[assignment]
 

@@ -7,7 +7,10 @@ waits for the one before it. A step that started eager attempts hands its acks t
 ``HeldAck`` instead, which acks once those attempts' outcomes are in history too.
 
 Whatever fails is nak'd: the messages come back, and the redo ledger redoes their steps'
-effects. Every inbox message gives its credit back, whatever its fate, to the consumer that
+effects. The messages of a BLOCKED execution are parked instead (``park``): stored in
+``<NS>_DEAD``, then acked, so that they hold no consumer slot (actors/blocked.py).
+
+Every inbox message gives its credit back, whatever its fate, to the consumer that
 delivered it (``Delivery.release``): after a consumer is recreated, the cached actors' old
 messages must not be charged to the new one, nor the new one's left unreturned.
 """
@@ -15,7 +18,7 @@ messages must not be charged to the new one, nor the new one's left unreturned.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from perdure.runtime.errors import PerdureError, ScopeClosed
@@ -65,6 +68,16 @@ class StepAcks:
         for delivery in batch:
             await delivery.nak(delay=delay)
         self.release(batch)
+
+    async def park(self, batch: list[Incoming], *, hold: HeldAck | None, to_dead: Awaitable[bool]) -> bool:
+        """Poison: ``to_dead`` stores each message in ``<NS>_DEAD`` and acks it (or naks them
+        all if it cannot); returns what ``to_dead`` returns (the execution ended)."""
+        if hold is not None:
+            hold.abandon()  # its deliveries are parked here; its attempts' outcomes settle nothing
+        try:
+            return await to_dead
+        finally:
+            self.release(batch)
 
     def settle_later(
         self, batch: list[Incoming], sent: Sent, hold: HeldAck | None, on_settled: Callable[[], None]

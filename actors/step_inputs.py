@@ -1,23 +1,24 @@
 """The messages of one step: decoded, then each paired with its translation.
 
 Inbox deliveries are decoded here; one that does not decode is not something Perdure wrote,
-so it is terminated (kept out of the way) and logged with the reason. Eager outcomes from
-this process (``LocalResult``) arrive decoded.
+so it is poison: stored in ``<NS>_DEAD`` with the reason (actors/dead_letters.py), a sender
+waiting for a reply is told why, and it is acked out of the inbox. Eager outcomes from this
+process (``LocalResult``) arrive decoded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload
 from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
+from .dead_letters import DeadLetters
 from .inbox_translation import Refusal, Translation
 from .local_activities import LocalResult
-from .metrics import RuntimeMetrics
+from .replies import wants_reply
 from .step_acks import Incoming
 from .timers import TimerKey
 
@@ -29,25 +30,29 @@ class StepInput:
     translation: Translation | None = None
 
 
-async def decode_batch(
-    batch: list[Incoming], log: Any, metrics: RuntimeMetrics | None = None
-) -> list[StepInput]:
+async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: str) -> list[StepInput]:
+    """The decoded messages of ``batch``. The poison ones leave ``batch`` (dead-lettered,
+    acked, their credit returned): a nak or a park of the rest must not settle them again."""
     out: list[StepInput] = []
-    for delivery in batch:
-        if isinstance(delivery, LocalResult):
-            out.append(StepInput(delivery, delivery.message))
-            continue
-        try:
-            message = codec.decode(
-                codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
-            )
-        except InvalidPayload as exc:
-            log.error("execution.bad_inbox_message", error=str(exc))
-            if metrics is not None:
-                metrics.dead_lettered("bad_inbox_message")
-            await delivery.term()
-            continue
-        out.append(StepInput(delivery, message))
+    dead_lettered: set[int] = set()
+    try:
+        for delivery in batch:
+            if isinstance(delivery, LocalResult):
+                out.append(StepInput(delivery, delivery.message))
+                continue
+            try:
+                message = codec.decode(
+                    codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
+                )
+            except InvalidPayload as exc:
+                await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())  # counted
+                delivery.release()
+                dead_lettered.add(id(delivery))
+                continue
+            out.append(StepInput(delivery, message))
+    finally:
+        if dead_lettered:  # also when a later one could not be stored: the rest are nak'd
+            batch[:] = [delivery for delivery in batch if id(delivery) not in dead_lettered]
     return out
 
 
@@ -59,6 +64,13 @@ def events_of(items: list[StepInput]) -> list[InputEvent]:
         if translation is not None and not isinstance(translation, Refusal):
             events.append(translation)
     return events
+
+
+def needs_current(items: list[StepInput]) -> bool:
+    """Whether a step that applied none of ``items`` must first check that no other holder
+    appended meanwhile: before refusing a caller, and before absorbing a timer's firing (acked,
+    its key purged: lost for good if the timer was started in a step this actor has not seen)."""
+    return any(wants_reply(i.delivery.headers) or isinstance(i.message, TimerExpired) for i in items)
 
 
 def fired_timers(items: list[StepInput], partition: int, execution_id: str) -> list[TimerKey]:

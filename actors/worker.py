@@ -19,6 +19,8 @@ Every task has an owner (a ``Supervisor`` scope) and a lifetime:
 
 ``stop()`` hands partitions over gracefully (STYLE rule 14: intake first, in-flight work under
 a deadline, then cancel, then close the connection).
+
+Size: about 410 lines: the composition root of a runtime (services, scopes, start and stop).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from perdure.runtime.supervisor import Supervisor
 
 from .activity_actor import ActivityActor
 from .attempt_timers import AttemptTimers
+from .blocked import BlockedExecutions
 from .completion import CompletionService, HeartbeatService
+from .dead_letters import DeadLetters
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
 from .instance import evict
@@ -52,6 +56,7 @@ from .ownership import PartitionOwnership
 from .partition_host import PartitionHost
 from .registry import Registry
 from .timers import TimerService
+from .unhosted_work import UnhostedWork
 from .workflow_threads import workflow_threads
 
 log = structlog.get_logger("perdure.worker")
@@ -76,6 +81,7 @@ class WorkerServices:
     heartbeats: HeartbeatService
     attempts: AttemptTimers
     metrics: RuntimeMetrics
+    blocked: BlockedExecutions  # poison messages: parked in <NS>_DEAD, resumed (actors/blocked.py)
 
 
 class Worker:
@@ -146,6 +152,9 @@ class Worker:
             heartbeats=heartbeats,
             attempts=AttemptTimers(conn, names, self.settings.partitions, self.settings.lease_ttl),
             metrics=self.metrics,
+            blocked=BlockedExecutions(
+                conn, names, self.settings, self.registry, DeadLetters(conn, names, self.metrics)
+            ),
         )
         self._completion = CompletionService(conn, names, heartbeats, self.registry)
         await self._completion.start()
@@ -185,6 +194,7 @@ class Worker:
             timers.set_ownership(self._ownership.owns)
             await self._first_tick(self._ownership)
             supervisor.spawn(self._ownership.run(), name="ownership", critical=True)
+        supervisor.spawn(UnhostedWork(conn, names).run(), name="unhosted-work")  # poison: visible
         self.ready.set()
         log.info(
             "runtime.started",
@@ -302,6 +312,8 @@ class Worker:
         host = PartitionHost(self, partition, self.services.supervisor.child(f"partition:{partition}"))
         self._hosts[partition] = host
         await host.start()
+        # Poison (actors/blocked.py): blocked executions of this partition get their messages back.
+        host.scope.spawn(self.services.blocked.resume(partition), name=f"resume:{partition}")
 
     async def _release(self, partition: int) -> None:
         host = self._hosts.pop(partition, None)

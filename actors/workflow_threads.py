@@ -62,7 +62,7 @@ class _Step(Generic[T]):
     def __init__(self, fn: Callable[[], T], loop: asyncio.AbstractEventLoop) -> None:
         self.fn = fn
         self.loop = loop
-        self.done = loop.create_future()
+        self.done: asyncio.Future[T] = loop.create_future()
         self.thread: int | None = None
         self._lock = threading.Lock()
         self._running = False

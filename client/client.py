@@ -196,7 +196,7 @@ class Client:
         """
         if verb.route is Route.INBOX:
             ack = await self.send(execution_id, request, msg_id=msg_id)  # type: ignore[arg-type]
-            return verb.reply(seq=ack.seq, duplicate=ack.duplicate)  # type: ignore[call-arg]
+            return verb.reply(seq=ack.seq, duplicate=ack.duplicate)
         encoded = codec.encode(request)
         if verb.route is Route.API:
             # The runtime forwards the body to the execution's inbox with an envelope of its own.

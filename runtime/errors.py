@@ -14,6 +14,10 @@
     ├── ExecutionAlreadyExists           "execution.exists"
     ├── ActivityClosed                   "activity.closed"
     ├── NonDeterminismError              "workflow.nondeterministic"
+    ├── UnknownWorkflow                  "workflow.unknown"   (no runtime here hosts it: BLOCKED)
+    ├── HistoryUnreadable                "history.invalid"    (a stored step does not decode: BLOCKED)
+    ├── StepCrashed                      "step.crashed"       (a step kept crashing: BLOCKED)
+    ├── ExecutionBlocked                 "execution.blocked"  (internal: carries the reason's code)
     ├── StepBudgetExceeded               "workflow.step_budget"
     ├── WorkflowFailed                   "workflow.failed"
     │   ├── WorkflowCancelled            "workflow.cancelled"
@@ -152,6 +156,40 @@ class NonDeterminismError(PerdureError):
     code = "workflow.nondeterministic"
 
 
+class UnknownWorkflow(PerdureError):
+    """A start names a workflow this runtime does not host; the execution is BLOCKED (its
+    messages parked in ``<NS>_DEAD``) until a runtime that hosts it takes its partition."""
+
+    code = "workflow.unknown"
+
+
+class HistoryUnreadable(PerdureError):
+    """A step stored on the execution's history subject does not decode (or the history does
+    not begin with ``workflow.started``): the execution is BLOCKED, never retried in a loop."""
+
+    code = "history.invalid"
+
+
+class StepCrashed(PerdureError):
+    """The execution's step raised again and again: on several deliveries of one message, or
+    on several steps in a row in one runtime (eager outcomes are never redelivered by NATS)."""
+
+    code = "step.crashed"
+
+
+class ExecutionBlocked(PerdureError):
+    """The execution is BLOCKED; ``info`` is the reason (its code is the reason's code)."""
+
+    code = "execution.blocked"
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message, type=info.type)
+        self.info = info
+
+    def to_info(self) -> ErrorInfo:
+        return self.info
+
+
 class StepBudgetExceeded(PerdureError):
     """Workflow code ran past the step budget without yielding (``time.sleep``, a busy
     loop, blocking I/O); the message names the workflow, the execution and the line."""
@@ -244,6 +282,9 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         ExecutionAlreadyExists,
         ActivityClosed,
         NonDeterminismError,
+        UnknownWorkflow,
+        HistoryUnreadable,
+        StepCrashed,
         StepBudgetExceeded,
         WorkflowFailed,
         WorkflowCancelled,

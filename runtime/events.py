@@ -94,7 +94,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_f
 # ----------------------------------------------------------------- inputs (facts that happened)
 
 
-class WorkflowStarted(Event, tag="workflow.started"):
+class WorkflowStarted(Event, frozen=True, tag="workflow.started"):
     workflow: str
     input: msgspec.Raw
     run: int = 1
@@ -105,47 +105,47 @@ class WorkflowStarted(Event, tag="workflow.started"):
     trace: str = ""  # the start's W3C ``traceparent`` (runtime/tracing.py), "" when not traced
 
 
-class ActivityCompleted(Event, tag="activity.completed"):
+class ActivityCompleted(Event, frozen=True, tag="activity.completed"):
     seq: int
     attempt: int
     result: msgspec.Raw
 
 
-class ActivityFailed(Event, tag="activity.failed"):
+class ActivityFailed(Event, frozen=True, tag="activity.failed"):
     seq: int
     attempt: int
     error: ErrorInfo
 
 
-class TimerFired(Event, tag="timer.fired"):
+class TimerFired(Event, frozen=True, tag="timer.fired"):
     """A durable timer expired. ``timer`` names it: ``t.<seq>`` (workflow timer),
     ``a.<seq>.<attempt>.to`` / ``.hb`` / ``.retry`` (activity attempt), ``a.<seq>.s2c``."""
 
     timer: str
 
 
-class SignalReceived(Event, tag="signal.received"):
+class SignalReceived(Event, frozen=True, tag="signal.received"):
     name: str
     payload: msgspec.Raw
     id: str = ""
 
 
-class CancelRequested(Event, tag="cancel.requested"):
+class CancelRequested(Event, frozen=True, tag="cancel.requested"):
     reason: str = ""
 
 
-class TerminateRequested(Event, tag="terminate.requested"):
+class TerminateRequested(Event, frozen=True, tag="terminate.requested"):
     reason: str = ""
 
 
-class ChildClosed(Event, tag="child.closed"):
+class ChildClosed(Event, frozen=True, tag="child.closed"):
     seq: int
     status: str  # COMPLETED, FAILED, CANCELLED, TERMINATED
     result: msgspec.Raw = NULL
     error: ErrorInfo | None = None
 
 
-class ActivityProgressed(Event, tag="activity.progressed"):
+class ActivityProgressed(Event, frozen=True, tag="activity.progressed"):
     """A heartbeat's details, recorded because the workflow observes the activity's progress."""
 
     seq: int
@@ -156,7 +156,7 @@ class ActivityProgressed(Event, tag="activity.progressed"):
 # ------------------------------------------------------------ decisions (facts the workflow caused)
 
 
-class ActivityScheduled(Event, tag="activity.scheduled"):
+class ActivityScheduled(Event, frozen=True, tag="activity.scheduled"):
     seq: int
     name: str
     input: msgspec.Raw
@@ -165,7 +165,7 @@ class ActivityScheduled(Event, tag="activity.scheduled"):
     options: ActivityOptions = ActivityOptions()
 
 
-class ActivityRetrying(Event, tag="activity.retrying"):
+class ActivityRetrying(Event, frozen=True, tag="activity.retrying"):
     """Attempt ``attempt - 1`` failed; ``attempt`` starts when timer ``a.<seq>.<attempt>.retry`` fires."""
 
     seq: int
@@ -174,7 +174,7 @@ class ActivityRetrying(Event, tag="activity.retrying"):
     error: ErrorInfo
 
 
-class ActivityConcluded(Event, tag="activity.closed"):
+class ActivityConcluded(Event, frozen=True, tag="activity.closed"):
     """The activity will not run again: its result, error or timeout was delivered to the workflow.
 
     (Named ``ActivityClosed`` until the error of that name made two classes share it; the
@@ -184,59 +184,59 @@ class ActivityConcluded(Event, tag="activity.closed"):
     outcome: Literal["completed", "failed", "timed_out", "cancelled"]
 
 
-class ActivityCancelRequested(Event, tag="activity.cancel_requested"):
+class ActivityCancelRequested(Event, frozen=True, tag="activity.cancel_requested"):
     seq: int
 
 
-class TimerStarted(Event, tag="timer.started"):
+class TimerStarted(Event, frozen=True, tag="timer.started"):
     timer: str
     fire_at: float
 
 
-class TimerCancelled(Event, tag="timer.cancelled"):
+class TimerCancelled(Event, frozen=True, tag="timer.cancelled"):
     timer: str
 
 
-class WorkflowCompleted(Event, tag="workflow.completed"):
+class WorkflowCompleted(Event, frozen=True, tag="workflow.completed"):
     result: msgspec.Raw
 
 
-class WorkflowFailed(Event, tag="workflow.failed"):
+class WorkflowFailed(Event, frozen=True, tag="workflow.failed"):
     error: ErrorInfo
 
 
-class WorkflowCancelled(Event, tag="workflow.cancelled"):
+class WorkflowCancelled(Event, frozen=True, tag="workflow.cancelled"):
     reason: str = ""
 
 
-class WorkflowTerminated(Event, tag="workflow.terminated"):
+class WorkflowTerminated(Event, frozen=True, tag="workflow.terminated"):
     reason: str = ""
 
 
-class WorkflowContinuedAsNew(Event, tag="workflow.continued_as_new"):
+class WorkflowContinuedAsNew(Event, frozen=True, tag="workflow.continued_as_new"):
     """This run ended; the next run of the same execution starts with ``input``."""
 
     input: msgspec.Raw
 
 
-class ChildStarted(Event, tag="child.started"):
+class ChildStarted(Event, frozen=True, tag="child.started"):
     seq: int
     workflow: str
     execution_id: str
     input: msgspec.Raw
 
 
-class ChildCancelRequested(Event, tag="child.cancel_requested"):
+class ChildCancelRequested(Event, frozen=True, tag="child.cancel_requested"):
     seq: int
 
 
-class PatchMarked(Event, tag="patch.marked"):
+class PatchMarked(Event, frozen=True, tag="patch.marked"):
     """The code took the new branch of ``workflow.patched(patch)`` at this point."""
 
     patch: str
 
 
-class ActivityObserved(Event, tag="activity.observed"):
+class ActivityObserved(Event, frozen=True, tag="activity.observed"):
     """The workflow started watching this activity's progress: its heartbeats are recorded."""
 
     seq: int
@@ -286,6 +286,9 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     ``eager`` lists the activities (seq) whose attempt scheduled in this step started in that
     runtime without a work item (actors/local_activities.py): if the execution is loaded
     elsewhere while such an attempt is still open, its work item is sent then.
+    ``ended_blocked`` is set on the step that terminated a BLOCKED run without its code (the
+    code the run was blocked with, e.g. ``workflow.unknown``): that run is closed and is never
+    replayed (actors/blocked.py), since its code cannot replay it.
     """
 
     time: float
@@ -294,3 +297,4 @@ class HistoryStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     absorbed: list[int] = []
     runtime: str = ""
     eager: list[int] = []
+    ended_blocked: str = ""

@@ -19,6 +19,26 @@ from .rawjson import NULL
 # is answered only when its outcome is in history.
 REPLY_HEADER = "Perdure-Reply"
 
+# Headers of a dead letter on ``<NS>_DEAD`` (actors/dead_letters.py), next to the original
+# message's own headers and data: why it is there, and where it came from. A header starting
+# with ``Nats-`` is the server's, so the original ``Nats-Msg-Id`` is kept under another name.
+DEAD_CODE = "Perdure-Dead-Code"  # the reason's error code: workflow.unknown, payload.invalid, ...
+DEAD_REASON = "Perdure-Dead-Reason"  # the reason, one line
+DEAD_EXECUTION = "Perdure-Dead-Execution"
+DEAD_SUBJECT = "Perdure-Dead-Subject"  # the subject it was stored on
+DEAD_STREAM_SEQ = "Perdure-Dead-Stream-Seq"  # its sequence there (history's ``absorbed`` names it)
+DEAD_WORKFLOW = "Perdure-Dead-Workflow"  # the execution's workflow, when known
+DEAD_MSG_ID = "Perdure-Dead-Msg-Id"  # its original Nats-Msg-Id
+DEAD_HEADERS = (
+    DEAD_CODE,
+    DEAD_REASON,
+    DEAD_EXECUTION,
+    DEAD_SUBJECT,
+    DEAD_STREAM_SEQ,
+    DEAD_WORKFLOW,
+    DEAD_MSG_ID,
+)
+
 # ------------------------------------------------------------------------------- inbox
 
 
@@ -26,7 +46,7 @@ class InboxMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """Base of what arrives on ``<ns>.inbox.<execution>``."""
 
 
-class StartWorkflow(InboxMessage, tag="start"):
+class StartWorkflow(InboxMessage, frozen=True, tag="start"):
     workflow: str
     input: msgspec.Raw
     parent: str | None = None
@@ -36,7 +56,7 @@ class StartWorkflow(InboxMessage, tag="start"):
     new_run: bool = False  # start a new run even if the execution exists and is closed (id reuse)
 
 
-class ActivityResult(InboxMessage, tag="activity.result"):
+class ActivityResult(InboxMessage, frozen=True, tag="activity.result"):
     """An attempt's outcome: ``result`` if ``ok``, else ``error`` (a timeout is an error too)."""
 
     run: int
@@ -48,26 +68,26 @@ class ActivityResult(InboxMessage, tag="activity.result"):
     error: ErrorInfo | None = None
 
 
-class TimerExpired(InboxMessage, tag="timer.expired"):
+class TimerExpired(InboxMessage, frozen=True, tag="timer.expired"):
     run: int
     timer: str
 
 
-class SignalWorkflow(InboxMessage, tag="signal"):
+class SignalWorkflow(InboxMessage, frozen=True, tag="signal"):
     name: str
     payload: msgspec.Raw
     id: str = ""
 
 
-class CancelWorkflow(InboxMessage, tag="cancel"):
+class CancelWorkflow(InboxMessage, frozen=True, tag="cancel"):
     reason: str = ""
 
 
-class TerminateWorkflow(InboxMessage, tag="terminate"):
+class TerminateWorkflow(InboxMessage, frozen=True, tag="terminate"):
     reason: str = ""
 
 
-class ChildResult(InboxMessage, tag="child.result"):
+class ChildResult(InboxMessage, frozen=True, tag="child.result"):
     """A child execution closed; sent to its parent's inbox."""
 
     run: int
@@ -77,7 +97,7 @@ class ChildResult(InboxMessage, tag="child.result"):
     error: ErrorInfo | None = None
 
 
-class ActivityProgress(InboxMessage, tag="activity.progress"):
+class ActivityProgress(InboxMessage, frozen=True, tag="activity.progress"):
     run: int
     seq: int
     attempt: int

@@ -69,6 +69,11 @@ class Names:
     def work_stream(self) -> str:
         return f"{self._upper}_WORK"
 
+    @property
+    def dead_stream(self) -> str:
+        """Dead letters: messages that cannot be processed (actors/dead_letters.py)."""
+        return f"{self._upper}_DEAD"
+
     # KV buckets
     @property
     def timers_bucket(self) -> str:
@@ -112,6 +117,22 @@ class Names:
     @property
     def work_wildcard(self) -> str:
         return f"{self.namespace}.work.*"
+
+    @property
+    def dead_wildcard(self) -> str:
+        return f"{self.namespace}.dead.>"
+
+    def dead_parked(self, partition: int, execution_id: str) -> str:
+        """Messages of a BLOCKED execution, kept to be sent again once it can run (by partition,
+        so the runtime that takes a partition finds its blocked executions)."""
+        return f"{self.namespace}.dead.parked.{partition}.{execution_id}"
+
+    def dead_parked_partition(self, partition: int) -> str:
+        return f"{self.namespace}.dead.parked.{partition}.*"
+
+    def dead_poison(self, execution_id: str) -> str:
+        """Messages that can never be processed (they do not decode): kept for inspection."""
+        return f"{self.namespace}.dead.poison.{execution_id}"
 
     def api(self, verb: str) -> str:
         """Request/reply subjects served by every runtime (token completion, signals...)."""

@@ -58,7 +58,9 @@ async def ensure_stream(
         allow_direct=allow_direct,
         allow_msg_ttl=allow_msg_ttl or None,
         subject_delete_marker_ttl=marker_ttl,
-        allow_rollup_hdrs=rollup or None,
+        # None leaves the field out of the request (nats-py drops None fields), as for
+        # allow_msg_ttl above; nats-py annotates it ``bool`` only.
+        allow_rollup_hdrs=rollup or None,  # type: ignore[arg-type]
         deny_delete=False,
     )
     if partition is not None:

@@ -3,6 +3,7 @@
 <NS>_HISTORY     limits, <ns>.history.*            one subject per execution
 <NS>_INBOX       work queue, <ns>.inbox.* -> <ns>.inbox.<partition>.<execution>
 <NS>_WORK        work queue, <ns>.work.*           one subject per activity name
+<NS>_DEAD        limits, <ns>.dead.>               dead letters: parked and undecodable messages
 KV <NS>_TIMERS   per-key TTL + expiry markers      durable timers, activity attempts
 KV <NS>_EXECUTIONS                                  status index, results
 KV <NS>_LEASES   per-key TTL                        partition ownership, runtime members
@@ -44,6 +45,15 @@ class Provisioner:
             subjects=[n.work_wildcard],
             replicas=s.replicas,
             work_queue=True,
+            duplicate_window=600.0,
+        )
+        # Dead letters stay until resumed or purged by an operator: no age limit. The window
+        # de-duplicates a message parked twice (a crash between its park and its inbox ack).
+        await ensure_stream(
+            self._conn,
+            name=n.dead_stream,
+            subjects=[n.dead_wildcard],
+            replicas=s.replicas,
             duplicate_window=600.0,
         )
         await ensure_kv_stream(

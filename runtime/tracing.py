@@ -138,7 +138,7 @@ def _attempt_span(
     activity: str, execution_id: str, attempt: int, message_headers: Mapping[str, str] | None
 ) -> Iterator[None]:
     traceparent = message_headers.get(TRACEPARENT) if message_headers else None
-    attributes = {
+    attributes: dict[str, str | int] = {
         "perdure.activity": activity,
         "perdure.execution_id": execution_id,
         "perdure.attempt": attempt,

@@ -207,6 +207,11 @@ async def test_console_shows_executions_and_cancels_one(
             assert marker and await page.evaluate("() => window.__same_page === true")
             await page.screenshot(path=str(tmp_path / "console-execution.png"), full_page=True)
             await listing.screenshot(path=str(tmp_path / "console-executions.png"), full_page=True)
+            if os.environ.get("PERDURE_UPDATE_SCREENSHOTS"):  # the README's pictures
+                docs = Path(__file__).resolve().parent.parent / "docs"
+                docs.mkdir(exist_ok=True)
+                for name in ("console-execution.png", "console-executions.png"):
+                    (docs / name).write_bytes((tmp_path / name).read_bytes())
         finally:
             release.set()
             await console.stop()
