@@ -41,7 +41,7 @@ from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
 from .step_failures import StepFailures, divergence
-from .step_inputs import StepInput, decode_batch, events_of, fired_timers, trace_of
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, needs_current, trace_of
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -234,7 +234,8 @@ class ExecutionActor:
             )
         else:
             sent = Sent()
-            await self._history.require_current(any(wants_reply(i.delivery.headers) for i in fresh))
+            # Nothing applied: first make sure this state is not behind history (step_inputs).
+            await self._history.require_current(needs_current(fresh))
         await self._reply_all(fresh, accepted={id(event) for event in activation.inputs})
         next_input = pending_continuation(instance)
         if next_input is not None and instance is self.instance:

@@ -38,7 +38,7 @@ import msgspec
 import structlog
 
 from perdure.runtime import codec
-from perdure.runtime.errors import HistoryConflict, PerdureError
+from perdure.runtime.errors import ConnectionLost, HistoryConflict, PerdureError
 from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import Lease
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
@@ -94,6 +94,7 @@ class PartitionOwnership:
         *,
         on_acquire: Callable[[int], Awaitable[None]],
         on_release: Callable[[int], Awaitable[None]],
+        on_retake: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._conn = conn
         self._settings = settings
@@ -102,6 +103,7 @@ class PartitionOwnership:
         self._changed_subject = settings.names.api("ownership.changed")
         self._on_acquire = on_acquire
         self._on_release = on_release
+        self._on_retake = on_retake
         self.owned: dict[int, int] = {}  # partition -> lease revision
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one tick (or the final release) at a time
@@ -160,6 +162,7 @@ class PartitionOwnership:
         if self._name not in members:
             members.append(self._name)
         mine = {p for p, m in assign(members, self._settings.partitions).items() if m == self._name}
+        lost: list[int] = []
         for partition in lapsed:
             # Renewed too late (a busy or paused process) or with a stale revision (an ack
             # lost): if nobody else holds it, take it back and keep its host running. If
@@ -169,7 +172,10 @@ class PartitionOwnership:
             ):
                 continue
             log.warning("partition.lost", partition=partition, runtime=self._name)
-            await self._on_release(partition)
+            lost.append(partition)
+        # All at once: one by one, each waits for its steps to settle (seconds), and the later
+        # ones kept consuming and firing timers meanwhile, next to their new holders.
+        await self._release_lost(lost)
         await self._let_go(sorted(set(self.owned) - mine))
         wanted = sorted(mine - set(self.owned) - set(lapsed))
         claimed = await asyncio.gather(*(self._claim(p, leases.get(p), members) for p in wanted))
@@ -217,6 +223,10 @@ class PartitionOwnership:
         previous = lease.owner if lease is not None and lease.owner != self._name else ""
         if lapsed:
             log.warning("partition.retaken", partition=partition, runtime=self._name, previous=previous)
+            if self._on_retake is not None:
+                # While the lease was lapsed the partition was not ours: its timers' expiry
+                # markers that arrived meanwhile were ignored; they must be replayed.
+                await self._on_retake(partition)
             return True
         log.info("partition.acquired", partition=partition, runtime=self._name, previous=previous)
         await self._on_acquire(partition)
@@ -249,9 +259,17 @@ class PartitionOwnership:
         if failure is not None:
             for partition in lapsed:  # the tick stops here: let the hosts go as before
                 log.warning("partition.lost", partition=partition, runtime=self._name)
-                await self._on_release(partition)
+            await self._release_lost(lapsed)
             raise failure
         return lapsed
+
+    async def _release_lost(self, partitions: list[int]) -> None:
+        """Stop the hosts of partitions whose lease is gone, concurrently (each host stops
+        consuming and firing at once, then gives its steps under way a bounded time)."""
+        outcomes = await asyncio.gather(*(self._on_release(p) for p in partitions), return_exceptions=True)
+        for partition, outcome in zip(partitions, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("partition.stop_failed", partition=partition, error=repr(outcome))
 
     async def still_owns(self, partition: int) -> bool:
         """Whether the stored lease is still ours (a deleted consumer may mean it is not)."""
@@ -312,12 +330,25 @@ class PartitionOwnership:
     async def _put_nowait(
         self, key: str, lease: Lease, expected: int | None, *, ttl: float | None = None
     ) -> asyncio.Future[object]:
-        return await self._leases.put_nowait(
+        ack = await self._leases.put_nowait(
             key,
             codec.encode(lease),
             revision=expected,
             ttl=ttl if ttl is not None else self._settings.lease_ttl,
         )
+        # Waited for at most a lease TTL (not the 10 s publish-ack timeout): an ack lost with a
+        # NATS restart used to hold the tick for seconds while our leases lapsed and others
+        # took them; the next tick renews (a stale revision then means "lapsed", handled).
+        return asyncio.ensure_future(_within(ack, self._settings.lease_ttl, key))
+
+
+async def _within(ack: asyncio.Future[object], timeout: float, key: str) -> object:
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(ack)
+    except TimeoutError:
+        ack.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late outcome is moot
+        raise ConnectionLost(f"the put of lease {key} was not acknowledged within its TTL") from None
 
 
 def _decode(msg: StoredMessage | None) -> Lease | None:

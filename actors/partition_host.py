@@ -60,6 +60,7 @@ class PartitionHost:
         self.actors: dict[str, ExecutionActor] = {}  # this partition's cached actors (worker.actor)
         self._task: asyncio.Task[None] | None = None
         self._consumer: PullConsumer | None = None
+        self._fenced = False  # its consumer is gone and the lease is someone else's: hands off
 
     async def start(self) -> None:
         """Returns once the partition's consumer pulls, or its first attempt failed (logged;
@@ -68,7 +69,7 @@ class PartitionHost:
 
     @property
     def consuming(self) -> bool:
-        return self._consumer is not None
+        return self._consumer is not None and not self._fenced
 
     async def _run(self, ready: Ready) -> None:
         """Consume until stopped; on a failure (server restart, consumer lost) start over.
@@ -81,6 +82,7 @@ class PartitionHost:
         backoff, failed = 0.1, False
         while True:
             if failed and not await self._worker.still_owns(self.partition):
+                await self._fence()
                 await asyncio.sleep(backoff)  # the tick stops this host meanwhile
                 continue
             try:
@@ -91,6 +93,16 @@ class PartitionHost:
             failed = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _fence(self) -> None:
+        """Another runtime holds the partition now: until the ownership tick stops this host
+        (it may be seconds late, busy releasing others), take no more eager results and fire
+        none of its timers (the new holder's watcher has them from the timers bucket)."""
+        if self._fenced:
+            return
+        self._fenced = True
+        log.warning("partition.fenced", partition=self.partition, runtime=self._worker.settings.name)
+        await self._worker.services.timers.unwatch_partition(self.partition)
 
     async def _consume(self, ready: Ready) -> None:
         services = self._worker.services
@@ -106,6 +118,7 @@ class PartitionHost:
         )
         consumer = PullConsumer(services.conn, names.inbox_stream, names.inbox_consumer(p), credit=credit)
         self._consumer = consumer
+        self._fenced = False  # the lease is ours again (checked before recreating the consumer)
         await consumer.start()
         ready()
         await services.timers.watch_partition(p)

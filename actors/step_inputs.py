@@ -18,6 +18,7 @@ from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 from .dead_letters import DeadLetters
 from .inbox_translation import Refusal, Translation
 from .local_activities import LocalResult
+from .replies import wants_reply
 from .step_acks import Incoming
 from .timers import TimerKey
 
@@ -63,6 +64,13 @@ def events_of(items: list[StepInput]) -> list[InputEvent]:
         if translation is not None and not isinstance(translation, Refusal):
             events.append(translation)
     return events
+
+
+def needs_current(items: list[StepInput]) -> bool:
+    """Whether a step that applied none of ``items`` must first check that no other holder
+    appended meanwhile: before refusing a caller, and before absorbing a timer's firing (acked,
+    its key purged: lost for good if the timer was started in a step this actor has not seen)."""
+    return any(wants_reply(i.delivery.headers) or isinstance(i.message, TimerExpired) for i in items)
 
 
 def fired_timers(items: list[StepInput], partition: int, execution_id: str) -> list[TimerKey]:

@@ -176,6 +176,16 @@ class TimerService:
             return
         self._watchers[partition] = await self._timers.watch(f"{partition}.>", self._on_entry)
 
+    async def rewatch_partition(self, partition: int) -> None:
+        """Watch the partition's timers afresh (its lease lapsed and was retaken in place):
+        the markers ignored while it was not ours are delivered again (the watch starts with
+        every key's last entry); timers armed or quieted here stay so."""
+        sub = self._watchers.pop(partition, None)
+        if sub is None:
+            return  # not watched (the host has not started its watch yet): nothing missed
+        await sub.stop()
+        await self.watch_partition(partition)
+
     async def unwatch_partition(self, partition: int) -> None:
         sub = self._watchers.pop(partition, None)
         if sub is not None:

@@ -185,7 +185,11 @@ class Worker:
             )
         if self._host_workflows and self.registry.workflows:
             self._ownership = PartitionOwnership(
-                conn, self.settings, on_acquire=self._acquire, on_release=self._release
+                conn,
+                self.settings,
+                on_acquire=self._acquire,
+                on_release=self._release,
+                on_retake=timers.rewatch_partition,
             )
             timers.set_ownership(self._ownership.owns)
             await self._first_tick(self._ownership)
