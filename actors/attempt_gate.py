@@ -24,12 +24,8 @@ from perdure.runtime.errors import PerdureError
 from perdure.runtime.events import (
     ActivityConcluded,
     ActivityScheduled,
-    WorkflowCancelled,
-    WorkflowCompleted,
-    WorkflowContinuedAsNew,
-    WorkflowFailed,
+    ClosingDecision,
     WorkflowStarted,
-    WorkflowTerminated,
 )
 from perdure.runtime.messages import ActivityTask
 from perdure.runtime.naming import Names
@@ -37,14 +33,12 @@ from perdure.runtime.nats_client import Connection
 
 log = structlog.get_logger("perdure.activity")
 
-_RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
-
 
 def _closes(decision: object, seq: int) -> bool:
     """Activity ``seq`` concluded, or its whole run ended."""
     if isinstance(decision, ActivityConcluded):
         return decision.seq == seq
-    return isinstance(decision, _RUN_ENDS)
+    return isinstance(decision, ClosingDecision)  # the run ended
 
 
 RECHECK_HEADER = "Perdure-Recheck"  # on a work item sent again by a redo or an eager recovery

@@ -34,12 +34,8 @@ from perdure.runtime.errors import (
 from perdure.runtime.events import (
     ActivityConcluded,
     ActivityScheduled,
-    WorkflowCancelled,
-    WorkflowCompleted,
-    WorkflowContinuedAsNew,
-    WorkflowFailed,
+    ClosingDecision,
     WorkflowStarted,
-    WorkflowTerminated,
 )
 from perdure.runtime.existence import require_execution
 from perdure.runtime.kv_bucket import KVBucket, Put
@@ -71,7 +67,6 @@ log = structlog.get_logger("perdure.completion")
 
 # How long a heartbeat keeps re-reading an attempt's record that other writers keep changing.
 CONTENTION_DEADLINE = 5.0
-_RUN_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowTerminated, WorkflowContinuedAsNew)
 
 
 class HeartbeatService:
@@ -214,7 +209,7 @@ class HeartbeatService:
                 elif isinstance(decision, ActivityConcluded) and decision.seq == token.seq:
                     closed = True
                     cancelled = decision.outcome == "cancelled"
-                elif isinstance(decision, _RUN_ENDS):
+                elif isinstance(decision, ClosingDecision):  # the run ended
                     closed = True
         if not scheduled:
             raise InvalidToken(
