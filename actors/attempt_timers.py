@@ -40,6 +40,7 @@ from perdure.runtime.kv_bucket import KVBucket, Put
 from perdure.runtime.messages import ActivityTask, TimerEntry
 from perdure.runtime.naming import Names, partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.timer_ids import attempt_prefix
 
 from .effects import liveness_timer, record_timer, schedule_to_start_timer, timeout_timer
 from .timers import TimerKey
@@ -193,10 +194,11 @@ class AttemptTimers:
     async def was_started(self, task: ActivityTask) -> bool:
         """A redelivered work item: whether its attempt started somewhere (its timers then
         retry it), or closed; False if it was pulled but never started, so it is run now."""
-        prefix = self._timers.subject(self._key(task, f"a.{task.seq}.{task.attempt}"))
+        own = attempt_prefix(task.seq, task.attempt)
+        prefix = self._timers.subject(self._key(task, own))
         stored = {
             m.subject[len(prefix) + 1 :]: m
-            for m in await self._timers.get_many([self._key(task, f"a.{task.seq}.{task.attempt}.*")])
+            for m in await self._timers.get_many([self._key(task, f"{own}.*")])
         }
         record = stored.get(record_timer(task.seq, task.attempt).rsplit(".", 1)[1])
         if record is None or not record.is_value:

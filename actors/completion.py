@@ -164,14 +164,6 @@ class HeartbeatService:
         with contextlib.suppress(HistoryConflict):  # heartbeats and the actor kept writing it
             await self._timers.update(self._record_key(token).key(), started, attempts=5)
 
-    async def attempt_started(self, token: TokenData) -> bool:
-        """Whether a worker started this attempt (armed its heartbeat timer), or it closed."""
-        stored = await self._timers.get(self._record_key(token).key())
-        if stored is None or not stored.is_value:
-            return True  # expired (its timer fired) or gone: not ours to run
-        record = codec.decode(codec.activity_record, stored.data, what="activity record")
-        return record.started or record.closed
-
     async def _report_progress(self, token: TokenData, details: msgspec.Raw, revision: int) -> None:
         """The workflow watches this activity: its checkpoint goes to the inbox (and history)."""
         message = ActivityProgress(
