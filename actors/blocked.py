@@ -67,10 +67,11 @@ from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
 from perdure.runtime.settings import Settings
 
-from .blocked_runs import absorbed_by, closed_run, last_start, started_from
+from .blocked_runs import absorbed_by, closed_run, last_start
 from .dead_letters import DeadLetters, original_headers
 from .effect_runner import ExecutionRef
 from .history_log import EndedBlocked
+from .inbox_translation import started_event
 from .instance import WorkflowInstance
 from .registry import Registry
 
@@ -178,7 +179,7 @@ class BlockedExecutions:
         if last is None:  # it never started: its start is parked (or in this batch)
             start = start or await self._parked_start(execution_id, partition)
             if start is not None:
-                started = started_from(start)
+                started = started_event(start, run=1)
                 inputs.insert(0, started)
         else:
             started, _ = last_start(await self._conn.read_subject(self._names.history_stream, subject))

@@ -15,7 +15,6 @@ import msgspec
 from perdure.runtime import codec
 from perdure.runtime.errors import UnknownWorkflow
 from perdure.runtime.events import HistoryStep, WorkflowStarted, WorkflowTerminated
-from perdure.runtime.messages import StartWorkflow
 from perdure.runtime.nats_client import StoredMessage
 
 from .definitions import WorkflowDefinition
@@ -61,18 +60,6 @@ def last_start(stored: list[StoredMessage]) -> tuple[WorkflowStarted | None, flo
         if step.inputs and isinstance(step.inputs[0], WorkflowStarted):
             return step.inputs[0], step.time
     return None, 0.0
-
-
-def started_from(start: StartWorkflow) -> WorkflowStarted:
-    """The ``workflow.started`` a parked start would have recorded."""
-    return WorkflowStarted(
-        workflow=start.workflow,
-        input=start.input,
-        parent=start.parent,
-        parent_run=start.parent_run,
-        parent_seq=start.parent_seq,
-        timeout=start.timeout,
-    )
 
 
 def _unhosted(name: str) -> WorkflowDefinition[Any, Any]:
