@@ -4,6 +4,11 @@ Inbox deliveries are decoded here; one that does not decode is not something Per
 so it is poison: stored in ``<NS>_DEAD`` with the reason (actors/dead_letters.py), a sender
 waiting for a reply is told why, and it is acked out of the inbox. Eager outcomes from this
 process (``LocalResult``) arrive decoded.
+
+``take_step`` cuts a step's messages out of the mailbox: a step records its inputs in one
+history message, so messages that together exceed the server's ``max_payload`` (many large
+signals or results waiting at once) are taken in several steps, acked step by step in order,
+rather than in one append that could never be stored.
 """
 
 from __future__ import annotations
@@ -21,6 +26,28 @@ from .local_activities import LocalResult
 from .replies import wants_reply
 from .step_acks import Incoming
 from .timers import TimerKey
+
+
+def take_step(mailbox: list[Incoming], limit: int) -> tuple[list[Incoming], list[Incoming]]:
+    """The messages of the next step (the longest prefix of ``mailbox`` whose sizes add up
+    to at most ``limit``, and at least one message), and the rest, in order."""
+    total = 0
+    for i, delivery in enumerate(mailbox):
+        total += input_size(delivery)
+        if total > limit and i > 0:
+            return mailbox[:i], mailbox[i:]
+    return mailbox, []
+
+
+def input_size(delivery: Incoming) -> int:
+    """About the bytes a message adds to its step's history message (its payload)."""
+    if not isinstance(delivery, LocalResult):
+        return len(delivery.data)
+    result, error = delivery.message, delivery.message.error
+    size = len(result.result)
+    if error is not None:
+        size += len(error.message) + len(error.traceback) + len(error.details)
+    return size
 
 
 @dataclass(slots=True)

@@ -36,6 +36,13 @@ def start_input_limit(max_payload: int | None) -> int:
     return payload_limit(max_payload) // 2
 
 
+def step_inputs_limit(max_payload: int | None) -> int:
+    """The bytes of inbox messages one step takes in: half of ``payload_limit``, so that a
+    step's history message holds its inputs and still has room for the decisions they lead
+    to. Messages waiting beyond it wait for the next step (actors/step_inputs.take_step)."""
+    return payload_limit(max_payload) // 2
+
+
 ENVELOPE_REASON = f"the NATS server's max_payload less {ENVELOPE_RESERVE} bytes of envelope"
 START_INPUT_REASON = (
     "half of the payload limit: the first history step records the input and what the workflow does with it"
