@@ -17,6 +17,11 @@ expires first; the others read the time it was stored and wake up just after it 
 (not at their next periodic tick), see that the holder of the leases is no longer a
 member, and take its partitions with a compare-and-set on the lease's revision: the
 takeover comes ``lease_ttl`` (at most) after the last renewal, a few milliseconds more.
+A tick can be held up for longer than that by the partitions it starts or stops (steps
+settling, for up to ``PARTITION_SETTLE``; on a cluster after a failover, consumers created
+slowly): meanwhile ``keep_membership`` re-puts the member key, or the others would take
+every partition of a live runtime, which then takes them back (the cluster failover's
+slow tail, issue 10 item 12).
 
 A runtime that stops gracefully (``release_all``) lets the steps under way on all its
 partitions finish, then leaves the membership and releases every lease at once, and
@@ -110,6 +115,7 @@ class PartitionOwnership:
         self._sub: Subscription | None = None
         self._stopping = False
         self._next_expiry: float | None = None  # local time another member's key is due to expire
+        self._tick_began: float | None = None  # monotonic time the tick under way began
 
     def owns(self, partition: int) -> bool:
         return partition in self.owned
@@ -151,7 +157,28 @@ class PartitionOwnership:
     async def tick(self) -> None:
         async with self._lock:
             if not self._stopping:
-                await self._tick()
+                self._tick_began = time.monotonic()
+                try:
+                    await self._tick()
+                finally:
+                    self._tick_began = None
+
+    async def keep_membership(self) -> None:
+        """Re-put the member key while a tick is held up (it is put at the start of each
+        tick): a tick waiting seconds for partitions to settle or start must not make this
+        runtime look dead to the others. Not once stopping: leaving removes the key."""
+        period = self._settings.lease_ttl / 3
+        while True:
+            await asyncio.sleep(period)
+            began = self._tick_began
+            if self._stopping or began is None or time.monotonic() - began < period:
+                continue
+            try:
+                await self._put(
+                    f"member.{self._name}", Lease(owner=self._name, acquired_at=time.time()), None
+                )
+            except PerdureError as exc:
+                log.warning("ownership.membership_not_renewed", error=str(exc))
 
     async def _tick(self) -> None:
         put_at = time.time()

@@ -194,6 +194,7 @@ class Worker:
             timers.set_ownership(self._ownership.owns)
             await self._first_tick(self._ownership)
             supervisor.spawn(self._ownership.run(), name="ownership", critical=True)
+            supervisor.spawn(self._ownership.keep_membership(), name="membership", critical=True)
         supervisor.spawn(UnhostedWork(conn, names).run(), name="unhosted-work")  # poison: visible
         self.ready.set()
         log.info(

@@ -25,6 +25,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from stalling_workflows import stalls
+
 from perdure import Client, EmbeddedServer
 from perdure.actors.ownership import assign
 from perdure.runtime import codec
@@ -32,7 +34,7 @@ from perdure.runtime.events import ActivityScheduled
 from perdure.runtime.naming import partition_of
 from perdure.runtime.nats_client import nats_core
 
-from support import TESTS_DIR, RuntimeProcess, assert_applied_once
+from support import TESTS_DIR, RuntimeProcess, assert_applied_once, watch_history
 from workflows import busy, busy_expected
 
 PARTITIONS = 12
@@ -373,3 +375,54 @@ async def test_sigterm_hands_partitions_over_at_once(
     finally:
         for runtime in runtimes:
             runtime.kill()
+
+
+async def test_a_tick_busy_releasing_keeps_its_membership(
+    nats_server: EmbeddedServer, namespace: str, client: Client
+) -> None:
+    """A runtime whose ownership tick waits for a released partition to settle (a long step;
+    on a cluster after a failover, consumers created slowly) keeps its member key alive, so
+    the others never take the partitions it keeps.
+
+    Before: the member key was put once per tick, so a tick held up longer than the lease
+    TTL let it expire; the others then saw the runtime as dead and took all its partitions,
+    and the two fought over them for seconds (the cluster failover slow tail, issue 10 item 12).
+    """
+    stall = 8.0  # seconds the step holds its thread: past PARTITION_SETTLE (5 s) and the TTL (3 s)
+    names = ["mk-a", "mk-b"]
+    budget = {"PERDURE_STEP_BUDGET": str(stall + 10)}
+    a, b = (
+        RuntimeProcess(
+            nats_server.url,
+            namespace,
+            name,
+            targets=("stalling_workflows",),
+            extra_args=("--lease-ttl", str(LEASE_TTL), "--partitions", str(PARTITIONS)),
+            env={**runtime_env(name), **budget},
+        )
+        for name in names
+    )
+    try:
+        await a.astart()
+        async with watch_cluster(client) as watch, watch_history(client) as history:
+            await watch.wait_for(lambda w: w.owned_by("mk-a") == set(range(PARTITIONS)), timeout=15)
+            final = assign(names, PARTITIONS)
+            kept = {p for p, owner in final.items() if owner == "mk-a"}
+            # On a partition that moves to mk-b when it joins: mk-a's tick waits for its step.
+            execution = next(
+                f"stall-{i}" for i in range(1000) if final[partition_of(f"stall-{i}", PARTITIONS)] == "mk-b"
+            )
+            handle = await client.start(stalls, stall, id=execution)
+            await history.wait_for(lambda h: bool(h.steps.get(execution)), timeout=15)
+            joined_at = time.monotonic()
+            await b.astart()
+            assert await handle.result(timeout=30) == "done"
+            await watch.wait_for(lambda w: w.owners == final, timeout=15)
+        taken = sorted({p for t, p, o in watch.lease_events if t > joined_at and p in kept and o == "mk-b"})
+        assert taken == [], f"mk-b took partitions {taken} that mk-a kept"
+    except BaseException:
+        explain([a, b])
+        raise
+    finally:
+        a.kill()
+        b.kill()
