@@ -165,6 +165,9 @@ class TimerService:
             except PerdureError as exc:
                 log.warning("timer.publish_failed", key=key.key(), error=str(exc), retry_in=delay)
             if not self._owned(key.partition):
+                # Its marker must fire it then, here too if the partition comes back to us
+                # (a lapsed lease taken back in place replays it): no longer "fired".
+                self._quiet.discard(key.key())
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
