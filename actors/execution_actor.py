@@ -24,10 +24,10 @@ import structlog
 from perdure.runtime import tracing
 from perdure.runtime.errors import ErrorInfo, HistoryConflict, ScopeClosed, UnknownWorkflow
 from perdure.runtime.events import HistoryStep, WorkflowStarted
-from perdure.runtime.limits import step_inputs_limit
 from perdure.runtime.messages import ApiReply, QueryReply, StartWorkflow
 from perdure.runtime.supervisor import Supervisor
 
+from . import step_inputs
 from .effect_runner import ExecutionRef, Sent
 from .effects import Effect
 from .history_log import EndedBlocked, HistoryLog
@@ -42,15 +42,7 @@ from .run_replay import replay_run
 from .run_rollover import begin_next_run, continuation_start, pending_continuation, reuses_id
 from .step_acks import Incoming, StepAcks
 from .step_failures import StepFailures, divergence
-from .step_inputs import (
-    StepInput,
-    decode_batch,
-    events_of,
-    fired_timers,
-    needs_current,
-    take_step,
-    trace_of,
-)
+from .step_inputs import StepInput, decode_batch, events_of, fired_timers, needs_current, trace_of
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
@@ -125,9 +117,8 @@ class ExecutionActor:
     async def _drain(self) -> None:
         bind_execution(self.execution_id)  # a task of its own (deliver): every line of it, log_context
         try:
-            limit = step_inputs_limit(self._services.conn.max_payload)
             while self.mailbox:  # what fits in one step's history message (step_inputs)
-                batch, self.mailbox = take_step(self.mailbox, limit)
+                batch, self.mailbox = step_inputs.take_step(self.mailbox, self._services.conn.max_payload)
                 async with self._lock:
                     await self._handle(batch)
         finally:

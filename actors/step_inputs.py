@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload
 from perdure.runtime.events import InputEvent, WorkflowStarted
+from perdure.runtime.limits import step_inputs_limit
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
 from .dead_letters import DeadLetters
@@ -28,9 +29,11 @@ from .step_acks import Incoming
 from .timers import TimerKey
 
 
-def take_step(mailbox: list[Incoming], limit: int) -> tuple[list[Incoming], list[Incoming]]:
+def take_step(mailbox: list[Incoming], max_payload: int | None) -> tuple[list[Incoming], list[Incoming]]:
     """The messages of the next step (the longest prefix of ``mailbox`` whose sizes add up
-    to at most ``limit``, and at least one message), and the rest, in order."""
+    to at most ``step_inputs_limit(max_payload)``, and at least one message), and the rest,
+    in order."""
+    limit = step_inputs_limit(max_payload)
     total = 0
     for i, delivery in enumerate(mailbox):
         total += input_size(delivery)

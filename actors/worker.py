@@ -311,10 +311,8 @@ class Worker:
 
     async def _acquire(self, partition: int) -> None:
         if partition in self._hosts:
-            # Still hosted: a tick that failed half-way (a lapsed lease taken back, then NATS
-            # timed out) left it out of the owned leases while its host ran on. A second host
-            # would delete the first one's consumer, and each the other's, for ever (on the
-            # cluster: no progress for 90 s). Keep the host, as for a lease taken back.
+            # Still hosted (a tick failed half-way after its lease lapsed): keep that host, as
+            # for a lease taken back. A second one deleted its consumer, each the other's, for ever.
             await self.services.timers.rewatch_partition(partition)
             return
         host = PartitionHost(self, partition, self.services.supervisor.child(f"partition:{partition}"))

@@ -8,13 +8,17 @@ from __future__ import annotations
 from perdure import Client, Settings, Worker, workflow
 from perdure.actors.step_inputs import take_step
 from perdure.runtime.events import SignalReceived
+from perdure.runtime.limits import step_inputs_limit
 from perdure.runtime.naming import partition_of
 from perdure.runtime.nats_consumer import Delivery
 
 from support import watch_history
 
 SIGNALS = 15
-SIGNAL_BYTES = 100 * 1024  # 15 x 100 KiB: 1.5 MiB of inputs against a 1 MiB max_payload
+SIGNAL_BYTES = 100 * 1024
+MAX_PAYLOAD = (
+    1024 * 1024
+)  # nats-server's default, the test server's  # 15 x 100 KiB: 1.5 MiB of inputs against a 1 MiB max_payload
 
 
 @workflow
@@ -62,12 +66,14 @@ def delivery(size: int, seq: int) -> Delivery:
 
 
 def test_take_step_cuts_the_mailbox_in_order() -> None:
-    mailbox = [delivery(n, i) for i, n in enumerate([40, 40, 30, 100, 5, 5], start=1)]
+    limit = step_inputs_limit(MAX_PAYLOAD)  # half of what fits in one message
+    sizes = [0.4, 0.4, 0.3, 1.0, 0.05, 0.05]
+    mailbox = [delivery(int(f * limit), i) for i, f in enumerate(sizes, start=1)]
     parts = []
     while mailbox:
-        batch, mailbox = take_step(mailbox, 100)
+        batch, mailbox = take_step(mailbox, MAX_PAYLOAD)
         parts.append([d.stream_seq for d in batch])
-    # Within the limit when it can be; a message larger than it goes alone, never dropped.
+    # Within the limit when it can be; a message as large as it goes alone, never dropped.
     assert parts == [[1, 2], [3], [4], [5, 6]]
     small = [delivery(1, i) for i in range(3)]
-    assert take_step(small, 100) == (small, [])
+    assert take_step(small, MAX_PAYLOAD) == (small, [])
