@@ -10,7 +10,7 @@
 
 Every task has an owner (a ``Supervisor`` scope) and a lifetime:
 
-    runtime scope ─┬ ownership, attempt-liveness        (critical: their failure stops the runtime)
+    runtime scope ─┬ ownership, membership, attempt-liveness (critical: their failure stops the runtime)
                    ├ partition:<p> (one per PartitionHost) ── consume, execution:<id>, settle
                    ├ activities (the activity host) ── activities:<name> intake (critical),
                    │                                    activity:/eager: attempts, keepalive, heartbeat
