@@ -13,6 +13,7 @@ BLOCKED (``HistoryStep.ended_blocked``): that run loads as closed, without repla
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,9 +24,12 @@ from perdure.runtime.errors import HistoryConflict, HistoryUnreadable, InvalidPa
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
-from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.nats_client import Ack, Connection, StoredMessage
 
 from .metrics import RuntimeMetrics
+
+RESEND_AFTER = 1.0  # seconds without an answer before an append is sent again (then every 2 s)
+RESEND_FOR = 12.0  # seconds an append is sent again: a stream elects a new leader in 4 to 10 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +114,7 @@ class HistoryLog:
         """Append ``step`` after the last one seen; raises ``HistoryConflict`` if another
         writer appended meanwhile. Returns the step's stream sequence."""
         try:
-            ack = await self._conn.publish(
-                self._subject, codec.encode(step), expected_last_subject_seq=self.last_seq
-            )
+            ack: Ack = await self._send(codec.encode(step))
         except HistoryConflict:
             if self._metrics is not None:
                 self._metrics.conflicts.inc()
@@ -122,9 +124,58 @@ class HistoryLog:
         self.last_seq, self.last_time = ack.seq, step.time
         return ack.seq
 
+    async def _send(self, data: bytes) -> Ack:
+        """Publish the step; sent again if nothing decides (after 1 s, then every 2 s): an append in
+        flight to the stream's leader when its node dies is never answered, and waiting out the
+        ack timeout (10 s) held the execution that long after a new leader was elected; a copy
+        refused meanwhile (no leader yet) is not an answer either. The expected last sequence
+        stores at most one copy, and the server answers in the order sent: the earliest copy
+        stored, or a conflict, decides."""
+        loop = asyncio.get_running_loop()
+        resend_until = loop.time() + RESEND_FOR
+        sent: list[asyncio.Future[Ack]] = []
+        wait = RESEND_AFTER
+        try:
+            while True:
+                next_send: float | None = None
+                if not sent or loop.time() < resend_until:
+                    sent.append(
+                        await self._conn.publish_nowait(
+                            self._subject, data, expected_last_subject_seq=self.last_seq
+                        )
+                    )
+                    next_send, wait = loop.time() + wait, 2 * RESEND_AFTER
+                while (decided := _decision(sent)) is None:
+                    pending = [fut for fut in sent if not fut.done()]
+                    if not pending and next_send is None:
+                        return sent[-1].result()  # every copy refused: raises the last refusal
+                    timeout = None if next_send is None else next_send - loop.time()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    if pending:
+                        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.sleep(timeout or 0.0)
+                if decided is not None:
+                    return decided.result()
+        finally:
+            for fut in sent:  # answered later, or never: nobody reads those outcomes
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def purge_before(self, seq: int) -> None:
         """Drop every step stored before stream sequence ``seq`` (older runs)."""
         await purge_subject(self._conn, stream=self._stream, subject=self._subject, keep_from_seq=seq)
+
+
+def _decision(sent: list[asyncio.Future[Ack]]) -> asyncio.Future[Ack] | None:
+    """The earliest copy stored, or a conflict (another writer, or an earlier copy stored by
+    a leader that died before answering: the reload sees it); None while neither is known."""
+    for fut in sent:
+        if fut.done() and not fut.cancelled():
+            error = fut.exception()
+            if error is None or isinstance(error, HistoryConflict):
+                return fut
+    return None
 
 
 def last_run_start(steps: Sequence[HistoryStep]) -> int:

@@ -22,6 +22,7 @@ import copy
 import itertools
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -32,9 +33,10 @@ from typing import Any
 import pytest
 
 from perdure import Client, EmbeddedServer, Settings, Worker
+from perdure.actors.history_log import HistoryLog
 from perdure.runtime import codec
 from perdure.runtime.embedded import find_nats_server
-from perdure.runtime.errors import ExecutionNotFound
+from perdure.runtime.errors import ExecutionNotFound, PerdureError
 from perdure.runtime.events import HistoryStep, TimerFired, TimerStarted
 from perdure.runtime.nats_admin import ensure_consumer, ensure_stream
 from perdure.runtime.nats_client import Connection, nats_core
@@ -438,3 +440,52 @@ async def test_concurrent_provisioning_of_a_fresh_namespace(tmp_path: Path) -> N
         finally:
             for conn in conns:
                 await conn.close()
+
+
+async def read_retried(client: Client, stream: str, subject: str) -> list[Any]:
+    """The subject's messages; a direct get may be refused (503) while leadership moves."""
+    for _ in range(50):
+        with contextlib.suppress(PerdureError):
+            return await client.conn.read_subject(stream, subject)
+        await asyncio.sleep(0.2)
+    return await client.conn.read_subject(stream, subject)
+
+
+async def test_an_append_lost_with_the_history_leader_is_sent_again(tmp_path: Path) -> None:
+    """A history append in flight to the stream's leader when that node dies is never
+    acknowledged. The step waited the whole publish-ack timeout (10 s), failed, and its
+    messages came back a second later: the 17-20 s completions of the test above (9 runs in
+    14, the history leader killed mid-run). The append is sent again (its expected last
+    sequence makes that safe) and is stored as soon as the stream has a new leader.
+
+    Made deterministic: the leader is stopped (SIGSTOP) while the append reaches it, then
+    killed; our connection is to another node, which stays up."""
+    async with nats_cluster(tmp_path) as (nodes, procs):
+        seeds = ",".join(n["url"] for n in nodes)
+        settings = Settings(url=seeds, namespace="c" + uuid.uuid4().hex[:12], replicas=3)
+        client = await Client.connect(seeds, namespace=settings.namespace)
+        conn: Connection | None = None
+        try:
+            admin = await Connection.connect(seeds)
+            await Provisioner(admin, settings).provision()
+            await admin.close()
+            names = client.names
+            await settled_streams(client, [names.history_stream])
+            leader = await stream_leader(client, names.history_stream)
+            conn = await Connection.connect(next(n["url"] for n in nodes if n["server_name"] != leader))
+            log = HistoryLog(conn, names, "lost-append")
+            await log.append(HistoryStep(time=time.time(), runtime="first"))
+            os.kill(procs[leader].pid, signal.SIGSTOP)  # takes the next append, never answers
+            appending = asyncio.ensure_future(log.append(HistoryStep(time=time.time(), runtime="second")))
+            await conn.flush()  # the append has reached our node, which routes it to the leader
+            await asyncio.sleep(0.2)  # (the route's own write: nothing to await from here)
+            procs[leader].kill()
+            procs[leader].wait()
+            seq = await asyncio.wait_for(appending, 40)
+            stored = await read_retried(client, names.history_stream, names.history("lost-append"))
+            assert [codec.history_step.decode(m.data).runtime for m in stored] == ["first", "second"]
+            assert stored[-1].seq == seq
+        finally:
+            if conn is not None:
+                await conn.close()
+            await client.close()
