@@ -39,6 +39,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.payload_seal import sealer_for
 
 from .metrics import RuntimeMetrics
 
@@ -57,6 +58,7 @@ class DeadLetters:
         self._conn = conn
         self._names = names
         self._metrics = metrics
+        self.sealer = sealer_for(conn, names)  # opens the payloads of what is read back
         self.parked = 0  # messages parked by this runtime (each counted once)
         self.poisoned = 0
 

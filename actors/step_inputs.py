@@ -3,7 +3,8 @@
 Inbox deliveries are decoded here; one that does not decode is not something Perdure wrote,
 so it is poison: stored in ``<NS>_DEAD`` with the reason (actors/dead_letters.py), a sender
 waiting for a reply is told why, and it is acked out of the inbox. Eager outcomes from this
-process (``LocalResult``) arrive decoded.
+process (``LocalResult``) arrive decoded. Sealed payloads (offloaded, encrypted) are opened
+here (runtime/payload_seal.py); one that cannot be (its object gone, no key for it) is poison.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perdure.runtime import codec
-from perdure.runtime.errors import InvalidPayload
+from perdure.runtime.errors import InvalidPayload, PayloadUnreadable
 from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
@@ -41,10 +42,10 @@ async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: s
                 out.append(StepInput(delivery, delivery.message))
                 continue
             try:
-                message = codec.decode(
+                message = await dead.sealer.decode(
                     codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
                 )
-            except InvalidPayload as exc:
+            except (InvalidPayload, PayloadUnreadable) as exc:
                 await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())  # counted
                 delivery.release()
                 dead_lettered.add(id(delivery))

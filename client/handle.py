@@ -20,7 +20,7 @@ from perdure.runtime.errors import (
 )
 from perdure.runtime.events import AnyEvent, HistoryStep
 from perdure.runtime.existence import require_execution
-from perdure.runtime.limits import check_size
+from perdure.runtime.limits import MAX_BYTES_REASON, check_size, max_payload_bytes
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     CancelWorkflow,
@@ -111,7 +111,8 @@ class WorkflowHandle:
                     record = codec.decode(
                         codec.execution_record, message.data, what=f"index entry of {self.id}"
                     )
-            return self._outcome(record)
+            # The result may be offloaded or encrypted (runtime/payload_seal.py).
+            return self._outcome(await self._client.payloads.open(record))
 
     async def watch(self) -> AsyncIterator[ExecutionDescription]:
         """The execution's description now, then each time it changes (status, length)."""
@@ -149,7 +150,8 @@ class WorkflowHandle:
         stored = await self._client.conn.read_subject(names.history_stream, names.history(self.id))
         if not stored:
             raise ExecutionNotFound(f"no history for execution {self.id!r}")
-        return [codec.decode(codec.history_step, s.data, what=f"history of {self.id}") for s in stored]
+        sealer = self._client.payloads
+        return [await sealer.decode(codec.history_step, s.data, what=f"history of {self.id}") for s in stored]
 
     async def history(self) -> list[AnyEvent]:
         """Every event in order: each step's inputs, then the decisions they led to."""
@@ -191,7 +193,7 @@ class WorkflowHandle:
             raw = signal_codec.check(payload, what=f"signal {name!r}")
         else:
             raw = msgspec.Raw(codec.encode(payload))
-        check_size(len(raw), self._client.conn.payload_limit, what=f"payload of signal {name!r}")
+        check_size(len(raw), max_payload_bytes(), what=f"payload of signal {name!r}", reason=MAX_BYTES_REASON)
         await self._require_exists()
         await self._client.call(
             verbs.SIGNAL,
