@@ -4,7 +4,9 @@ Inbox deliveries are decoded here; one that does not decode is not something Per
 so it is poison: stored in ``<NS>_DEAD`` with the reason (actors/dead_letters.py), a sender
 waiting for a reply is told why, and it is acked out of the inbox. Eager outcomes from this
 process (``LocalResult``) arrive decoded. Sealed payloads (offloaded, encrypted) are opened
-here (runtime/payload_seal.py); one that cannot be (its object gone, no key for it) is poison.
+here (runtime/payload_seal.py); one that cannot be (its object gone, no key for it here) is
+not poison but a fault of this runtime or of the store: the execution is BLOCKED at once with
+that reason (``payload.key_missing``...), its messages parked, never dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perdure.runtime import codec
-from perdure.runtime.errors import InvalidPayload, PayloadUnreadable
+from perdure.runtime.errors import ExecutionBlocked, InvalidPayload, PayloadUnreadable
 from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
@@ -45,7 +47,9 @@ async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: s
                 message = await dead.sealer.decode(
                     codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
                 )
-            except (InvalidPayload, PayloadUnreadable) as exc:
+            except PayloadUnreadable as exc:
+                raise ExecutionBlocked(exc.to_info()) from None
+            except InvalidPayload as exc:
                 await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())  # counted
                 delivery.release()
                 dead_lettered.add(id(delivery))
