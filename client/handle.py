@@ -29,6 +29,7 @@ from perdure.runtime.messages import (
     SignalWorkflow,
     TerminateWorkflow,
 )
+from perdure.runtime.payload_seal import MARK
 
 if TYPE_CHECKING:
     from .client import Client
@@ -145,18 +146,25 @@ class WorkflowHandle:
             raise WorkflowTerminated(f"execution {self.id!r} was terminated: {error.message}", cause=cause)
         raise WorkflowFailed(f"execution {self.id!r} failed: {error.type}: {error.message}", cause=cause)
 
-    async def history_steps(self) -> list[HistoryStep]:
+    async def history_steps(self, *, lenient: bool = False) -> list[HistoryStep]:
+        """The stored steps, payloads read back (offloaded ones fetched, encrypted ones decrypted
+        with this client's keys). Without the key: ``PayloadKeyMissing``, or with ``lenient``
+        (the CLI, the console) each such payload reads as the JSON string ``"<encrypted>"``."""
         names = self._client.names
         stored = await self._client.conn.read_subject(names.history_stream, names.history(self.id))
         if not stored:
             raise ExecutionNotFound(f"no history for execution {self.id!r}")
-        sealer = self._client.payloads
-        return [await sealer.decode(codec.history_step, s.data, what=f"history of {self.id}") for s in stored]
+        sealer, what = self._client.payloads, f"history of {self.id}"
+        steps = [codec.decode(codec.history_step, s.data, what=what) for s in stored]
+        return [
+            await sealer.open(step, lenient=lenient) if MARK in s.data else step
+            for s, step in zip(stored, steps, strict=True)
+        ]
 
-    async def history(self) -> list[AnyEvent]:
+    async def history(self, *, lenient: bool = False) -> list[AnyEvent]:
         """Every event in order: each step's inputs, then the decisions they led to."""
         events: list[AnyEvent] = []
-        for step in await self.history_steps():
+        for step in await self.history_steps(lenient=lenient):
             events.extend(step.inputs)
             events.extend(step.decisions)
         return events

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from perdure.client import Client, ExecutionDescription, ExecutionNotFound, WorkflowFailed, WorkflowHandle
+from perdure.runtime.errors import PayloadDecryptFailed, PayloadKeyMissing
 from perdure.runtime.messages import TERMINAL_STATUSES
 
 from .output import (
@@ -120,6 +121,9 @@ async def result(client: Client, handle: WorkflowHandle, args: argparse.Namespac
             print_json({**execution_json(await handle.describe()), "result": None})
         print_error(f"{exc.code}: {exc}")
         return 1
+    except (PayloadKeyMissing, PayloadDecryptFailed) as exc:  # encrypted; no key here (PERDURE_PAYLOAD_KEYS)
+        value = "<encrypted>"
+        print_error(f"{exc.code}: {exc}")
     if args.json:
         print_json({**execution_json(await handle.describe()), "result": value})
     else:
@@ -140,7 +144,7 @@ async def list_(client: Client, args: argparse.Namespace) -> int:
 
 
 async def history(handle: WorkflowHandle, args: argparse.Namespace) -> int:
-    steps = await handle.history_steps()
+    steps = await handle.history_steps(lenient=True)  # without the payload key: "<encrypted>"
     if args.jsonl:  # what `perdure replay --file` reads: one HistoryStep per line
         for step in steps:
             print_text(msgspec.json.encode(step).decode())
@@ -159,7 +163,7 @@ async def watch(client: Client, args: argparse.Namespace) -> int:
     shown = 0
     async for described in handle.watch():
         try:
-            steps = await handle.history_steps()
+            steps = await handle.history_steps(lenient=True)
         except ExecutionNotFound:  # indexed, first step not stored yet
             steps = []
         for number, step in enumerate(steps[shown:], shown + 1):

@@ -114,7 +114,7 @@ class Pages:
     async def _steps(self, execution_id: str) -> list[HistoryStep]:
         # Indexed, its history not readable yet (or purged by continue-as-new): no steps.
         with contextlib.suppress(ExecutionNotFound):
-            return await self.client.get_handle(execution_id).history_steps()
+            return await self.client.get_handle(execution_id).history_steps(lenient=True)
         return []
 
     async def execution(self, request: Request) -> Response:
@@ -210,7 +210,7 @@ class Pages:
 
     async def _relations(self, execution_id: str) -> views.Relations:
         try:
-            return views.relations(await self.client.get_handle(execution_id).history_steps())
+            return views.relations(await self.client.get_handle(execution_id).history_steps(lenient=True))
         except ExecutionNotFound:
             return views.Relations()
 
