@@ -137,11 +137,14 @@ class PayloadSealer:
             for raw in raws:
                 if not _is_null(raw) and not is_sealed(raw):
                     mapping[id(raw)] = self._encrypt(raw)
-        total = len(data) + sum(len(mapping[id(r)]) - len(r) for r in raws if id(r) in mapping)
+
+        def current(raw: msgspec.Raw) -> msgspec.Raw:
+            return mapping.get(id(raw), raw)
+
+        total = len(data) + sum(len(current(r)) - len(r) for r in raws)
         if total > self._threshold:
-            by_size = sorted(raws, key=lambda r: len(mapping.get(id(r), r)), reverse=True)
-            for raw in by_size:
-                value = mapping.get(id(raw), raw)
+            for raw in sorted(raws, key=lambda r: len(current(r)), reverse=True):
+                value = current(raw)
                 if total <= self._threshold or len(value) < MIN_OFFLOAD:
                     break
                 if memoryview(value)[:16].tobytes() == REF_PREFIX:
@@ -275,8 +278,8 @@ def _raw_fields(cls: type) -> tuple[str, ...]:
     fields = _FIELDS.get(cls)
     if fields is None:
         _FIELDS[cls] = ()  # recursion guard
-        hints = typing.get_type_hints(cls)
-        fields = tuple(f for f in cls.__struct_fields__ if _may_hold_raw(hints.get(f), {cls}))
+        found = msgspec.structs.fields(cls)
+        fields = tuple(f.name for f in found if _may_hold_raw(f.type, {cls}))
         _FIELDS[cls] = fields
     return fields
 
