@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from offload_workflows import OFFLOAD, continue_once, digest, pattern, round_trip
 
 from perdure import Client, Settings, Worker
@@ -93,3 +94,30 @@ async def test_purging_old_runs_removes_their_objects(settings: Settings, client
         # The old run is purged after the new run's first step (which returns) is stored.
         await wait_until(lambda: _all_gone(bucket, keys), "the first run's objects deleted")
         assert not _ref_keys(await raw_history(client, "purged"))  # the run left holds none
+
+
+async def test_a_step_offloads_its_largest_payloads_first_until_it_fits(
+    settings: Settings, client: Client
+) -> None:
+    """The walk finds payloads nested in a step's events; only as many as needed go out."""
+    from perdure.runtime import codec
+    from perdure.runtime.events import HistoryStep, SignalReceived
+    from perdure.runtime.payload_seal import PayloadPolicy, PayloadSealer
+    from perdure.runtime.provision import Provisioner
+
+    await Provisioner(client.conn, settings).provision()
+    sealer = PayloadSealer(client.conn, client.names, PayloadPolicy(threshold=256 * 1024))
+    sizes = {"a": 200 * 1024, "b": 100 * 1024, "c": 10}
+    step = HistoryStep(
+        time=1.0,
+        inputs=[
+            SignalReceived(name=name, payload=msgspec.Raw(codec.encode(pattern(size, name))))
+            for name, size in sizes.items()
+        ],
+    )
+    sealed = await sealer.encode(step, "walk")
+    assert len(sealed) < 256 * 1024
+    assert sealed.count(REF_PREFIX) == 1  # only the 200 KiB one: then the step fits
+    back = await sealer.decode(codec.history_step, sealed, what="step")
+    assert back == step
+    assert await sealer.encode(HistoryStep(time=1.0), "walk") == codec.encode(HistoryStep(time=1.0))
