@@ -39,7 +39,7 @@ from typing import Any, TypeVar, Union
 import msgspec
 
 from . import codec, limits
-from .errors import PayloadUnreadable
+from .errors import PayloadKeyMissing, PayloadUnreadable
 from .naming import Names
 from .nats_client import Connection
 from .nats_objects import ObjectBucket
@@ -209,8 +209,6 @@ class PayloadSealer:
             if self._cipher is None:
                 if lenient:
                     return ENCRYPTED_PLACEHOLDER
-                from .errors import PayloadKeyMissing
-
                 raise PayloadKeyMissing(
                     f"payload is encrypted with key {enc.kid!r} and no payload key is configured "
                     "(PERDURE_PAYLOAD_KEYS / PERDURE_PAYLOAD_KEY_FILE)"

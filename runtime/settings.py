@@ -100,7 +100,7 @@ class Settings:
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
             step_budget=_env_budget("PERDURE_STEP_BUDGET", 2.0),
             connect=ConnectOptions.from_env(),
-            payload_retention=float(os.environ.get("PERDURE_PAYLOAD_RETENTION", "0") or 0),
+            payload_retention=_env_budget("PERDURE_PAYLOAD_RETENTION", 0.0),
             payload_cipher=cipher_from_env(),
         )
         if os.environ.get("PERDURE_NAME"):
@@ -120,3 +120,7 @@ class Settings:
             raise ConfigurationError("step_budget must be 0 (unguarded) or more seconds")
         if not self.connect_timeout > 0:
             raise ConfigurationError("connect_timeout must be more than 0 seconds")
+        if self.offload_threshold < 1024 or self.payload_retention < 0:
+            raise ConfigurationError(
+                "offload_threshold must be at least 1024 bytes, payload_retention 0 (keep) or more seconds"
+            )

@@ -121,3 +121,20 @@ async def test_a_step_offloads_its_largest_payloads_first_until_it_fits(
     back = await sealer.decode(codec.history_step, sealed, what="step")
     assert back == step
     assert await sealer.encode(HistoryStep(time=1.0), "walk") == codec.encode(HistoryStep(time=1.0))
+
+
+async def test_the_payload_bucket_keeps_objects_for_the_retention_period(
+    settings: Settings, client: Client
+) -> None:
+    """``payload_retention`` (PERDURE_PAYLOAD_RETENTION) is the object store's max age; 0 keeps them."""
+    from dataclasses import replace
+
+    from perdure.runtime.provision import Provisioner
+
+    await Provisioner(client.conn, replace(settings, payload_retention=7 * 86400)).provision()
+    info = await client.conn.stream_info(f"OBJ_{client.names.payloads_bucket}")
+    assert info.config.max_age == 7 * 86400
+    other = replace(settings, namespace=settings.namespace + "k")
+    await Provisioner(client.conn, other).provision()
+    kept = await client.conn.stream_info(f"OBJ_{other.names.payloads_bucket}")
+    assert not kept.config.max_age
