@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
-from perdure import activity, workflow
+from activity_workflows import tokens
+
+from perdure import ActivityContext, RetryPolicy, activity, make_async, workflow
 
 MARKER = "perdure-secret-marker-7f3a"
 
@@ -57,5 +60,21 @@ async def secret(text: str) -> str:
     return first + extra
 
 
-OFFLOAD = [big_blob, round_trip, continue_once]
+@activity(timeout=timedelta(minutes=5), retry=RetryPolicy(maximum_attempts=2, initial_interval=0.1))
+async def resumable(n: int, ctx: ActivityContext) -> str:
+    """First attempt: hands its token out (finished by a client's heartbeat with a large
+    checkpoint, then a fail); second: returns the checkpoint it resumes from, and its token
+    is completed by the client with a large result."""
+    tokens(ctx.execution_id).put_nowait(ctx.token)
+    if ctx.checkpoint is not None:
+        tokens(ctx.execution_id).put_nowait(f"checkpoint:{digest(ctx.checkpoint)}")
+    return make_async()
+
+
+@workflow
+async def external_result(n: int) -> str:
+    return await resumable(n)
+
+
+OFFLOAD = [big_blob, round_trip, continue_once, resumable, external_result]
 SECRET = [echo, secret]

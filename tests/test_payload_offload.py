@@ -138,3 +138,24 @@ async def test_the_payload_bucket_keeps_objects_for_the_retention_period(
     await Provisioner(client.conn, other).provision()
     kept = await client.conn.stream_info(f"OBJ_{other.names.payloads_bucket}")
     assert not kept.config.max_age
+
+
+async def test_a_large_checkpoint_and_completion_through_the_client(
+    settings: Settings, client: Client
+) -> None:
+    """Token verbs carry large payloads too: a 2 MB heartbeat checkpoint reaches the retry,
+    a 3 MB completion reaches the workflow."""
+    from activity_workflows import tokens
+    from offload_workflows import external_result
+
+    async with Worker(OFFLOAD, settings=settings):
+        handle = await client.start(external_result, 1, id="ext")
+        first = await asyncio.wait_for(tokens("ext").get(), 20)
+        checkpoint = pattern(2 * MB, "checkpoint")
+        await client.heartbeat_activity(first, checkpoint)
+        await client.fail_activity(first, "try again")
+        second = await asyncio.wait_for(tokens("ext").get(), 20)
+        assert await asyncio.wait_for(tokens("ext").get(), 20) == f"checkpoint:{digest(checkpoint)}"
+        result = pattern(3 * MB, "completion")
+        await client.complete_activity(second, result)
+        assert await handle.result(timeout=30) == result
