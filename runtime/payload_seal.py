@@ -221,6 +221,15 @@ class PayloadSealer:
                 raise
         return msgspec.Raw(value)
 
+    async def preview_raw(self, raw: msgspec.Raw, *, max_fetch: int = 64 * 1024) -> msgspec.Raw:
+        """For display (the console): ``open_raw(lenient=True)``, except that an offloaded
+        payload over ``max_fetch`` bytes is not fetched but shown as ``"<offloaded: N bytes>"``."""
+        if memoryview(raw)[:16].tobytes() == REF_PREFIX:
+            ref = codec.decode(_ref_decoder, bytes(raw), what="payload reference").ref
+            if ref.size > max_fetch:
+                return msgspec.Raw(codec.encode(f"<offloaded: {ref.size} bytes>"))
+        return await self.open_raw(raw, lenient=True) if is_sealed(raw) else raw
+
     # ------------------------------------------------------------------ cleanup
 
     async def drop_unreferenced(self, dropped: list[bytes], kept: list[bytes]) -> int:

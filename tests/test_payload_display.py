@@ -67,3 +67,30 @@ async def test_cli_and_console_show_encrypted_without_the_key(
     finally:
         await keyed.close()
         await keyless.close()
+
+
+async def test_console_checkpoints_are_decrypted_or_shown_encrypted(
+    nats_server: EmbeddedServer, namespace: str, settings: Settings
+) -> None:
+    from activity_workflows import tokens
+    from offload_workflows import OFFLOAD, external_result
+
+    from perdure.client.console.state import open_attempts
+
+    keyed = await Client.connect(nats_server.url, namespace=namespace, payload_cipher=AesGcmKeys({"k1": KEY}))
+    keyless = await Client.connect(nats_server.url, namespace=namespace)
+    try:
+        async with Worker(OFFLOAD, settings=replace(settings, payload_cipher=AesGcmKeys({"k1": KEY}))):
+            await keyed.start(external_result, 1, id="cp")
+            token = await asyncio.wait_for(tokens("cp").get(), 20)
+            await keyed.heartbeat_activity(token, MARKER)
+            for client, shown in ((keyed, f'"{MARKER}"'), (keyless, '"<encrypted>"')):
+                (attempt,) = await open_attempts(client.conn, client.names)
+                assert attempt.checkpoint is not None and bytes(attempt.checkpoint).decode() == shown
+            await keyed.heartbeat_activity(token, BIG)  # offloaded: not fetched for display
+            (attempt,) = await open_attempts(keyed.conn, keyed.names)
+            assert attempt.checkpoint is not None and b"<offloaded: " in bytes(attempt.checkpoint)
+            await keyed.complete_activity(token, "done")
+    finally:
+        await keyed.close()
+        await keyless.close()
