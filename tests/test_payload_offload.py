@@ -159,3 +159,20 @@ async def test_a_large_checkpoint_and_completion_through_the_client(
         result = pattern(3 * MB, "completion")
         await client.complete_activity(second, result)
         assert await handle.result(timeout=30) == result
+
+
+async def test_work_items_carry_references_both_ways(settings: Settings, client: Client) -> None:
+    """Without eager attempts, a large activity input goes out in a work item and its large
+    result comes back through the inbox: both as references, both read back."""
+    from dataclasses import replace
+
+    from offload_workflows import SECRET, secret
+
+    text = pattern(2 * MB, "work")
+    async with Worker(SECRET, settings=replace(settings, eager_activities=False)):
+        handle = await client.start(secret, text, id="work")
+        await handle.signal("more", "?")
+        assert await handle.result(timeout=60) == text + "!?"
+    steps = await raw_history(client, "work")
+    assert max(len(s) for s in steps) < 4096
+    assert len(_ref_keys(steps)) == 3  # the input, the activity's result, the workflow's result
