@@ -76,5 +76,24 @@ async def external_result(n: int) -> str:
     return await resumable(n)
 
 
-OFFLOAD = [big_blob, round_trip, continue_once, resumable, external_result]
+@workflow
+async def reversed_text(text: str) -> str:
+    return text[::-1]
+
+
+@workflow
+async def parent_of_big_child(text: str) -> str:
+    """A child with a large input and a large result (inbox messages between executions)."""
+    return await reversed_text(text)
+
+
+OFFLOAD = [
+    big_blob,
+    round_trip,
+    continue_once,
+    resumable,
+    external_result,
+    reversed_text,
+    parent_of_big_child,
+]
 SECRET = [echo, secret]

@@ -176,3 +176,12 @@ async def test_work_items_carry_references_both_ways(settings: Settings, client:
     steps = await raw_history(client, "work")
     assert max(len(s) for s in steps) < 4096
     assert len(_ref_keys(steps)) == 3  # the input, the activity's result, the workflow's result
+
+
+async def test_a_child_takes_and_returns_large_payloads(settings: Settings, client: Client) -> None:
+    from offload_workflows import parent_of_big_child
+
+    text = pattern(3 * MB, "child")
+    async with Worker(OFFLOAD, settings=settings):
+        handle = await client.start(parent_of_big_child, text, id="parent")
+        assert await handle.result(timeout=60) == text[::-1]
