@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -157,8 +158,7 @@ async def main() -> None:
     for name, value in figures.items():
         print(f"{name:20} {value}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(figures, f, indent=2)
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")  # noqa: ASYNC240
 
 
 if __name__ == "__main__":
