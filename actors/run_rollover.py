@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from perdure.runtime import tracing
 from perdure.runtime.events import WorkflowContinuedAsNew, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, StartWorkflow
 
@@ -72,7 +73,10 @@ async def begin_next_run(
     instance = WorkflowInstance(old.definition, old.execution_id, run=run)
     ref = ExecutionRef(old.execution_id, old.definition.name, run, partition, now)
     try:
-        activation = await instance.run_step([started_event(start, run=run)], now)
+        started = started_event(start, run=run)
+        if not start.new_run and old.started is not None:  # continue-as-new: the same trace
+            started = tracing.continued(started, old.started)
+        activation = await instance.run_step([started], now)
     except BaseException:
         instance.evict()
         raise

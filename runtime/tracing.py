@@ -12,7 +12,10 @@ provider as usual; Perdure then makes
                       item carries the step's ``traceparent`` header; an eager attempt
                       inherits the step's context)
 
-so one trace shows a whole execution. This is the only module that imports opentelemetry.
+so one trace shows a whole execution. A child workflow's start message carries the context of
+the parent's step that started it (its steps are that step's children), and a run begun by
+continue-as-new keeps the trace of the run it continues (``continued``). This is the only
+module that imports opentelemetry.
 Without it every function here is a no-op: ``headers()`` returns its argument, the context
 managers do nothing, and nothing else is imported or allocated.
 """
@@ -65,6 +68,14 @@ def with_trace(started: WorkflowStarted, message_headers: Mapping[str, str] | No
     if not traceparent or started.trace:
         return started
     return msgspec.structs.replace(started, trace=traceparent)
+
+
+def continued(started: WorkflowStarted, previous: WorkflowStarted) -> WorkflowStarted:
+    """The first event of a run begun by continue-as-new: it keeps the trace of the run it
+    continues (a client's start, or the parent step of a child), so one trace shows every run."""
+    if started.trace or not previous.trace:
+        return started
+    return msgspec.structs.replace(started, trace=previous.trace)
 
 
 def _parent(traceparent: str) -> Any:
@@ -160,6 +171,7 @@ __all__ = [
     "attempt_span",
     "begin_step",
     "client_span",
+    "continued",
     "enabled",
     "headers",
     "note_failure",

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from metrics_workflows import flaky, greet, traced
+from metrics_workflows import family, flaky, greet, greeting, relay, traced
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -96,6 +96,55 @@ async def test_one_trace_per_execution(
             ("flaky", 1)
         ]
     assert len(trace_ids) == 2  # one trace per execution
+
+
+async def test_children_and_continued_runs_stay_in_the_trace(
+    spans: InMemorySpanExporter, settings: Settings, client: Client
+) -> None:
+    """A child workflow's steps are children of the parent's step that started it; the runs
+    after a continue-as-new keep the run's trace (of the start, or of the parent's step)."""
+    spans.clear()
+    async with Worker([family, greeting, relay, greet], settings=settings) as worker:
+        parent = f"family-{uuid.uuid4().hex[:8]}"
+        looping = f"relay-{uuid.uuid4().hex[:8]}"
+        family_handle = await client.start(family, "ann", id=parent)
+        relay_handle = await client.start(relay, 2, id=looping)
+        assert await family_handle.result(timeout=30) == "hello ann / hello run 0"
+        assert await relay_handle.result(timeout=30) == "hello run 0"
+        await worker.wait_quiet()  # every step's span has ended
+
+    finished = spans.get_finished_spans()
+    by_id = {span.context.span_id: span for span in finished}
+
+    # Continue-as-new from a client start: the three runs' steps are all children of the start.
+    named = of_execution(finished, looping)
+    [start] = named["perdure.start"]
+    assert len(named["perdure.step"]) >= 4  # 3 runs: each schedules greet, then its result
+    for step in named["perdure.step"]:
+        assert step.context.trace_id == start.context.trace_id
+        assert step.parent is not None and step.parent.span_id == start.context.span_id
+    assert len(named["perdure.activity"]) == 3  # one greet per run
+    for attempt in named["perdure.activity"]:
+        assert attempt.context.trace_id == start.context.trace_id
+        assert start.context.span_id in ancestors(attempt, by_id)
+
+    # Children: their steps are children of the parent's steps, continued runs included.
+    family_spans = of_execution(finished, parent)
+    [start] = family_spans["perdure.start"]
+    parent_steps = {step.context.span_id for step in family_spans["perdure.step"]}
+    for step in family_spans["perdure.step"]:
+        assert step.parent is not None and step.parent.span_id == start.context.span_id
+    for child, runs in ((f"{parent}-greeting", 1), (f"{parent}-relay", 2)):
+        named = of_execution(finished, child)
+        assert "perdure.start" not in named  # started by the runtime, not a client
+        assert len(named["perdure.step"]) >= runs + 1
+        for step in named["perdure.step"]:
+            assert step.context.trace_id == start.context.trace_id, child
+            assert step.parent is not None and step.parent.span_id in parent_steps, child
+        assert len(named["perdure.activity"]) == runs  # one greet per run
+        for attempt in named["perdure.activity"]:
+            assert attempt.context.trace_id == start.context.trace_id, child
+            assert start.context.span_id in ancestors(attempt, by_id), child
 
 
 def test_without_opentelemetry_tracing_is_a_no_op() -> None:
