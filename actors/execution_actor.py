@@ -390,6 +390,7 @@ class ExecutionActor:
 
     async def _block(self, reason: str) -> None:
         self.phase, self._blocked = Phase.BLOCKED, divergence(reason)
+        self._services.metrics.execution_blocked(self._blocked.code)
         log.error("execution.nondeterministic", error=reason)
         assert self.ref is not None
         await self._services.effects.mark_blocked(self.ref, reason)
