@@ -21,8 +21,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from perdure import Client, EmbeddedServer
+from perdure import Client, EmbeddedServer, Settings
 from perdure.client.console.pages import create_app
+from perdure.runtime import codec
+from perdure.runtime.errors import InvalidPayload
+from perdure.runtime.kv_bucket import KVBucket
+from perdure.runtime.messages import ExecutionRecord
+from perdure.runtime.provision import Provisioner
 
 from support import RuntimeProcess
 
@@ -204,3 +209,41 @@ def test_help_and_parsing_load_neither_nats_nor_the_engine() -> None:
     assert "list" in done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert not {m for m in imported if m == "nats" or m.startswith(("nats.", "perdure.actors"))}
+
+
+async def test_an_execution_that_changes_while_paging_moves_to_the_first_page(
+    client: Client, settings: Settings
+) -> None:
+    """The documented semantics (client/index_pages.py): one walk through the pages never
+    lists an execution twice; one that changes moves to the first page. Index entries are
+    written as a runtime writes them (``ExecutionRecord`` put on the index bucket)."""
+    await Provisioner(client.conn, settings).provision()
+    index = KVBucket(client.conn, client.names, client.names.executions_bucket)
+
+    async def put(i: int, status: str = "RUNNING") -> None:
+        record = ExecutionRecord(execution_id=f"e{i:02d}", workflow="w", status=status, started_at=1000.0 + i)
+        await index.put(record.execution_id, codec.encode(record))
+
+    for i in range(12):
+        await put(i)
+    await index.purge("e05")  # a purged entry is not listed
+    first = await client.list_page(limit=4)
+    assert [d.execution_id for d in first.executions] == ["e11", "e10", "e09", "e08"]
+    await put(9, "COMPLETED")  # listed already: not again
+    await put(2, "COMPLETED")  # not listed yet: on the next walk's first page
+    seen = [d.execution_id for d in first.executions]
+    after = first.next
+    while after is not None:
+        page = await client.list_page(limit=4, after=after)
+        seen += [d.execution_id for d in page.executions]
+        after = page.next
+    assert seen == ["e11", "e10", "e09", "e08", "e07", "e06", "e04", "e03", "e01", "e00"]
+    again = await client.list_page(limit=3)
+    assert [(d.execution_id, d.status) for d in again.executions] == [
+        ("e02", "COMPLETED"),
+        ("e09", "COMPLETED"),
+        ("e11", "RUNNING"),
+    ]
+    assert again.indexed == 11  # e05 purged
+    with pytest.raises(InvalidPayload):
+        await client.list_page(after="0")
