@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from perdure.runtime import codec
 from perdure.runtime.errors import InvalidPayload
 from perdure.runtime.messages import ExecutionRecord
@@ -45,6 +47,7 @@ from .handle import ExecutionDescription
 WINDOW = 32  # sequences of the first window, at least
 MAX_BATCH = 10_000  # entries per batched direct get
 SINCE_SKEW = 60.0  # seconds a runtime's clock may be ahead of the server's, for ``since``
+_records = msgspec.json.Decoder(list[ExecutionRecord])  # built once (runtime/codec.py's rule)
 _STAMP = re.compile(r"^(.*?\.\d{1,6})\d*(Z|[+-]\d\d:\d\d)$")
 
 
@@ -62,6 +65,9 @@ class IndexFilter:
             and record.execution_id.startswith(self.prefix)
             and (self.since is None or record.started_at >= self.since)
         )
+
+
+_NO_FILTER = IndexFilter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +140,23 @@ class IndexPages:
 
 
 def _matching(messages: Iterable[StoredMessage], where: IndexFilter) -> list[ExecutionDescription]:
-    out = []
-    for message in messages:
-        if not message.is_value:
-            continue  # a deleted or purged entry
-        record = codec.decode(codec.execution_record, message.data, what="index entry")
-        if where.match(record):
-            out.append(ExecutionDescription.of(record, revision=message.seq))
-    return out
+    values = [m for m in messages if m.is_value]  # not a deleted or purged entry
+    records = _decode_all(values)
+    test = where.match if where != _NO_FILTER else None
+    return [
+        ExecutionDescription.of(record, revision=message.seq)
+        for message, record in zip(values, records, strict=True)
+        if test is None or test(record)
+    ]
+
+
+def _decode_all(values: list[StoredMessage]) -> list[ExecutionRecord]:
+    """Every entry in one decode of a JSON array (one call into msgspec, not one per entry:
+    half the time for 10,000); where one does not decode, the error names it."""
+    try:
+        return _records.decode(b"[" + b",".join(m.data for m in values) + b"]")
+    except msgspec.DecodeError:
+        return [codec.decode(codec.execution_record, m.data, what=f"index entry {m.subject}") for m in values]
 
 
 def _stored_before(message: StoredMessage, when: float) -> bool:
