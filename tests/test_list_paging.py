@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -119,6 +120,19 @@ async def test_client_pages_list_every_execution_once_in_order(listing: Listing)
     assert_each_once_in_order(pages, failed)
     page = await listing.client.list_page(prefix="greet-1", limit=0)
     assert sorted(d.execution_id for d in page.executions) == [f"greet-{i}" for i in range(10, GREETS)]
+
+    # ``since`` may end the read early (entries stored well before it cannot match), never
+    # before a match: started an hour ago or later is every execution, page by page.
+    pages, after = [], None
+    while True:
+        page = await listing.client.list_page(since=time.time() - 3600, limit=PAGE, after=after)
+        pages.append([(d.execution_id, d.revision) for d in page.executions])
+        if page.next is None:
+            break
+        after = page.next
+    assert_each_once_in_order(pages, order)
+    page = await listing.client.list_page(since=time.time() + 3600, limit=PAGE)
+    assert page.executions == [] and page.next is None
 
 
 async def test_perdure_list_json_pages_by_revision(listing: Listing) -> None:
@@ -247,3 +261,27 @@ async def test_an_execution_that_changes_while_paging_moves_to_the_first_page(
     assert again.indexed == 11  # e05 purged
     with pytest.raises(InvalidPayload):
         await client.list_page(after="0")
+
+
+async def test_a_selective_filter_pages_through_a_large_index(client: Client, settings: Settings) -> None:
+    """A filter that few entries match widens the read until it switches to one ordered read
+    of the rest (``CONSUMER_WINDOW``, past 32 + 128 + 512 sequences without a match): the pages
+    still list each match once, in order."""
+    await Provisioner(client.conn, settings).provision()
+    index = KVBucket(client.conn, client.names, client.names.executions_bucket)
+    failed = {5, 1000, 1990}
+    sent = []
+    for i in range(2000):
+        status = "FAILED" if i in failed else "COMPLETED"
+        record = ExecutionRecord(execution_id=f"x{i:04d}", workflow="w", status=status, started_at=float(i))
+        sent.append(await index.put_nowait(record.execution_id, codec.encode(record)))
+    await asyncio.gather(*sent)
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = await client.list_page(status="FAILED", limit=1, after=after)
+        pages.append([d.execution_id for d in page.executions])
+        if page.next is None:
+            break
+        after = page.next
+    assert pages == [["x1990"], ["x1000"], ["x0005"]]
