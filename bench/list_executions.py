@@ -13,7 +13,9 @@ shared machine the minimum is the steadier figure):
 - ``client_page``: one default page (50), in a warm client (when the client pages);
 - ``cli_all``: a whole ``perdure list --limit N --json`` process, wall time;
 - ``cli_page``: a whole ``perdure list`` process (the default page), wall time;
-- ``console_page``: ``GET /executions`` answered by the Starlette app (httpx, in process).
+- ``console_page``: ``GET /executions`` answered by the Starlette app (httpx, in process);
+- ``console_no_match``: ``GET /executions?status=BLOCKED``, which no entry matches (the
+  worst case: every entry is read).
 
 Usage: python bench/list_executions.py [--n 10000] [--reps 5] [--out FILE]
 """
@@ -107,7 +109,7 @@ def cli(url: str, namespace: str, *args: str) -> tuple[float, str]:
     return (time.perf_counter() - t0) * 1000, done.stdout
 
 
-async def console_page(client: Client, reps: int) -> tuple[list[float], int]:
+async def console_page(client: Client, reps: int) -> tuple[list[float], list[float], int]:
     import httpx
 
     from perdure.client.console.pages import create_app
@@ -115,13 +117,15 @@ async def console_page(client: Client, reps: int) -> tuple[list[float], int]:
     app = create_app(client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as http:
 
-        async def get() -> httpx.Response:
-            response = await http.get("/executions")
+        async def get(params: dict[str, str]) -> httpx.Response:
+            response = await http.get("/executions", params=params)
             response.raise_for_status()
             return response
 
-        times, response = await timed(get, reps)
-    return times, len(response.text)
+        times, response = await timed(lambda: get({}), reps)
+        # A filter nothing matches: the worst case, every entry read (one ordered read).
+        filtered, _ = await timed(lambda: get({"status": "BLOCKED"}), reps)
+    return times, filtered, len(response.text)
 
 
 async def main() -> None:
@@ -155,8 +159,9 @@ async def main() -> None:
         runs = [cli(server.url, namespace) for _ in range(args.reps)]
         note(figures, "cli_page", [ms for ms, _ in runs])
 
-        times, size = await console_page(client, args.reps)
+        times, filtered, size = await console_page(client, args.reps)
         note(figures, "console_page", times)
+        note(figures, "console_no_match", filtered)
         figures["console_page_bytes"] = size
         await client.close()
     finally:
