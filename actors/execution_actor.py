@@ -321,13 +321,15 @@ class ExecutionActor:
             message = item.message
             if reuses_id(message, self.instance):
                 assert isinstance(message, StartWorkflow)
-                await self._next_run(message)
+                trace = (item.delivery.headers or {}).get(tracing.TRACEPARENT, "")
+                tracing.begin_step(self.execution_id, trace)  # the new run's first step: its start's
+                await self._next_run(message, trace=trace)
                 self._ledger.absorbed_by_new_run(item.delivery.stream_seq)
             else:
                 rest.append(item)
         return rest
 
-    async def _next_run(self, start: StartWorkflow) -> None:
+    async def _next_run(self, start: StartWorkflow, *, trace: str = "") -> None:
         old = self.instance
         assert old is not None
         self._ledger.clear()
@@ -339,6 +341,7 @@ class ExecutionActor:
             commit=self._commit,
             history=self._history,
             effects=self._services.effects,
+            trace=trace,
         )
         self.instance, self.ref = new.instance, new.ref
         bind_run(new.instance.run)

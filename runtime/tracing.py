@@ -13,9 +13,10 @@ provider as usual; Perdure then makes
                       inherits the step's context)
 
 so one trace shows a whole execution. A child workflow's start message carries the context of
-the parent's step that started it (its steps are that step's children), and a run begun by
-continue-as-new keeps the trace of the run it continues (``continued``). This is the only
-module that imports opentelemetry.
+the parent's step that started it (its steps are that step's children), a run begun by
+continue-as-new keeps the trace of the run it continues (``continued``), and a start that
+reuses a closed execution's id traces the run it begins. This is the only module that
+imports opentelemetry.
 Without it every function here is a no-op: ``headers()`` returns its argument, the context
 managers do nothing, and nothing else is imported or allocated.
 """

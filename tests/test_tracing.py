@@ -4,6 +4,7 @@ run eagerly in the owning runtime or are pulled from the work subject by another
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -145,6 +146,34 @@ async def test_children_and_continued_runs_stay_in_the_trace(
         for attempt in named["perdure.activity"]:
             assert attempt.context.trace_id == start.context.trace_id, child
             assert start.context.span_id in ancestors(attempt, by_id), child
+
+
+async def test_a_new_run_of_a_reused_id_is_traced_by_its_own_start(
+    spans: InMemorySpanExporter, settings: Settings, client: Client
+) -> None:
+    """A start that reuses a closed execution's id begins run 2: its steps and attempts
+    belong to that start's trace, not the first run's, nor to a new root."""
+    spans.clear()
+    async with Worker([relay, greet], settings=settings) as worker:
+        execution_id = f"again-{uuid.uuid4().hex[:8]}"
+        handle = await client.start(relay, 0, id=execution_id)
+        assert await handle.result(timeout=30) == "hello run 0"
+        await client.start(relay, 0, id=execution_id, id_reuse="allow")
+        async with asyncio.timeout(30):
+            async for d in handle.watch():
+                if d.run == 2 and d.status == "COMPLETED":
+                    break
+        await worker.wait_quiet()
+
+    named = of_execution(spans.get_finished_spans(), execution_id)
+    first, second = sorted(named["perdure.start"], key=lambda span: span.start_time or 0)
+    assert first.context.trace_id != second.context.trace_id
+    later = [s for s in named["perdure.step"] if (s.start_time or 0) > (second.end_time or 0)]
+    assert len(later) >= 2  # run 2: its start and greet's schedule, greet's outcome
+    for step in later:
+        assert step.parent is not None and step.parent.span_id == second.context.span_id
+    attempts = sorted(named["perdure.activity"], key=lambda span: span.start_time or 0)
+    assert [a.context.trace_id for a in attempts] == [first.context.trace_id, second.context.trace_id]
 
 
 def test_without_opentelemetry_tracing_is_a_no_op() -> None:
