@@ -320,9 +320,7 @@ class ExecutionActor:
         for item in items:
             message = item.message
             if reuses_id(message, self.instance):
-                assert isinstance(message, StartWorkflow)
-                trace = (item.delivery.headers or {}).get(tracing.TRACEPARENT, "")
-                tracing.begin_step(self.execution_id, trace)  # the new run's first step: its start's
+                trace = tracing.begin_new_run(self.execution_id, item.delivery.headers)
                 await self._next_run(message, trace=trace)
                 self._ledger.absorbed_by_new_run(item.delivery.stream_seq)
             else:

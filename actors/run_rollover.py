@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import msgspec
 
@@ -34,7 +35,7 @@ class NewRun:
     ref: ExecutionRef
 
 
-def reuses_id(message: AnyInboxMessage, instance: WorkflowInstance | None) -> bool:
+def reuses_id(message: AnyInboxMessage, instance: WorkflowInstance | None) -> TypeGuard[StartWorkflow]:
     """A start with ``new_run`` (id reuse) of a closed execution begins its next run."""
     return isinstance(message, StartWorkflow) and message.new_run and instance is not None and instance.closed
 

@@ -137,6 +137,14 @@ def begin_step(execution_id: str, traceparent: str) -> None:
     holder[:] = [span, _context.attach(_trace.set_span_in_context(span))]
 
 
+def begin_new_run(execution_id: str, message_headers: Mapping[str, str] | None) -> str:
+    """A start that reuses a closed execution's id: its ``traceparent`` (for the new run's
+    ``WorkflowStarted``), the parent of the step span opened now, before the run's first step."""
+    traceparent = message_headers.get(TRACEPARENT, "") if message_headers else ""
+    begin_step(execution_id, traceparent)
+    return traceparent
+
+
 def attempt_span(
     activity: str, execution_id: str, attempt: int, message_headers: Mapping[str, str] | None
 ) -> contextlib.AbstractContextManager[None]:
@@ -170,6 +178,7 @@ def note_failure(message: str) -> None:
 __all__ = [
     "TRACEPARENT",
     "attempt_span",
+    "begin_new_run",
     "begin_step",
     "client_span",
     "continued",
