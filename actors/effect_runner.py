@@ -335,9 +335,14 @@ class EffectRunner:
 
     # ------------------------------------------------------------------ children
 
-    async def _send(self, execution_id: str, message: Any, *, msg_id: str) -> asyncio.Future[Any]:
+    async def _send(
+        self, execution_id: str, message: Any, *, msg_id: str, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Any]:
         return await self._conn.publish_nowait(
-            self._names.inbox(execution_id), await self._sealer.encode(message, execution_id), msg_id=msg_id
+            self._names.inbox(execution_id),
+            await self._sealer.encode(message, execution_id),
+            msg_id=msg_id,
+            headers=headers,
         )
 
     async def _start_child(self, ref: ExecutionRef, effect: StartChild) -> asyncio.Future[Any]:
@@ -349,7 +354,9 @@ class EffectRunner:
             parent_run=effect.parent_run,
             parent_seq=d.seq,
         )
-        return await self._send(d.execution_id, message, msg_id=f"start:{d.execution_id}")
+        # The step's trace context: the child's run records it, its steps join the parent's trace.
+        headers = tracing.headers()
+        return await self._send(d.execution_id, message, msg_id=f"start:{d.execution_id}", headers=headers)
 
     async def _notify_parent(self, ref: ExecutionRef, effect: NotifyParent) -> asyncio.Future[Any]:
         message = ChildResult(

@@ -43,6 +43,7 @@ from perdure.runtime.tokens import decode_token
 from perdure.runtime.verbs import Rep, Req, Route, Verb
 
 from .handle import ExecutionDescription, WorkflowHandle
+from .index_pages import ExecutionPage, IndexFilter, IndexPages
 from .index_watch import IndexWatch
 
 T = TypeVar("T")
@@ -81,6 +82,7 @@ class Client:
         self._partitions: int | None = None
         self.index = KVBucket(conn, names, names.executions_bucket)
         self.index_watch = IndexWatch(conn, names)
+        self._pages = IndexPages(conn, names)
 
     @classmethod
     async def connect(
@@ -287,17 +289,27 @@ class Client:
     async def list_executions(
         self, *, status: str | None = None, workflow: str | None = None
     ) -> list[ExecutionDescription]:
-        stored = await self.index.scan()
-        out = []
-        for message in stored:
-            if not message.data:
-                continue
-            record = codec.decode(codec.execution_record, message.data, what="index entry")
-            if (status is None or record.status == status) and (
-                workflow is None or record.workflow == workflow
-            ):
-                out.append(ExecutionDescription.of(record))
-        return out
+        """Every execution (with this status, of this workflow), most recently changed first:
+        one ordered read of the whole index. A page at a time: ``list_page``."""
+        page = await self._pages.page(IndexFilter(status=status, workflow=workflow), limit=0)
+        return page.executions
+
+    async def list_page(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        prefix: str = "",
+        since: float | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ExecutionPage:
+        """Up to ``limit`` executions (0: all) matching the filters (``since``: started at
+        or after, epoch seconds), most recently changed first, from the page cursor ``after``
+        (a page's ``next``; None: the first page). See client/index_pages.py for what paging
+        shows while executions change."""
+        where = IndexFilter(status=status, workflow=workflow, prefix=prefix, since=since)
+        return await self._pages.page(where, limit=limit, after=after)
 
     # ------------------------------------------------------------- activity tokens
 
@@ -336,4 +348,4 @@ def _execution_of(request: Any, execution_id: str) -> str:
         return "_unknown"
 
 
-__all__ = ["Client", "ExecutionNotFound", "HeartbeatReply"]
+__all__ = ["Client", "ExecutionNotFound", "ExecutionPage", "HeartbeatReply"]

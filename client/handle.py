@@ -45,9 +45,10 @@ class ExecutionDescription:
     closed_at: float | None
     history_length: int
     error: ErrorInfo | None
+    revision: int = 0  # the index entry's revision, in a listing (client/index_pages.py)
 
     @classmethod
-    def of(cls, record: ExecutionRecord) -> ExecutionDescription:
+    def of(cls, record: ExecutionRecord, *, revision: int = 0) -> ExecutionDescription:
         return cls(
             execution_id=record.execution_id,
             workflow=record.workflow,
@@ -57,6 +58,7 @@ class ExecutionDescription:
             closed_at=record.closed_at,
             history_length=record.history_length,
             error=record.error,
+            revision=revision,
         )
 
 
