@@ -35,11 +35,12 @@ from perdure.runtime.errors import (
     ScopeClosed,
     info_from_exception,
 )
-from perdure.runtime.limits import check_size
+from perdure.runtime.limits import MAX_BYTES_REASON, check_size, max_payload_bytes
 from perdure.runtime.messages import ActivityResult, ActivityTask, ApiReply
 from perdure.runtime.naming import check_execution_id
 from perdure.runtime.nats_admin import ensure_consumer
 from perdure.runtime.nats_consumer import ConsumerGone, Delivery, PullConsumer
+from perdure.runtime.payload_seal import is_sealed, sealer_for
 from perdure.runtime.supervisor import Ready, Supervisor
 from perdure.runtime.tokens import TokenData
 
@@ -170,7 +171,9 @@ class ActivityActor:
                 if outcome is not None:
                     await self._services.conn.publish(
                         self._services.names.inbox(task.execution_id),
-                        codec.encode(outcome),
+                        await sealer_for(self._services.conn, self._services.names).encode(
+                            outcome, task.execution_id
+                        ),
                         msg_id=f"{task.execution_id}:{task.run}:a:{task.seq}:{task.attempt}:result",
                     )
                 concluded = True
@@ -229,7 +232,7 @@ class ActivityActor:
                 return None
         deadline: asyncio.Timeout | None = None
         try:
-            args = self._arguments(task, heartbeats)
+            args = self._arguments(await self._opened(task), heartbeats)
             if definition.is_async:
                 async with asyncio.timeout(task.options.timeout) as deadline:
                     value = await definition.fn(*args)
@@ -258,14 +261,24 @@ class ActivityActor:
         await heartbeats.stop()
         try:
             raw = definition.result_codec.encode(value, what=f"result of activity {definition.name!r}")
+            # Any size up to PERDURE_PAYLOAD_MAX_BYTES: a large result is offloaded when sent.
             check_size(
-                len(raw), self._services.conn.payload_limit, what=f"result of activity {definition.name!r}"
+                len(raw),
+                max_payload_bytes(),
+                what=f"result of activity {definition.name!r}",
+                reason=MAX_BYTES_REASON,
             )
         except PerdureError as exc:
             return ActivityResult(
                 ok=False, error=msgspec.structs.replace(exc.to_info(), retryable=False), **base
             )
         return ActivityResult(ok=True, result=raw, **base)
+
+    async def _opened(self, task: ActivityTask) -> ActivityTask:
+        """The task with its input and checkpoint fetched/decrypted if sealed (runtime/payload_seal.py)."""
+        if is_sealed(task.input) or is_sealed(task.checkpoint):
+            return await sealer_for(self._services.conn, self._services.names).open(task)
+        return task
 
     def _fitting(self, error: ErrorInfo) -> ErrorInfo:
         """The error as recorded, or, when it does not fit in one message (a huge message or
@@ -338,7 +351,8 @@ class _Heartbeater:
         if encoded is not None:
             check_size(
                 len(encoded),
-                self._services.conn.payload_limit,
+                max_payload_bytes(),
+                reason=MAX_BYTES_REASON,
                 what=f"heartbeat details of activity {self._activity!r}",
             )
         self._pending, self._has_pending = encoded, True

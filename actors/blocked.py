@@ -149,6 +149,8 @@ class BlockedExecutions:
             or record.error.code != reason.code
         ):
             await self._put(_blocked_record(execution_id, workflow, record, reason))
+            if self.dead.metrics is not None:
+                self.dead.metrics.execution_blocked(reason.code)
             log.warning(
                 "execution.blocked",
                 execution_id=execution_id,
@@ -321,6 +323,8 @@ class BlockedExecutions:
             )
             sent += 1
         await self.dead.forget_parked(partition, execution_id, through_seq=parked[-1].seq)
+        if self.dead.metrics is not None:
+            self.dead.metrics.resumed.inc()
         log.info("execution.resumed", execution_id=execution_id, messages=sent)
 
     # ------------------------------------------------------------------ index and replies

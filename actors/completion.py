@@ -54,6 +54,7 @@ from perdure.runtime.messages import (
 )
 from perdure.runtime.naming import Names, check_execution_id, partition_of
 from perdure.runtime.nats_client import Connection, StoredMessage, Subscription
+from perdure.runtime.payload_seal import is_sealed, sealer_for
 from perdure.runtime.rawjson import NULL, is_null
 from perdure.runtime.tokens import TokenData, decode_token
 from perdure.runtime.verbs import Verb
@@ -77,6 +78,7 @@ class HeartbeatService:
         self._names = names
         self.partitions = partitions
         self._timers = KVBucket(conn, names, names.timers_bucket)
+        self.sealer = sealer_for(conn, names)  # checkpoints are sealed before they are stored
 
     def _record_key(self, token: TokenData) -> TimerKey:
         """The key of the attempt's record (its heartbeat timer)."""
@@ -125,6 +127,7 @@ class HeartbeatService:
             return ApiReply(ok=True, closed=True, cancel_requested=record.cancel_requested)
         revision = outcome.ack.seq if outcome.ack is not None else stored.seq
         if details is not None and not is_null(details):
+            details = await self.sealer.seal_raw(details, token.execution_id)
             await self._timers.put(key.checkpoint().key(), bytes(details), ttl=CHECKPOINT_TTL)
             if record.observed:
                 await self._report_progress(token, details, revision)
@@ -273,7 +276,7 @@ class CompletionService:
         message = SignalWorkflow(name=request.name, payload=request.payload, id=request.id)
         await self._conn.publish(
             self._names.inbox(request.execution_id),
-            codec.encode(message),
+            await self._heartbeats.sealer.encode(message, request.execution_id),
             msg_id=f"signal:{request.execution_id}:{request.id}" if request.id else None,
         )
         return ApiReply(ok=True)
@@ -281,8 +284,8 @@ class CompletionService:
     def _check_signal_type(self, index: StoredMessage | None, name: str, payload: msgspec.Raw) -> None:
         """Where the signal's type is known (this runtime hosts the workflow, which declares
         it), a payload of another type is refused now rather than skipped by the workflow."""
-        if index is None or not index.is_value or self._registry is None:
-            return
+        if index is None or not index.is_value or self._registry is None or is_sealed(payload):
+            return  # (a sealed payload is checked by the workflow, which refuses a wrong type)
         record = codec.decode(codec.execution_record, index.data, what="index entry")
         definition = self._registry.workflow(record.workflow)
         signal_codec = definition.signal_codecs.get(name) if definition is not None else None
@@ -317,7 +320,7 @@ class CompletionService:
         )
         await self._conn.publish(
             self._names.inbox(token.execution_id),
-            codec.encode(message),
+            await self._heartbeats.sealer.encode(message, token.execution_id),
             headers={REPLY_HEADER: reply} if reply else None,
         )
 

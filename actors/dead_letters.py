@@ -39,6 +39,7 @@ from perdure.runtime.messages import (
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.payload_seal import sealer_for
 
 from .metrics import RuntimeMetrics
 
@@ -56,9 +57,12 @@ class DeadLetters:
     def __init__(self, conn: Connection, names: Names, metrics: RuntimeMetrics | None = None) -> None:
         self._conn = conn
         self._names = names
-        self._metrics = metrics
+        self.metrics = metrics
+        self.sealer = sealer_for(conn, names)  # opens the payloads of what is read back
         self.parked = 0  # messages parked by this runtime (each counted once)
         self.poisoned = 0
+        if metrics is not None:
+            metrics.watch_parked(self.parked_counts)
 
     async def park(
         self, delivery: Any, *, partition: int, execution_id: str, reason: ErrorInfo, workflow: str = ""
@@ -67,14 +71,16 @@ class DeadLetters:
         subject = self._names.dead_parked(partition, execution_id)
         await self._store(delivery, subject, execution_id, reason, workflow)
         self.parked += 1
+        if self.metrics is not None:
+            self.metrics.message_parked(reason.code)
         log.debug("dead_letter.parked", execution_id=execution_id, code=reason.code, total=self.parked)
 
     async def poison(self, delivery: Any, *, execution_id: str, reason: ErrorInfo) -> None:
         """Keep a message that can never be processed, and ack it out of its stream."""
         await self._store(delivery, self._names.dead_poison(execution_id), execution_id, reason, "")
         self.poisoned += 1
-        if self._metrics is not None:
-            self._metrics.dead_lettered("bad_inbox_message")
+        if self.metrics is not None:
+            self.metrics.dead_lettered("bad_inbox_message")
         log.warning(
             "dead_letter.poison",
             execution_id=execution_id,
@@ -120,6 +126,16 @@ class DeadLetters:
         return await self._conn.get_multi_last(
             self._names.dead_stream, [self._names.dead_parked_partition(partition)]
         )
+
+    async def parked_counts(self, partitions: list[int]) -> tuple[int, int]:
+        """(executions, messages) parked in ``partitions``: one stream info with per-subject counts."""
+        info = await self._conn.stream_info(
+            self._names.dead_stream, subjects_filter=f"{self._names.namespace}.dead.parked.>"
+        )
+        owned = {str(p) for p in partitions}
+        # <ns>.dead.parked.<partition>.<execution>
+        counts = [n for subject, n in (info.state.subjects or {}).items() if subject.split(".")[3] in owned]
+        return len(counts), sum(counts)
 
     async def read_parked(self, partition: int, execution_id: str) -> list[StoredMessage]:
         return await self._conn.read_subject(

@@ -65,10 +65,10 @@ class Decisions:
         self._seq: dict[str, int] = collections.defaultdict(int)
         self.pending = Pending()
         self.closing: ClosingDecision | None = None
-        # The largest payload one decision may carry, and one step's history message in all
-        # (runtime/limits.py; the default server's). An owner on a server with another
-        # max_payload sets it from the connection.
-        self.payload_limit = limits.payload_limit(None)
+        # The largest payload one decision may carry, and one step's payloads in all: large
+        # payloads are offloaded when the step is appended (runtime/payload_seal.py), so the
+        # bound is PERDURE_PAYLOAD_MAX_BYTES (runtime/limits.py), the same for every runtime.
+        self.payload_limit = limits.max_payload_bytes()
 
     @property
     def closed(self) -> bool:

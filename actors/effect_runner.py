@@ -32,6 +32,7 @@ from perdure.runtime.messages import (
 )
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
+from perdure.runtime.payload_seal import sealer_for
 from perdure.runtime.rawjson import NULL
 from perdure.runtime.timer_ids import activity_prefix, attempt_prefix
 from perdure.runtime.tokens import TokenData, encode_token
@@ -110,6 +111,7 @@ class EffectRunner:
         self._timers = timers
         self._records = KVBucket(conn, names, names.timers_bucket)  # records and checkpoints
         self._index = KVBucket(conn, names, names.executions_bucket)
+        self._sealer = sealer_for(conn, names)  # payloads offloaded/encrypted as they are sent
         self.local: LocalActivities | None = None  # set by a worker that hosts activities
         self.running = RunningAttempts()  # shared with the worker's activity actors
 
@@ -291,7 +293,7 @@ class EffectRunner:
         base = {RECHECK_HEADER: "1"} if recheck else None
         return await self._conn.publish_nowait(
             self._names.work(task.name),
-            codec.encode(task),
+            await self._sealer.encode(task, ref.execution_id),
             headers=tracing.headers(base),  # the step's trace context, to the attempt (runtime/tracing.py)
             msg_id=f"{ref.execution_id}:{ref.run}:a:{task.seq}:{task.attempt}",
         )
@@ -333,9 +335,14 @@ class EffectRunner:
 
     # ------------------------------------------------------------------ children
 
-    async def _send(self, execution_id: str, message: Any, *, msg_id: str) -> asyncio.Future[Any]:
+    async def _send(
+        self, execution_id: str, message: Any, *, msg_id: str, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Any]:
         return await self._conn.publish_nowait(
-            self._names.inbox(execution_id), codec.encode(message), msg_id=msg_id
+            self._names.inbox(execution_id),
+            await self._sealer.encode(message, execution_id),
+            msg_id=msg_id,
+            headers=headers,
         )
 
     async def _start_child(self, ref: ExecutionRef, effect: StartChild) -> asyncio.Future[Any]:
@@ -347,7 +354,9 @@ class EffectRunner:
             parent_run=effect.parent_run,
             parent_seq=d.seq,
         )
-        return await self._send(d.execution_id, message, msg_id=f"start:{d.execution_id}")
+        # The step's trace context: the child's run records it, its steps join the parent's trace.
+        headers = tracing.headers()
+        return await self._send(d.execution_id, message, msg_id=f"start:{d.execution_id}", headers=headers)
 
     async def _notify_parent(self, ref: ExecutionRef, effect: NotifyParent) -> asyncio.Future[Any]:
         message = ChildResult(
@@ -368,10 +377,10 @@ class EffectRunner:
         ttl: float | None,
         create_only: bool = False,
     ) -> asyncio.Future[Any]:
-        key = self._key(ref, timer).key()
+        key, data = self._key(ref, timer).key(), await self._sealer.encode(record, ref.execution_id)
         if not create_only:
-            return await self._records.put_nowait(key, codec.encode(record), ttl=ttl)
-        sent = await self._records.put_nowait(key, codec.encode(record), ttl=ttl, revision=0)
+            return await self._records.put_nowait(key, data, ttl=ttl)
+        sent = await self._records.put_nowait(key, data, ttl=ttl, revision=0)
         return asyncio.ensure_future(_unless_present(sent))  # awaited by Sent.finish, with the step
 
     async def read_record(self, ref: ExecutionRef, timer: str) -> ActivityRecord | None:
@@ -403,7 +412,9 @@ class EffectRunner:
             error=effect.error,
             history_length=ref.history_length,
         )
-        return await self._index.put_nowait(ref.execution_id, codec.encode(record))
+        return await self._index.put_nowait(
+            ref.execution_id, await self._sealer.encode(record, ref.execution_id)
+        )
 
     async def mark_blocked(
         self,

@@ -321,14 +321,14 @@ class ExecutionActor:
         for item in items:
             message = item.message
             if reuses_id(message, self.instance):
-                assert isinstance(message, StartWorkflow)
-                await self._next_run(message)
+                trace = tracing.begin_new_run(self.execution_id, item.delivery.headers)
+                await self._next_run(message, trace=trace)
                 self._ledger.absorbed_by_new_run(item.delivery.stream_seq)
             else:
                 rest.append(item)
         return rest
 
-    async def _next_run(self, start: StartWorkflow) -> None:
+    async def _next_run(self, start: StartWorkflow, *, trace: str = "") -> None:
         old = self.instance
         assert old is not None
         self._ledger.clear()
@@ -340,6 +340,7 @@ class ExecutionActor:
             commit=self._commit,
             history=self._history,
             effects=self._services.effects,
+            trace=trace,
         )
         self.instance, self.ref = new.instance, new.ref
         bind_run(new.instance.run)
@@ -391,6 +392,7 @@ class ExecutionActor:
 
     async def _block(self, reason: str) -> None:
         self.phase, self._blocked = Phase.BLOCKED, divergence(reason)
+        self._services.metrics.execution_blocked(self._blocked.code)
         log.error("execution.nondeterministic", error=reason)
         assert self.ref is not None
         await self._services.effects.mark_blocked(self.ref, reason)

@@ -9,6 +9,11 @@ between is finished by the next ``load``.
 A step that does not decode makes the history unreadable (``HistoryUnreadable``: the
 execution is BLOCKED, actors/blocked.py), unless the last step ended the run while it was
 BLOCKED (``HistoryStep.ended_blocked``): that run loads as closed, without replaying it.
+
+Payloads are sealed on append and opened on load (runtime/payload_seal.py: large ones live in
+the object store, encrypted ones are decrypted): steps in memory always hold plain payloads.
+A payload that cannot be read back (its object gone, no key) makes the history unreadable.
+Purging older runs deletes the objects only they referenced.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from dataclasses import dataclass
 import msgspec
 
 from perdure.runtime import codec
-from perdure.runtime.errors import HistoryConflict, HistoryUnreadable, InvalidPayload
+from perdure.runtime.errors import HistoryConflict, HistoryUnreadable, InvalidPayload, PayloadUnreadable
 from perdure.runtime.events import HistoryStep, WorkflowStarted
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_admin import purge_subject
 from perdure.runtime.nats_client import Ack, Connection, StoredMessage
+from perdure.runtime.payload_seal import REF_PREFIX, sealer_for
 
 from .metrics import RuntimeMetrics
 
@@ -52,7 +58,17 @@ class EndedBlocked:
 class HistoryLog:
     """Reads and appends ``history.<execution>``; remembers the last sequence and step time."""
 
-    __slots__ = ("_conn", "_execution_id", "_metrics", "_stream", "_subject", "last_seq", "last_time")
+    __slots__ = (
+        "_conn",
+        "_execution_id",
+        "_has_refs",
+        "_metrics",
+        "_sealer",
+        "_stream",
+        "_subject",
+        "last_seq",
+        "last_time",
+    )
 
     def __init__(
         self, conn: Connection, names: Names, execution_id: str, metrics: RuntimeMetrics | None = None
@@ -62,6 +78,8 @@ class HistoryLog:
         self._execution_id = execution_id
         self._stream = names.history_stream
         self._subject = names.history(execution_id)
+        self._sealer = sealer_for(conn, names)
+        self._has_refs = False  # whether a step seen here references an offloaded payload
         self.last_seq = 0  # 0: expect no history at all (a new execution)
         self.last_time = 0.0
 
@@ -77,14 +95,15 @@ class HistoryLog:
         if not stored:
             return None
         what = f"history of {self._execution_id}"
+        self._has_refs = any(REF_PREFIX in s.data for s in stored)
         last = _last_step(stored)
         if last is not None and last.ended_blocked:
             self.last_seq, self.last_time = stored[-1].seq, last.time
             return EndedBlocked(stored, last)
         try:
-            steps = [codec.decode(codec.history_step, s.data, what=what) for s in stored]
-        except InvalidPayload as exc:
-            raise HistoryUnreadable(exc.message) from None
+            steps = [await self._sealer.decode(codec.history_step, s.data, what=what) for s in stored]
+        except (InvalidPayload, PayloadUnreadable) as exc:
+            raise HistoryUnreadable(f"{what}: {exc.message}") from None
         first = last_run_start(steps)
         if first > 0:
             # A new run began but the old run's steps were not purged yet (crash in between).
@@ -113,8 +132,9 @@ class HistoryLog:
     async def append(self, step: HistoryStep) -> int:
         """Append ``step`` after the last one seen; raises ``HistoryConflict`` if another
         writer appended meanwhile. Returns the step's stream sequence."""
+        data = await self._sealer.encode(step, self._execution_id)
         try:
-            ack: Ack = await self._send(codec.encode(step))
+            ack = await self._send(data)
         except HistoryConflict:
             if self._metrics is not None:
                 self._metrics.conflicts.inc()
@@ -122,6 +142,8 @@ class HistoryLog:
         if self._metrics is not None:
             self._metrics.appends.inc()
         self.last_seq, self.last_time = ack.seq, step.time
+        if REF_PREFIX in data:
+            self._has_refs = True
         return ack.seq
 
     async def _send(self, data: bytes) -> Ack:
@@ -163,8 +185,14 @@ class HistoryLog:
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def purge_before(self, seq: int) -> None:
-        """Drop every step stored before stream sequence ``seq`` (older runs)."""
+        """Drop every step stored before stream sequence ``seq`` (older runs), and the payload
+        objects only those steps referenced (read first only if a step seen here has one)."""
+        stored = await self._conn.read_subject(self._stream, self._subject) if self._has_refs else []
         await purge_subject(self._conn, stream=self._stream, subject=self._subject, keep_from_seq=seq)
+        dropped = [s.data for s in stored if s.seq < seq and REF_PREFIX in s.data]
+        if dropped:
+            kept = [s.data for s in stored if s.seq >= seq and REF_PREFIX in s.data]
+            await self._sealer.drop_unreferenced(dropped, kept)
 
 
 def _decision(sent: list[asyncio.Future[Ack]]) -> asyncio.Future[Ack] | None:

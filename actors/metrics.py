@@ -11,15 +11,16 @@ Hot path: every call site is one method call that increments a counter or observ
 histogram (a lock and an add, about a microsecond). Labelled children are created once and
 kept (``_attempt_children``), so no label dict is built per call. Gauges that mirror state
 (executions cached, partitions owned) are read at scrape time; the inbox backlog needs a
-NATS request per owned partition, so it too is read at scrape time (``scrape``), never on
-the hot path.
+NATS request per owned partition, and the parked (BLOCKED) executions and messages of the
+owned partitions one request to the dead-letter stream, so they too are read at scrape time
+(``scrape``), never on the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -38,6 +39,9 @@ _LATENESS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 # workflow's timeout timer reports it), it completes asynchronously through its token,
 # it was abandoned (ActivityGone) or closed before it started.
 UNREPORTED = "unreported"
+
+# (executions, messages) parked in the given partitions (actors/dead_letters.py).
+ParkedReader = Callable[[list[int]], Awaitable[tuple[int, int]]]
 
 
 class RuntimeMetrics:
@@ -101,6 +105,34 @@ class RuntimeMetrics:
             ("reason",),
             registry=registry,
         )
+        self._blocked = Counter(
+            "perdure_executions_blocked",
+            "Executions this runtime found unable to run and marked BLOCKED, by reason code",
+            ("code",),
+            registry=registry,
+        )
+        self._parked = Counter(
+            "perdure_messages_parked",
+            "Messages of BLOCKED executions parked in the dead-letter stream, by reason code",
+            ("code",),
+            registry=registry,
+        )
+        self.resumed = Counter(
+            "perdure_executions_resumed",
+            "BLOCKED executions whose parked messages this runtime sent back to their inbox",
+            registry=registry,
+        )
+        self._parked_executions = Gauge(
+            "perdure_parked_executions",
+            "BLOCKED executions with parked messages, in the partitions owned here (read at scrape time)",
+            registry=registry,
+        )
+        self._parked_messages = Gauge(
+            "perdure_parked_messages",
+            "Messages parked for BLOCKED executions, in the partitions owned here (read at scrape time)",
+            registry=registry,
+        )
+        self._parked_reader: ParkedReader | None = None
         self._backlog = Gauge(
             "perdure_inbox_backlog",
             "Inbox messages not yet delivered, per partition owned here (read at scrape time)",
@@ -146,7 +178,17 @@ class RuntimeMetrics:
         if count > 0:
             self._dead_letters.labels(reason).inc(count)
 
+    def execution_blocked(self, code: str) -> None:
+        self._blocked.labels(code).inc()
+
+    def message_parked(self, code: str) -> None:
+        self._parked.labels(code).inc()
+
     # ------------------------------------------------------------------ scraping
+
+    def watch_parked(self, read: ParkedReader) -> None:
+        """``read(partitions)``: (executions, messages) parked in those partitions, at scrape time."""
+        self._parked_reader = read
 
     def watch(self, cached: Callable[[], int], owned: Callable[[], int]) -> None:
         """Gauges read from the worker's state at scrape time."""
@@ -162,7 +204,18 @@ class RuntimeMetrics:
             for (partition, _, _), count in zip(consumers, pending, strict=True):
                 if count is not None:
                     self._backlog.labels(str(partition)).set(count)
+        if self._parked_reader is not None:
+            await self._read_parked([partition for partition, _, _ in consumers])
         return generate_latest(self.registry)
+
+    async def _read_parked(self, partitions: list[int]) -> None:
+        assert self._parked_reader is not None
+        try:
+            executions, messages = await self._parked_reader(partitions) if partitions else (0, 0)
+        except PerdureError:
+            return  # NATS unreachable: the last sample stays
+        self._parked_executions.set(executions)
+        self._parked_messages.set(messages)
 
 
 async def _pending(conn: Connection, stream: str, name: str) -> int | None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import msgspec
 
+from perdure.runtime import tracing
 from perdure.runtime.events import WorkflowContinuedAsNew, WorkflowStarted
 from perdure.runtime.messages import AnyInboxMessage, StartWorkflow
 
@@ -33,7 +35,7 @@ class NewRun:
     ref: ExecutionRef
 
 
-def reuses_id(message: AnyInboxMessage, instance: WorkflowInstance | None) -> bool:
+def reuses_id(message: AnyInboxMessage, instance: WorkflowInstance | None) -> TypeGuard[StartWorkflow]:
     """A start with ``new_run`` (id reuse) of a closed execution begins its next run."""
     return isinstance(message, StartWorkflow) and message.new_run and instance is not None and instance.closed
 
@@ -65,14 +67,16 @@ async def begin_next_run(
     commit: Commit,
     history: HistoryLog,
     effects: EffectRunner,
+    trace: str = "",
 ) -> NewRun:
-    """Append the next run's first step, perform its effects, purge the older runs."""
+    """Append the next run's first step, perform its effects, purge the older runs.
+    ``trace``: the ``traceparent`` of a start that reuses the id (runtime/tracing.py)."""
     run = old.run + 1
     now = max(time.time(), not_before)
     instance = WorkflowInstance(old.definition, old.execution_id, run=run)
     ref = ExecutionRef(old.execution_id, old.definition.name, run, partition, now)
     try:
-        activation = await instance.run_step([started_event(start, run=run)], now)
+        activation = await instance.run_step([_first_event(old, start, run, trace)], now)
     except BaseException:
         instance.evict()
         raise
@@ -82,3 +86,12 @@ async def begin_next_run(
     await effects.perform(ref, activation.effects)
     await history.purge_before(first_seq)
     return NewRun(instance, ref)
+
+
+def _first_event(old: WorkflowInstance, start: StartWorkflow, run: int, trace: str) -> WorkflowStarted:
+    """The next run's ``WorkflowStarted``, with its trace: a start that reuses the id brings
+    its own (its message's header); a continue-as-new run keeps the run's it continues."""
+    started = started_event(start, run=run)
+    if start.new_run:
+        return tracing.with_trace(started, {tracing.TRACEPARENT: trace} if trace else None)
+    return tracing.continued(started, old.started) if old.started is not None else started

@@ -3,7 +3,10 @@
 Inbox deliveries are decoded here; one that does not decode is not something Perdure wrote,
 so it is poison: stored in ``<NS>_DEAD`` with the reason (actors/dead_letters.py), a sender
 waiting for a reply is told why, and it is acked out of the inbox. Eager outcomes from this
-process (``LocalResult``) arrive decoded.
+process (``LocalResult``) arrive decoded. Sealed payloads (offloaded, encrypted) are opened
+here (runtime/payload_seal.py); one that cannot be (its object gone, no key for it here) is
+not poison but a fault of this runtime or of the store: the execution is BLOCKED at once with
+that reason (``payload.key_missing``...), its messages parked, never dropped.
 
 ``take_step`` cuts a step's messages out of the mailbox: a step records its inputs in one
 history message, so messages that together exceed the server's ``max_payload`` (many large
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perdure.runtime import codec
-from perdure.runtime.errors import InvalidPayload
+from perdure.runtime.errors import ExecutionBlocked, InvalidPayload, PayloadUnreadable
 from perdure.runtime.events import InputEvent, WorkflowStarted
 from perdure.runtime.limits import step_inputs_limit
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
@@ -71,9 +74,11 @@ async def decode_batch(batch: list[Incoming], dead: DeadLetters, execution_id: s
                 out.append(StepInput(delivery, delivery.message))
                 continue
             try:
-                message = codec.decode(
+                message = await dead.sealer.decode(
                     codec.inbox_message, delivery.data, what=f"inbox message {delivery.subject}"
                 )
+            except PayloadUnreadable as exc:
+                raise ExecutionBlocked(exc.to_info()) from None
             except InvalidPayload as exc:
                 await dead.poison(delivery, execution_id=execution_id, reason=exc.to_info())  # counted
                 delivery.release()

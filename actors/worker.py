@@ -35,9 +35,11 @@ from typing import Any
 
 import structlog
 
+from perdure.runtime import payload_seal
 from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection
+from perdure.runtime.payload_seal import PayloadPolicy
 from perdure.runtime.provision import Provisioner
 from perdure.runtime.settings import Settings
 from perdure.runtime.supervisor import Supervisor
@@ -138,6 +140,7 @@ class Worker:
         self._conn = conn
         await Provisioner(conn, self.settings).provision()
         names = self.settings.names
+        payload_seal.configure(conn, names, PayloadPolicy.of(self.settings))  # how payloads are sealed
         supervisor = Supervisor(f"runtime:{self.settings.name}")
         timers = TimerService(conn, names, self.metrics, scope=supervisor.child("timers"))
         heartbeats = HeartbeatService(conn, names, self.settings.partitions)

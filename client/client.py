@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -18,12 +19,13 @@ from perdure.runtime.errors import (
     ExecutionAlreadyExists,
     ExecutionNotFound,
     InvalidPayload,
+    PerdureError,
     Unavailable,
     from_info,
 )
 from perdure.runtime.errors import ErrorInfo as _ErrorInfo
 from perdure.runtime.kv_bucket import KVBucket
-from perdure.runtime.limits import START_INPUT_REASON, check_size, start_input_limit
+from perdure.runtime.limits import MAX_BYTES_REASON, check_size, max_payload_bytes
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     AnyInboxMessage,
@@ -35,9 +37,13 @@ from perdure.runtime.messages import (
 )
 from perdure.runtime.naming import Names, check_execution_id
 from perdure.runtime.nats_client import Ack, Connection
+from perdure.runtime.payload_cipher import PayloadCipher
+from perdure.runtime.payload_seal import PayloadPolicy, configure, sealer_for
+from perdure.runtime.tokens import decode_token
 from perdure.runtime.verbs import Rep, Req, Route, Verb
 
 from .handle import ExecutionDescription, WorkflowHandle
+from .index_pages import ExecutionPage, IndexFilter, IndexPages
 from .index_watch import IndexWatch
 
 T = TypeVar("T")
@@ -57,13 +63,26 @@ class Client:
     started (or ``PERDURE_URL``, or ``nats://127.0.0.1:4222``).
     """
 
-    def __init__(self, conn: Connection, names: Names, *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        names: Names,
+        *,
+        request_timeout: float = 10.0,
+        payload_cipher: PayloadCipher | None = None,
+    ) -> None:
         self.conn = conn
         self.names = names
+        # Payloads over the offload threshold go to the object store, and are encrypted with
+        # ``payload_cipher`` (default: PERDURE_PAYLOAD_KEYS / PERDURE_PAYLOAD_KEY_FILE).
+        if payload_cipher is not None:
+            configure(conn, names, dataclasses.replace(PayloadPolicy.from_env(), cipher=payload_cipher))
+        self.payloads = sealer_for(conn, names)
         self.request_timeout = request_timeout
         self._partitions: int | None = None
         self.index = KVBucket(conn, names, names.executions_bucket)
         self.index_watch = IndexWatch(conn, names)
+        self._pages = IndexPages(conn, names)
 
     @classmethod
     async def connect(
@@ -73,6 +92,7 @@ class Client:
         namespace: str = "perdure",
         options: ConnectOptions | None = None,
         connect_timeout: float | None = None,
+        payload_cipher: PayloadCipher | None = None,
     ) -> Client:
         """Connect to ``url`` (comma-separated seeds; credentials allowed, never shown), with
         ``options``: authentication and TLS (default: the ``PERDURE_*`` variables).
@@ -86,7 +106,7 @@ class Client:
         conn = await Connection.connect(
             url or default_url(), name="perdure-client", options=options, timeout=connect_timeout
         )
-        return cls(conn, names)
+        return cls(conn, names, payload_cipher=payload_cipher)
 
     async def close(self) -> None:
         await self.index_watch.close()
@@ -132,12 +152,8 @@ class Client:
             raw = input_codec.check(input, what=f"input of workflow {name!r}")
         else:
             raw = msgspec.Raw(codec.encode(input))
-        check_size(
-            len(raw),
-            start_input_limit(self.conn.max_payload),
-            what=f"input of workflow {name!r}",
-            reason=START_INPUT_REASON,
-        )
+        # Any size up to PERDURE_PAYLOAD_MAX_BYTES: a large input is offloaded (runtime/payload_seal.py).
+        check_size(len(raw), max_payload_bytes(), what=f"input of workflow {name!r}", reason=MAX_BYTES_REASON)
         handle = WorkflowHandle(self, execution_id, workflow if not isinstance(workflow, str) else None)
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         message = StartWorkflow(workflow=name, input=raw, timeout=seconds)
@@ -178,7 +194,7 @@ class Client:
     async def send(self, execution_id: str, message: AnyInboxMessage, *, msg_id: str | None = None) -> Ack:
         """Publish ``message`` to the execution's inbox; returns once it is stored. The
         current trace context goes with it (a ``traceparent`` header, runtime/tracing.py)."""
-        data, headers = codec.encode(message), tracing.headers()
+        data, headers = await self.payloads.encode(message, execution_id), tracing.headers()
         subject = self.names.inbox(execution_id)
         return await self._retry_unavailable(
             lambda: self.conn.publish(subject, data, msg_id=msg_id, headers=headers)
@@ -197,7 +213,10 @@ class Client:
         if verb.route is Route.INBOX:
             ack = await self.send(execution_id, request, msg_id=msg_id)  # type: ignore[arg-type]
             return verb.reply(seq=ack.seq, duplicate=ack.duplicate)
-        encoded = codec.encode(request)
+        if verb.route is Route.API:
+            encoded = await self.payloads.encode(request, _execution_of(request, execution_id))
+        else:
+            encoded = codec.encode(request)
         if verb.route is Route.API:
             # The runtime forwards the body to the execution's inbox with an envelope of its own.
             check_size(len(encoded), self.conn.payload_limit, what=f"{verb.name} request")
@@ -270,24 +289,34 @@ class Client:
     async def list_executions(
         self, *, status: str | None = None, workflow: str | None = None
     ) -> list[ExecutionDescription]:
-        stored = await self.index.scan()
-        out = []
-        for message in stored:
-            if not message.data:
-                continue
-            record = codec.decode(codec.execution_record, message.data, what="index entry")
-            if (status is None or record.status == status) and (
-                workflow is None or record.workflow == workflow
-            ):
-                out.append(ExecutionDescription.of(record))
-        return out
+        """Every execution (with this status, of this workflow), most recently changed first:
+        one ordered read of the whole index. A page at a time: ``list_page``."""
+        page = await self._pages.page(IndexFilter(status=status, workflow=workflow), limit=0)
+        return page.executions
+
+    async def list_page(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        prefix: str = "",
+        since: float | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ExecutionPage:
+        """Up to ``limit`` executions (0: all) matching the filters (``since``: started at
+        or after, epoch seconds), most recently changed first, from the page cursor ``after``
+        (a page's ``next``; None: the first page). See client/index_pages.py for what paging
+        shows while executions change."""
+        where = IndexFilter(status=status, workflow=workflow, prefix=prefix, since=since)
+        return await self._pages.page(where, limit=limit, after=after)
 
     # ------------------------------------------------------------- activity tokens
 
     async def complete_activity(self, token: str, result: Any = None) -> None:
         """Finish an async activity with ``result``. Raises ``ActivityClosed`` if it already closed."""
         raw = result if isinstance(result, msgspec.Raw) else msgspec.Raw(codec.encode(result))
-        check_size(len(raw), self.conn.payload_limit, what="result of the activity")
+        check_size(len(raw), max_payload_bytes(), what="result of the activity", reason=MAX_BYTES_REASON)
         await self.call(verbs.COMPLETE, CompleteRequest(token=token, result=raw))
 
     async def fail_activity(self, token: str, error: BaseException | str) -> None:
@@ -301,9 +330,22 @@ class Client:
     async def heartbeat_activity(self, token: str, details: Any = None) -> HeartbeatReply:
         """Heartbeat an async activity; the reply says if the execution still wants it."""
         raw = msgspec.Raw(codec.encode(details))
-        check_size(len(raw), self.conn.payload_limit, what="heartbeat details")
+        check_size(len(raw), max_payload_bytes(), what="heartbeat details", reason=MAX_BYTES_REASON)
         reply = await self.call(verbs.HEARTBEAT, HeartbeatRequest(token=token, details=raw))
         return HeartbeatReply(cancel_requested=reply.cancel_requested, closed=reply.closed)
 
 
-__all__ = ["Client", "ExecutionNotFound", "HeartbeatReply"]
+def _execution_of(request: Any, execution_id: str) -> str:
+    """The execution an API request is about (its payload objects are filed under it)."""
+    if execution_id:
+        return execution_id
+    explicit = getattr(request, "execution_id", "")
+    if explicit:
+        return str(explicit)
+    try:
+        return decode_token(getattr(request, "token", "")).execution_id
+    except PerdureError:
+        return "_unknown"
+
+
+__all__ = ["Client", "ExecutionNotFound", "ExecutionPage", "HeartbeatReply"]

@@ -20,7 +20,7 @@ from perdure.runtime.errors import (
 )
 from perdure.runtime.events import AnyEvent, HistoryStep
 from perdure.runtime.existence import require_execution
-from perdure.runtime.limits import check_size
+from perdure.runtime.limits import MAX_BYTES_REASON, check_size, max_payload_bytes
 from perdure.runtime.messages import (
     TERMINAL_STATUSES,
     CancelWorkflow,
@@ -29,6 +29,7 @@ from perdure.runtime.messages import (
     SignalWorkflow,
     TerminateWorkflow,
 )
+from perdure.runtime.payload_seal import MARK
 
 if TYPE_CHECKING:
     from .client import Client
@@ -44,9 +45,10 @@ class ExecutionDescription:
     closed_at: float | None
     history_length: int
     error: ErrorInfo | None
+    revision: int = 0  # the index entry's revision, in a listing (client/index_pages.py)
 
     @classmethod
-    def of(cls, record: ExecutionRecord) -> ExecutionDescription:
+    def of(cls, record: ExecutionRecord, *, revision: int = 0) -> ExecutionDescription:
         return cls(
             execution_id=record.execution_id,
             workflow=record.workflow,
@@ -56,6 +58,7 @@ class ExecutionDescription:
             closed_at=record.closed_at,
             history_length=record.history_length,
             error=record.error,
+            revision=revision,
         )
 
 
@@ -111,7 +114,8 @@ class WorkflowHandle:
                     record = codec.decode(
                         codec.execution_record, message.data, what=f"index entry of {self.id}"
                     )
-            return self._outcome(record)
+            # The result may be offloaded or encrypted (runtime/payload_seal.py).
+            return self._outcome(await self._client.payloads.open(record))
 
     async def watch(self) -> AsyncIterator[ExecutionDescription]:
         """The execution's description now, then each time it changes (status, length)."""
@@ -144,17 +148,25 @@ class WorkflowHandle:
             raise WorkflowTerminated(f"execution {self.id!r} was terminated: {error.message}", cause=cause)
         raise WorkflowFailed(f"execution {self.id!r} failed: {error.type}: {error.message}", cause=cause)
 
-    async def history_steps(self) -> list[HistoryStep]:
+    async def history_steps(self, *, lenient: bool = False) -> list[HistoryStep]:
+        """The stored steps, payloads read back (offloaded ones fetched, encrypted ones decrypted
+        with this client's keys). Without the key: ``PayloadKeyMissing``, or with ``lenient``
+        (the CLI, the console) each such payload reads as the JSON string ``"<encrypted>"``."""
         names = self._client.names
         stored = await self._client.conn.read_subject(names.history_stream, names.history(self.id))
         if not stored:
             raise ExecutionNotFound(f"no history for execution {self.id!r}")
-        return [codec.decode(codec.history_step, s.data, what=f"history of {self.id}") for s in stored]
+        sealer, what = self._client.payloads, f"history of {self.id}"
+        steps = [codec.decode(codec.history_step, s.data, what=what) for s in stored]
+        return [
+            await sealer.open(step, lenient=lenient) if MARK in s.data else step
+            for s, step in zip(stored, steps, strict=True)
+        ]
 
-    async def history(self) -> list[AnyEvent]:
+    async def history(self, *, lenient: bool = False) -> list[AnyEvent]:
         """Every event in order: each step's inputs, then the decisions they led to."""
         events: list[AnyEvent] = []
-        for step in await self.history_steps():
+        for step in await self.history_steps(lenient=lenient):
             events.extend(step.inputs)
             events.extend(step.decisions)
         return events
@@ -191,7 +203,7 @@ class WorkflowHandle:
             raw = signal_codec.check(payload, what=f"signal {name!r}")
         else:
             raw = msgspec.Raw(codec.encode(payload))
-        check_size(len(raw), self._client.conn.payload_limit, what=f"payload of signal {name!r}")
+        check_size(len(raw), max_payload_bytes(), what=f"payload of signal {name!r}", reason=MAX_BYTES_REASON)
         await self._require_exists()
         await self._client.call(
             verbs.SIGNAL,

@@ -9,6 +9,9 @@
     ├── PermissionDenied                 "nats.permission_denied"
     ├── InvalidPayload                   "payload.invalid"
     │   └── PayloadTooLarge              "payload.too_large"
+    ├── PayloadUnreadable                "payload.unreadable" (an offloaded or sealed payload cannot be read back)
+    │   ├── PayloadKeyMissing            "payload.key_missing"   (encrypted with a key id not configured here)
+    │   └── PayloadDecryptFailed         "payload.decrypt_failed" (the key of that id does not open it)
     ├── InvalidToken                     "token.invalid"
     ├── ExecutionNotFound                "execution.not_found"
     ├── ExecutionAlreadyExists           "execution.exists"
@@ -134,6 +137,25 @@ class PayloadTooLarge(InvalidPayload):
         super().__init__(message, **kw)
         self.size = size
         self.limit = limit
+
+
+class PayloadUnreadable(PerdureError):
+    """A sealed payload (runtime/payload_seal.py) cannot be read back: its object is gone
+    (purged, expired) or corrupt, or it is encrypted and cannot be decrypted here."""
+
+    code = "payload.unreadable"
+
+
+class PayloadKeyMissing(PayloadUnreadable):
+    """The payload is encrypted with a key id that is not configured (``PERDURE_PAYLOAD_KEYS``)."""
+
+    code = "payload.key_missing"
+
+
+class PayloadDecryptFailed(PayloadUnreadable):
+    """The configured key of the payload's key id does not decrypt it (a wrong key, or tampering)."""
+
+    code = "payload.decrypt_failed"
 
 
 class InvalidToken(PerdureError):
@@ -277,6 +299,9 @@ _BY_CODE: dict[str, type[PerdureError]] = {
         PermissionDenied,
         InvalidPayload,
         PayloadTooLarge,
+        PayloadUnreadable,
+        PayloadKeyMissing,
+        PayloadDecryptFailed,
         InvalidToken,
         ExecutionNotFound,
         ExecutionAlreadyExists,

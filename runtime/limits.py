@@ -6,16 +6,53 @@ payload alone exceeds it before sending. Both are faults far from their cause, s
 entry point checks the user's payload against ``payload_limit(max_payload)`` first and
 raises ``PayloadTooLarge`` naming the size, the limit and what was too large.
 
+Payloads of any size (issue 12): a message over ``offload_threshold()`` has its largest
+payloads stored in the namespace's object store and replaced by references
+(runtime/payload_seal.py), so the limit a user meets is ``max_payload_bytes()`` (1 GiB by
+default, ``PERDURE_PAYLOAD_MAX_BYTES``), not the server's ``max_payload``. ``payload_limit``
+still bounds what one message may carry (requests over core NATS, the threshold itself).
+
 The reserve covers Perdure's envelope around a user payload: the JSON of an inbox message
 or history step, the token, the ``Nats-Msg-Id``/``Perdure-Reply``/JetStream headers.
 """
 
 from __future__ import annotations
 
-from .errors import PayloadTooLarge
+import os
+
+from .errors import ConfigurationError, PayloadTooLarge
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
 ENVELOPE_RESERVE = 16 * 1024  # bytes kept for Perdure's envelope and headers
+DEFAULT_OFFLOAD_THRESHOLD = 256 * 1024  # a message over this has its payloads offloaded
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024 * 1024  # the largest payload accepted (offloaded)
+MAX_BYTES_REASON = "PERDURE_PAYLOAD_MAX_BYTES, the largest payload Perdure stores"
+
+
+def _env_bytes(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number of bytes") from None
+    if number < 1024:
+        raise ConfigurationError(f"{name}={value!r} must be at least 1024 bytes")
+    return number
+
+
+def offload_threshold() -> int:
+    """Bytes of one message over which its payloads go to the object store
+    (``PERDURE_OFFLOAD_THRESHOLD``; the sealer also keeps it under ``payload_limit``)."""
+    return _env_bytes("PERDURE_OFFLOAD_THRESHOLD", DEFAULT_OFFLOAD_THRESHOLD)
+
+
+def max_payload_bytes() -> int:
+    """The largest single payload (input, result, signal, checkpoint) accepted, in bytes
+    (``PERDURE_PAYLOAD_MAX_BYTES``). Read where a payload is made, workflow code included:
+    every runtime of a namespace must use the same value, or replays may decide differently."""
+    return _env_bytes("PERDURE_PAYLOAD_MAX_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
 
 
 def payload_limit(max_payload: int | None) -> int:

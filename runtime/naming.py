@@ -87,6 +87,11 @@ class Names:
     def leases_bucket(self) -> str:
         return f"{self._upper}_LEASES"
 
+    @property
+    def payloads_bucket(self) -> str:
+        """Object store of the payloads too large for one message (runtime/payload_seal.py)."""
+        return f"{self._upper}_PAYLOADS"
+
     # subjects
     def history(self, execution_id: str) -> str:
         return f"{self.namespace}.history.{execution_id}"

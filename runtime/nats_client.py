@@ -554,6 +554,14 @@ class Connection:
                     raise
                 await asyncio.sleep(0.25)
 
+    async def read_batch(
+        self, stream: str, subject: str, *, start_seq: int, batch: int, timeout: float = 10.0
+    ) -> tuple[list[StoredMessage], bool]:
+        """Up to ``batch`` messages on ``subject`` from ``start_seq`` (one batched direct get),
+        and whether more remain after them (a page of a listing, client/index_pages.py)."""
+        self._watch.check_open()
+        return await self._read_batch(stream, subject, start_seq, batch, timeout)
+
     async def _read_all(
         self, stream: str, subject: str, start_seq: int, batch: int, timeout: float
     ) -> list[StoredMessage]:

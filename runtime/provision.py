@@ -7,12 +7,14 @@
 KV <NS>_TIMERS   per-key TTL + expiry markers      durable timers, activity attempts
 KV <NS>_EXECUTIONS                                  status index, results
 KV <NS>_LEASES   per-key TTL                        partition ownership, runtime members
+OBJ <NS>_PAYLOADS object store                      payloads too large for one message
 """
 
 from __future__ import annotations
 
 from .nats_admin import ensure_kv_stream, ensure_stream
 from .nats_client import Connection
+from .nats_objects import ensure_object_bucket
 from .settings import Settings
 
 
@@ -61,3 +63,6 @@ class Provisioner:
         )
         await ensure_kv_stream(self._conn, bucket=n.executions_bucket, replicas=s.replicas)
         await ensure_kv_stream(self._conn, bucket=n.leases_bucket, replicas=s.replicas)
+        await ensure_object_bucket(
+            self._conn, bucket=n.payloads_bucket, replicas=s.replicas, ttl=s.payload_retention
+        )

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, replace
 
 from .connect_options import ConnectOptions
 from .errors import ConfigurationError
+from .limits import offload_threshold
 from .naming import Names
+from .payload_cipher import PayloadCipher, cipher_from_env
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -78,6 +80,14 @@ class Settings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     # Authentication and TLS (PERDURE_USER, PERDURE_CREDS_FILE, PERDURE_TLS_CA...; repr redacted).
     connect: ConnectOptions = field(default_factory=ConnectOptions)
+    # Payloads (runtime/payload_seal.py): a message over this many bytes has its payloads stored
+    # in the <NS>_PAYLOADS object store (PERDURE_OFFLOAD_THRESHOLD; kept under the server's max_payload).
+    offload_threshold: int = field(default_factory=offload_threshold)
+    # Seconds offloaded payloads are kept (the object store's max age); 0: until their history
+    # is purged. A history older than this can no longer be replayed: keep it above your runs' life.
+    payload_retention: float = 0.0
+    # Encryption at rest of payloads (PERDURE_PAYLOAD_KEYS / PERDURE_PAYLOAD_KEY_FILE); None: plain.
+    payload_cipher: PayloadCipher | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -90,6 +100,8 @@ class Settings:
             eager_activities=os.environ.get("PERDURE_EAGER_ACTIVITIES", "1") not in ("0", "false", "no"),
             step_budget=_env_budget("PERDURE_STEP_BUDGET", 2.0),
             connect=ConnectOptions.from_env(),
+            payload_retention=_env_budget("PERDURE_PAYLOAD_RETENTION", 0.0),
+            payload_cipher=cipher_from_env(),
         )
         if os.environ.get("PERDURE_NAME"):
             base = replace(base, name=os.environ["PERDURE_NAME"])
@@ -108,3 +120,7 @@ class Settings:
             raise ConfigurationError("step_budget must be 0 (unguarded) or more seconds")
         if not self.connect_timeout > 0:
             raise ConfigurationError("connect_timeout must be more than 0 seconds")
+        if self.offload_threshold < 1024 or self.payload_retention < 0:
+            raise ConfigurationError(
+                "offload_threshold must be at least 1024 bytes, payload_retention 0 (keep) or more seconds"
+            )

@@ -12,7 +12,11 @@ provider as usual; Perdure then makes
                       item carries the step's ``traceparent`` header; an eager attempt
                       inherits the step's context)
 
-so one trace shows a whole execution. This is the only module that imports opentelemetry.
+so one trace shows a whole execution. A child workflow's start message carries the context of
+the parent's step that started it (its steps are that step's children), a run begun by
+continue-as-new keeps the trace of the run it continues (``continued``), and a start that
+reuses a closed execution's id traces the run it begins. This is the only module that
+imports opentelemetry.
 Without it every function here is a no-op: ``headers()`` returns its argument, the context
 managers do nothing, and nothing else is imported or allocated.
 """
@@ -65,6 +69,14 @@ def with_trace(started: WorkflowStarted, message_headers: Mapping[str, str] | No
     if not traceparent or started.trace:
         return started
     return msgspec.structs.replace(started, trace=traceparent)
+
+
+def continued(started: WorkflowStarted, previous: WorkflowStarted) -> WorkflowStarted:
+    """The first event of a run begun by continue-as-new: it keeps the trace of the run it
+    continues (a client's start, or the parent step of a child), so one trace shows every run."""
+    if started.trace or not previous.trace:
+        return started
+    return msgspec.structs.replace(started, trace=previous.trace)
 
 
 def _parent(traceparent: str) -> Any:
@@ -125,6 +137,14 @@ def begin_step(execution_id: str, traceparent: str) -> None:
     holder[:] = [span, _context.attach(_trace.set_span_in_context(span))]
 
 
+def begin_new_run(execution_id: str, message_headers: Mapping[str, str] | None) -> str:
+    """A start that reuses a closed execution's id: its ``traceparent`` (for the new run's
+    ``WorkflowStarted``), the parent of the step span opened now, before the run's first step."""
+    traceparent = message_headers.get(TRACEPARENT, "") if message_headers else ""
+    begin_step(execution_id, traceparent)
+    return traceparent
+
+
 def attempt_span(
     activity: str, execution_id: str, attempt: int, message_headers: Mapping[str, str] | None
 ) -> contextlib.AbstractContextManager[None]:
@@ -158,8 +178,10 @@ def note_failure(message: str) -> None:
 __all__ = [
     "TRACEPARENT",
     "attempt_span",
+    "begin_new_run",
     "begin_step",
     "client_span",
+    "continued",
     "enabled",
     "headers",
     "note_failure",

@@ -42,3 +42,21 @@ async def traced(name: str) -> str:
     first = await greet(name)
     doubled = await flaky(2)
     return f"{first} {doubled}"
+
+
+@workflow
+async def relay(runs: int) -> str:
+    """Greets once per run, continuing as new until ``runs`` is 0: every run in one trace."""
+    greeted = await greet(f"run {runs}")
+    if runs > 0:
+        workflow.continue_as_new(runs - 1)
+    return greeted
+
+
+@workflow
+async def family(name: str) -> str:
+    """A child workflow (``greeting``), then a child that continues as new (``relay``)."""
+    me = workflow.info().execution_id
+    first = await greeting(name, id=f"{me}-greeting")
+    last = await relay(1, id=f"{me}-relay")
+    return f"{first} / {last}"

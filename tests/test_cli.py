@@ -177,9 +177,14 @@ async def test_list_filters_and_json_fields(cli: Env) -> None:
     assert all(r["workflow"] == "greet" for r in rows)
     assert set(rows[0]) == {
         "execution_id", "workflow", "status", "run", "started_at", "closed_at", "history_length", "error",
+        "revision",
     }  # fmt: skip
-    starts = [r["started_at"] for r in rows]
-    assert starts == sorted(starts, reverse=True)  # newest first
+    # Most recently changed first: descending index revision (the paging cursor).
+    revisions = [r["revision"] for r in rows]
+    assert revisions == sorted(revisions, reverse=True) and len(set(revisions)) == len(revisions)
+    for r in rows:
+        stored = await cli.client.index.get(r["execution_id"])
+        assert stored is not None and stored.seq == r["revision"]
 
     run = await cli("list", "--status", "FAILED", "--since", "1h", "--json")
     failed = {r["execution_id"] for r in run.json()}  # type: ignore[union-attr]

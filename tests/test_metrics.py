@@ -12,18 +12,18 @@ from collections.abc import Callable
 
 import msgspec
 import pytest
-from metrics_workflows import greet, greeting
+from metrics_workflows import greet, greeting, relay
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from perdure import Client, EmbeddedServer, Settings, Worker
+from perdure import Client, EmbeddedServer, Settings, Worker, sleep, workflow
 from perdure.actors.history_log import HistoryLog
 from perdure.actors.metrics import RuntimeMetrics
 from perdure.runtime.embedded import free_port
 from perdure.runtime.errors import HistoryConflict
-from perdure.runtime.events import HistoryStep, WorkflowStarted
+from perdure.runtime.events import ActivityConcluded, HistoryStep, WorkflowStarted
 
-from support import RuntimeProcess
+from support import RuntimeProcess, watch_history
 
 N = 5  # greetings, one completed attempt each
 PARTITIONS = 4
@@ -111,6 +111,20 @@ async def test_metrics_count_a_workload(nats_server: EmbeddedServer, namespace: 
         await patient.signal("go", 0)
         assert await patient.result(timeout=30) == 42
 
+        # A start of a workflow nobody hosts: BLOCKED, its start and a signal parked.
+        nobody = await client.start("nobody", 1, id=f"nobody-{uuid.uuid4().hex[:6]}")
+        await blocked(client, nobody.id)
+        await nobody.signal("poke", 1)
+        parked = await scrape_until(port, lambda s: s.value("perdure_parked_messages") == 2)
+        assert parked.value("perdure_parked_executions") == 1
+        assert parked.value("perdure_executions_blocked_total", code="workflow.unknown") == 1
+        assert parked.value("perdure_messages_parked_total", code="workflow.unknown") == 2
+        await nobody.terminate("never deployed")  # ends it: its parked messages are dropped
+        await scrape_until(
+            port,
+            lambda s: s.value("perdure_parked_messages") == 0 and s.value("perdure_parked_executions") == 0,
+        )
+
         # Last (its actor, with no execution to load, stays cached): an inbox message that is not one.
         await client.conn.publish(client.names.inbox("junk"), b"not an inbox message")
 
@@ -157,6 +171,72 @@ async def test_metrics_count_a_workload(nats_server: EmbeddedServer, namespace: 
     assert backlog == {str(p): 0.0 for p in range(PARTITIONS)}
     assert final.value("perdure_dead_letters_total", reason="bad_work_item") == 1
     assert final.value("perdure_dead_letters_total", reason="bad_inbox_message") == 1
+
+
+async def blocked(client: Client, execution_id: str) -> None:
+    """Until the index shows the execution BLOCKED (watched, not polled)."""
+    async with asyncio.timeout(20):
+        async for description in client.get_handle(execution_id).watch():
+            if description.status == "BLOCKED":
+                return
+
+
+async def metrics_until(worker: Worker, condition: Callable[[Scrape], bool], timeout: float = 20.0) -> Scrape:
+    """Scrape an in-process worker until ``condition`` holds (its parking is not awaited by
+    the test: the index says BLOCKED before the messages are parked)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = Scrape((await worker.scrape_metrics()).decode())
+        if condition(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition never held; last scrape:\n{current.text}")
+        await asyncio.sleep(0.05)
+
+
+@workflow(name="drifting")
+async def drifting_v1(name: str) -> str:
+    greeted = await greet(name)
+    return greeted + await workflow.wait_signal("go", type=str)
+
+
+@workflow(name="drifting")
+async def drifting_v2(name: str) -> str:
+    await sleep(1)  # another first command than the recorded one
+    return name
+
+
+async def test_parked_executions_show_in_metrics(settings: Settings, client: Client) -> None:
+    """A runtime counts the executions it marks BLOCKED and the messages it parks, shows the
+    parked ones of its partitions, and one that can run them counts them resumed."""
+    async with Worker([relay, greet], settings=settings) as without:  # does not host ``greeting``
+        handle = await client.start("greeting", "x", id="unhosted-1")
+        await blocked(client, "unhosted-1")
+        await handle.signal("poke", 1)
+        scraped = await metrics_until(without, lambda s: s.value("perdure_parked_messages") == 2)
+        assert scraped.value("perdure_parked_executions") == 1
+        assert scraped.value("perdure_executions_blocked_total", code="workflow.unknown") == 1
+        assert scraped.value("perdure_messages_parked_total", code="workflow.unknown") == 2
+        assert scraped.value("perdure_executions_resumed_total") == 0
+    async with Worker([greeting, greet], settings=settings) as hosting:
+        assert await handle.result(timeout=20) == "hello x"
+        scraped = await metrics_until(hosting, lambda s: s.value("perdure_executions_resumed_total") == 1)
+        assert scraped.value("perdure_parked_executions") == 0
+        assert scraped.value("perdure_parked_messages") == 0
+
+    # Code that no longer replays its history: BLOCKED by the replay, the signal parked.
+    async with Worker([drifting_v1, greet], settings=settings), watch_history(client) as history:
+        handle = await client.start(drifting_v1, "y", id="drifting-1")
+        await history.wait_for(
+            lambda w: any(isinstance(e, ActivityConcluded) for e in w.events("drifting-1")), timeout=20
+        )
+    async with Worker([drifting_v2, greet], settings=settings) as drifted:
+        await handle.signal("go", "!")
+        await blocked(client, "drifting-1")
+        scraped = await metrics_until(drifted, lambda s: s.value("perdure_parked_messages") == 1)
+        assert scraped.value("perdure_executions_blocked_total", code="workflow.nondeterministic") == 1
+        assert scraped.value("perdure_messages_parked_total", code="workflow.nondeterministic") == 1
+        assert scraped.value("perdure_parked_executions") == 1
 
 
 async def test_health_endpoints_unchanged(nats_server: EmbeddedServer, namespace: str) -> None:

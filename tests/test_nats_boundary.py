@@ -13,6 +13,7 @@ BOUNDARY = {
     "runtime/nats_admin.py",
     "runtime/nats_consumer.py",
     "runtime/nats_connect.py",
+    "runtime/nats_objects.py",  # the object store of offloaded payloads (issue 12)
 }
 
 

@@ -4,6 +4,7 @@ run eagerly in the owning runtime or are pulled from the work subject by another
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from metrics_workflows import flaky, greet, traced
+from metrics_workflows import family, flaky, greet, greeting, relay, traced
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -96,6 +97,83 @@ async def test_one_trace_per_execution(
             ("flaky", 1)
         ]
     assert len(trace_ids) == 2  # one trace per execution
+
+
+async def test_children_and_continued_runs_stay_in_the_trace(
+    spans: InMemorySpanExporter, settings: Settings, client: Client
+) -> None:
+    """A child workflow's steps are children of the parent's step that started it; the runs
+    after a continue-as-new keep the run's trace (of the start, or of the parent's step)."""
+    spans.clear()
+    async with Worker([family, greeting, relay, greet], settings=settings) as worker:
+        parent = f"family-{uuid.uuid4().hex[:8]}"
+        looping = f"relay-{uuid.uuid4().hex[:8]}"
+        family_handle = await client.start(family, "ann", id=parent)
+        relay_handle = await client.start(relay, 2, id=looping)
+        assert await family_handle.result(timeout=30) == "hello ann / hello run 0"
+        assert await relay_handle.result(timeout=30) == "hello run 0"
+        await worker.wait_quiet()  # every step's span has ended
+
+    finished = spans.get_finished_spans()
+    by_id = {span.context.span_id: span for span in finished}
+
+    # Continue-as-new from a client start: the three runs' steps are all children of the start.
+    named = of_execution(finished, looping)
+    [start] = named["perdure.start"]
+    assert len(named["perdure.step"]) >= 4  # 3 runs: each schedules greet, then its result
+    for step in named["perdure.step"]:
+        assert step.context.trace_id == start.context.trace_id
+        assert step.parent is not None and step.parent.span_id == start.context.span_id
+    assert len(named["perdure.activity"]) == 3  # one greet per run
+    for attempt in named["perdure.activity"]:
+        assert attempt.context.trace_id == start.context.trace_id
+        assert start.context.span_id in ancestors(attempt, by_id)
+
+    # Children: their steps are children of the parent's steps, continued runs included.
+    family_spans = of_execution(finished, parent)
+    [start] = family_spans["perdure.start"]
+    parent_steps = {step.context.span_id for step in family_spans["perdure.step"]}
+    for step in family_spans["perdure.step"]:
+        assert step.parent is not None and step.parent.span_id == start.context.span_id
+    for child, runs in ((f"{parent}-greeting", 1), (f"{parent}-relay", 2)):
+        named = of_execution(finished, child)
+        assert "perdure.start" not in named  # started by the runtime, not a client
+        assert len(named["perdure.step"]) >= runs + 1
+        for step in named["perdure.step"]:
+            assert step.context.trace_id == start.context.trace_id, child
+            assert step.parent is not None and step.parent.span_id in parent_steps, child
+        assert len(named["perdure.activity"]) == runs  # one greet per run
+        for attempt in named["perdure.activity"]:
+            assert attempt.context.trace_id == start.context.trace_id, child
+            assert start.context.span_id in ancestors(attempt, by_id), child
+
+
+async def test_a_new_run_of_a_reused_id_is_traced_by_its_own_start(
+    spans: InMemorySpanExporter, settings: Settings, client: Client
+) -> None:
+    """A start that reuses a closed execution's id begins run 2: its steps and attempts
+    belong to that start's trace, not the first run's, nor to a new root."""
+    spans.clear()
+    async with Worker([relay, greet], settings=settings) as worker:
+        execution_id = f"again-{uuid.uuid4().hex[:8]}"
+        handle = await client.start(relay, 0, id=execution_id)
+        assert await handle.result(timeout=30) == "hello run 0"
+        await client.start(relay, 0, id=execution_id, id_reuse="allow")
+        async with asyncio.timeout(30):
+            async for d in handle.watch():
+                if d.run == 2 and d.status == "COMPLETED":
+                    break
+        await worker.wait_quiet()
+
+    named = of_execution(spans.get_finished_spans(), execution_id)
+    first, second = sorted(named["perdure.start"], key=lambda span: span.start_time or 0)
+    assert first.context.trace_id != second.context.trace_id
+    later = [s for s in named["perdure.step"] if (s.start_time or 0) > (second.end_time or 0)]
+    assert len(later) >= 2  # run 2: its start and greet's schedule, greet's outcome
+    for step in later:
+        assert step.parent is not None and step.parent.span_id == second.context.span_id
+    attempts = sorted(named["perdure.activity"], key=lambda span: span.start_time or 0)
+    assert [a.context.trace_id for a in attempts] == [first.context.trace_id, second.context.trace_id]
 
 
 def test_without_opentelemetry_tracing_is_a_no_op() -> None:

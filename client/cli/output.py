@@ -2,7 +2,9 @@
 
 The JSON field names are part of the interface (README, "Command line"): an execution is
 ``execution_id, workflow, status, run, started_at, closed_at, history_length, error``, times
-as ISO 8601 UTC strings (``null`` while open), ``error`` as ``{code, type, message}`` or null.
+as ISO 8601 UTC strings (``null`` while open), ``error`` as ``{code, type, message}`` or null;
+a row of ``list`` adds ``revision`` (its index revision: the last row's is the next page's
+cursor).
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def execution_json(d: ExecutionDescription) -> dict[str, Any]:
         "history_length": d.history_length,
         "error": error,
     }
+
+
+def listed_json(d: ExecutionDescription) -> dict[str, Any]:
+    """A row of ``perdure list --json``: an execution and its index ``revision`` (the last
+    row's revision is the cursor of the next page, ``--after``)."""
+    return {**execution_json(d), "revision": d.revision}
 
 
 def executions_table(items: Sequence[ExecutionDescription]) -> str:

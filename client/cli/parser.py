@@ -64,9 +64,11 @@ def add_verbs(sub: Any) -> None:
     p = verb("describe", "an execution's status, times and error")
     p.add_argument("id")
 
-    p = verb("list", "list executions, newest first")
+    p = verb("list", "list executions, most recently changed first, a page at a time")
     _filters(p, bulk=False)
+    p.add_argument("--prefix", default="", help="only executions whose id starts with this")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
+    p.add_argument("--after", help="the next page: the cursor the previous page printed (its last revision)")
 
     p = verb("history", "an execution's history: every step, its time and its events")
     p.add_argument("id")

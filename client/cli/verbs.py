@@ -10,12 +10,14 @@ from typing import Any
 import msgspec
 
 from perdure.client import Client, ExecutionDescription, ExecutionNotFound, WorkflowFailed, WorkflowHandle
+from perdure.runtime.errors import PayloadDecryptFailed, PayloadKeyMissing
 from perdure.runtime.messages import TERMINAL_STATUSES
 
 from .output import (
     description_text,
     execution_json,
     executions_table,
+    listed_json,
     print_error,
     print_json,
     print_text,
@@ -49,6 +51,9 @@ def check_usage(args: argparse.Namespace) -> None:
         remote_error(args.type, "")  # a bad --type is a usage error, found before connecting
     if getattr(args, "limit", 0) < 0:
         raise UsageError("--limit must be 0 (all) or more")
+    after = getattr(args, "after", None)
+    if after is not None and (not after.isdigit() or int(after) < 1):
+        raise UsageError(f"--after {after!r}: give the cursor a previous page printed (a revision)")
 
 
 def since_epoch(text: str, now: float | None = None) -> float:
@@ -120,6 +125,9 @@ async def result(client: Client, handle: WorkflowHandle, args: argparse.Namespac
             print_json({**execution_json(await handle.describe()), "result": None})
         print_error(f"{exc.code}: {exc}")
         return 1
+    except (PayloadKeyMissing, PayloadDecryptFailed) as exc:  # encrypted; no key here (PERDURE_PAYLOAD_KEYS)
+        value = "<encrypted>"
+        print_error(f"{exc.code}: {exc}")
     if args.json:
         print_json({**execution_json(await handle.describe()), "result": value})
     else:
@@ -128,19 +136,27 @@ async def result(client: Client, handle: WorkflowHandle, args: argparse.Namespac
 
 
 async def list_(client: Client, args: argparse.Namespace) -> int:
-    chosen = await select(client, args)
-    shown = chosen[: args.limit] if args.limit else chosen
+    """One page, most recently changed first; with ``--json`` each row has its ``revision``
+    (the last row's is the next page's ``--after``), in text a last line gives the cursor."""
+    page = await client.list_page(
+        status=args.status or None,
+        workflow=args.workflow or None,
+        prefix=args.prefix,
+        since=args.since or None,
+        limit=args.limit,
+        after=args.after,
+    )
     if args.json:
-        print_json([execution_json(d) for d in shown])
+        print_json([listed_json(d) for d in page.executions])
         return 0
-    print_text(executions_table(shown))
-    if len(shown) < len(chosen):
-        print_text(f"({len(shown)} of {len(chosen)}; --limit 0 shows all)")
+    print_text(executions_table(page.executions))
+    if page.next is not None:
+        print_text(f"(more: --after {page.next} shows the next page; --limit 0 shows all)")
     return 0
 
 
 async def history(handle: WorkflowHandle, args: argparse.Namespace) -> int:
-    steps = await handle.history_steps()
+    steps = await handle.history_steps(lenient=True)  # without the payload key: "<encrypted>"
     if args.jsonl:  # what `perdure replay --file` reads: one HistoryStep per line
         for step in steps:
             print_text(msgspec.json.encode(step).decode())
@@ -159,7 +175,7 @@ async def watch(client: Client, args: argparse.Namespace) -> int:
     shown = 0
     async for described in handle.watch():
         try:
-            steps = await handle.history_steps()
+            steps = await handle.history_steps(lenient=True)
         except ExecutionNotFound:  # indexed, first step not stored yet
             steps = []
         for number, step in enumerate(steps[shown:], shown + 1):

@@ -1,6 +1,6 @@
 """The console's routes: pages, the partials its script refreshes, the live stream, the actions.
 
-Every read goes through the public client (``list_executions``, ``describe``,
+Every read goes through the public client (``list_page``, ``describe``,
 ``history_steps``) or the KV readers of ``state.py``; every action through ``signal``,
 ``cancel`` and ``terminate``.
 """
@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import URL
@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from perdure.client import Client
-from perdure.runtime.errors import ExecutionNotFound, PerdureError
+from perdure.runtime.errors import ExecutionNotFound, InvalidPayload, PerdureError
 from perdure.runtime.events import HistoryStep
 from perdure.runtime.messages import TERMINAL_STATUSES
 from perdure.runtime.naming import partition_of
@@ -34,7 +34,7 @@ from . import state, views
 
 HERE = Path(__file__).parent
 STATUSES = ["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TERMINATED", "BLOCKED"]
-LIST_LIMIT = 500  # rows on the executions page; the filters narrow it down
+PAGE_SIZE = 100  # rows on a page of the executions list; "next page" shows the following ones
 NAMES_FROM_HISTORY = 100  # executions whose history is read to name their open activities
 
 
@@ -53,8 +53,9 @@ def _templates() -> Jinja2Templates:
 
 
 class Pages:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, page_size: int = PAGE_SIZE) -> None:
         self.client = client
+        self.page_size = page_size
         self.templates = _templates()
         self.stopping = asyncio.Event()  # set on shutdown: live streams end
 
@@ -80,21 +81,31 @@ class Pages:
     # ------------------------------------------------------------------ executions
 
     async def _listed(self, request: Request) -> dict[str, Any]:
+        """One page of the index, most recently changed first (client/index_pages.py)."""
         status = request.query_params.get("status") or None
         workflow = request.query_params.get("workflow", "").strip() or None
         prefix = request.query_params.get("prefix", "").strip()
-        found = await self.client.list_executions(status=status, workflow=workflow)
-        if prefix:
-            found = [d for d in found if d.execution_id.startswith(prefix)]
-        found.sort(key=lambda d: (d.started_at, d.execution_id), reverse=True)
+        after = request.query_params.get("after", "").strip() or None
+        page = await self.client.list_page(
+            status=status, workflow=workflow, prefix=prefix, limit=self.page_size, after=after
+        )
+        filters = {"status": status or "", "workflow": workflow or "", "prefix": prefix}
+        kept = {k: v for k, v in filters.items() if v}
         return {
-            "executions": found[:LIST_LIMIT],
-            "total": len(found),
-            "filters": {"status": status or "", "workflow": workflow or "", "prefix": prefix},
+            "executions": page.executions,
+            "indexed": page.indexed,
+            "after": after or "",
+            "next_url": f"/executions?{urlencode({**kept, 'after': page.next})}" if page.next else "",
+            "first_url": f"/executions?{urlencode(kept)}" if after else "",
+            "filters": filters,
         }
 
     async def executions(self, request: Request) -> Response:
-        return self.render(request, "executions.html", page="executions", **await self._listed(request))
+        try:
+            listed = await self._listed(request)
+        except InvalidPayload as exc:  # a hand-edited page cursor
+            return self.render(request, "error.html", 400, message=str(exc))
+        return self.render(request, "executions.html", page="executions", **listed)
 
     async def _execution(self, execution_id: str) -> dict[str, Any] | None:
         try:
@@ -114,7 +125,7 @@ class Pages:
     async def _steps(self, execution_id: str) -> list[HistoryStep]:
         # Indexed, its history not readable yet (or purged by continue-as-new): no steps.
         with contextlib.suppress(ExecutionNotFound):
-            return await self.client.get_handle(execution_id).history_steps()
+            return await self.client.get_handle(execution_id).history_steps(lenient=True)
         return []
 
     async def execution(self, request: Request) -> Response:
@@ -210,7 +221,7 @@ class Pages:
 
     async def _relations(self, execution_id: str) -> views.Relations:
         try:
-            return views.relations(await self.client.get_handle(execution_id).history_steps())
+            return views.relations(await self.client.get_handle(execution_id).history_steps(lenient=True))
         except ExecutionNotFound:
             return views.Relations()
 
@@ -246,8 +257,8 @@ def _same_origin(request: Request) -> bool:
     return origin is None or urlsplit(origin).netloc == request.headers.get("host")
 
 
-def create_app(client: Client) -> Starlette:
-    pages = Pages(client)
+def create_app(client: Client, *, page_size: int = PAGE_SIZE) -> Starlette:
+    pages = Pages(client, page_size=page_size)
     app = Starlette(routes=pages.routes())
     app.state.pages = pages
     return app

@@ -26,6 +26,7 @@ from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import ActivityRecord, Lease
 from perdure.runtime.naming import Names
 from perdure.runtime.nats_client import Connection, StoredMessage
+from perdure.runtime.payload_seal import sealer_for
 from perdure.runtime.tokens import TokenData, encode_token
 
 _TIMESTAMP_RE = re.compile(r"^(.*?\.\d{1,6})\d*(Z|[+-]\d\d:\d\d)$")
@@ -126,8 +127,11 @@ async def open_attempts(
                 attempts[key] = OpenAttempt(
                     execution_id, run, key[2], key[3], partition, record, stored_time(message)
                 )
+    sealer = sealer_for(conn, names)  # checkpoints may be encrypted or offloaded
     for key, attempt in attempts.items():
         _fill(attempt, per_attempt.get(key, {}), per_activity.get(key[:3], {}))
+        if attempt.checkpoint is not None:
+            attempt.checkpoint = await sealer.preview_raw(attempt.checkpoint)
     return sorted(attempts.values(), key=lambda a: (a.execution_id, a.seq, a.attempt))
 
 
