@@ -1,13 +1,12 @@
 """ExecutionActor: one execution, one step at a time.
 
-A step takes every inbox message waiting for the execution, translates the new ones into
-history inputs (``inbox_translation``), runs the workflow code on them, appends one
-``HistoryStep`` (``history_log``; a conflict means another owner wrote: reload, decide again),
-sends the step's effects, and acks the messages once all is stored (``step_acks``). A message
-that comes back after a crash is recognised by the ``redo_ledger``, and its step's effects
-are performed again. The actor keeps the mailbox, the ``Phase`` of its in-memory state and
-the conflict retries; replay (``run_replay``), eager attempts (``local_activities``), new
-runs (``run_rollover``), replies, queries, BLOCKED (``blocked``) live in their own modules.
+A step takes the inbox messages waiting for the execution (what fits in one history message, step_inputs),
+translates the new ones into history inputs (``inbox_translation``), runs the workflow code on them, appends
+one ``HistoryStep`` (``history_log``; a conflict means another owner wrote: reload, decide again), sends the
+step's effects, and acks the messages once all is stored (``step_acks``). A message that comes back after a
+crash is recognised by the ``redo_ledger``, and its step's effects are performed again. The actor keeps the
+mailbox, the ``Phase`` of its state and the conflict retries; replay (``run_replay``), eager attempts
+(``local_activities``), new runs (``run_rollover``), replies, queries, BLOCKED (``blocked``): own modules.
 """
 
 from __future__ import annotations

@@ -103,9 +103,14 @@ class StepAcks:
         try:
             await sent.finish()
         except PerdureError as exc:
-            # History has the step: its messages come back and their effects are redone.
+            # History has the step: its messages come back and their effects are redone. An
+            # eager outcome in it would come back closed, and be dropped: its scheduling step's
+            # messages come back instead, whose redo covers this step (redo_ledger.covered_by).
             self._log().warning("execution.effects_failed", error=str(exc))
-            await self.nak(batch, delay=1.0, hold=hold)
+            for delivery in batch:
+                if isinstance(delivery, LocalResult):
+                    delivery.drop()
+            await self.nak([d for d in batch if not isinstance(d, LocalResult)], delay=1.0, hold=hold)
             return
         await self._done(batch, hold)
         if self._settling is asyncio.current_task():
