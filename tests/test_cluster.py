@@ -53,17 +53,38 @@ WORKFLOWS = 100
 # ------------------------------------------------- the cluster (after test_deploy.py)
 
 
-async def connection_names(node: dict[str, Any]) -> set[str]:
-    """The names of the clients connected to a node (its monitoring endpoint's /connz)."""
+async def monitoring(node: dict[str, Any], path: str) -> dict[str, Any]:
+    """A node's monitoring endpoint ``path``, decoded."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", node["monitor_port"]), 1)
     try:
-        writer.write(b"GET /connz?limit=1000 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
         await writer.drain()
         response = await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
-    body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    body: dict[str, Any] = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    return body
+
+
+async def connection_names(node: dict[str, Any]) -> set[str]:
+    """The names of the clients connected to a node (its monitoring endpoint's /connz)."""
+    body = await monitoring(node, "/connz?limit=1000")
     return {c.get("name", "") for c in body.get("connections") or []}
+
+
+async def meta_settled(nodes: list[dict[str, Any]]) -> bool:
+    """The JetStream meta leader sees every other server current. Healthy nodes alone are not
+    enough: a runtime provisioning R3 streams just then was refused (JetStream 10005, "no
+    suitable peers for placement, peer offline"; 2 cluster runs in 28)."""
+    for node in nodes:
+        with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
+            meta = (await monitoring(node, "/jsz")).get("meta_cluster") or {}
+            if meta.get("leader") == node["server_name"]:
+                peers = meta.get("replicas") or []
+                return len(peers) == len(nodes) - 1 and all(
+                    p.get("current") and not p.get("offline") for p in peers
+                )
+    return False
 
 
 def start_node(node: dict[str, Any], cwd: Path) -> subprocess.Popen:
@@ -96,6 +117,9 @@ async def nats_cluster(
                         break
                 assert time.monotonic() < deadline, f"{node['server_name']} never became healthy"
                 await asyncio.sleep(0.1)
+        while not await meta_settled(nodes):
+            assert time.monotonic() < deadline, "the JetStream meta group never had every peer current"
+            await asyncio.sleep(0.1)
         yield nodes, procs
     except BaseException:
         for node in nodes:
