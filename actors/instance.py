@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any, TypeVar, assert_never
 
 import msgspec
 
@@ -71,6 +71,7 @@ from .workflow_timers import WorkflowTimers
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
 
+T = TypeVar("T")
 __all__ = ["Activation", "ContinueAsNew", "WorkflowInstance", "describe", "evict", "same_command"]
 
 
@@ -180,12 +181,17 @@ class WorkflowInstance:
         loop) holds neither the runtime's event loop nor its leases; past ``budget`` seconds
         the step fails with ``StepBudgetExceeded`` (see ``workflow_threads.py``). The instance
         is then unusable: the owner evicts it, and it tears down when the code lets go."""
+        return await self.run_steps(lambda: self.activate(inputs, time, expected=expected), budget=budget)
+
+    async def run_steps(self, steps: Callable[[], T], *, budget: float | None = None) -> T:
+        """Run ``steps`` (a function calling ``activate`` once, or once per step of a replay)
+        in one workflow-thread hop; each ``activate`` in it has the step budget."""
         threads = workflow_threads()
         budget = threads.budget if budget is None else budget  # the runtime's Settings.step_budget
         if budget <= 0:
-            return self.activate(inputs, time, expected=expected)
+            return steps()
         try:
-            return await threads.run(lambda: self.activate(inputs, time, expected=expected), budget=budget)
+            return await threads.run(steps, budget=budget, progress=lambda: self.step_index)
         except StepOverrun as overrun:
             raise StepBudgetExceeded(
                 f"{self._where()}: workflow code {overrun}; workflow code must not block "
