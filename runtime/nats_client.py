@@ -38,6 +38,7 @@ from .errors import (
     HistoryConflict,
     PayloadTooLarge,
     PerdureError,
+    PermissionDenied,
     Unavailable,
 )
 from .limits import payload_limit
@@ -174,8 +175,11 @@ class Connection:
         self._nc = nc
         self._ack_timeout = ack_timeout
         # Replies to pipelined requests (publish acks, purges), routed by the token ending
-        # their reply subject: (future, what it was for, its timeout, whether it is a purge).
-        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, asyncio.TimerHandle, bool]] = {}
+        # their reply subject: (future, what it was for, its deadline, whether it is a purge,
+        # the subject sent to). Oldest first: one timer (``_expire_acks``) serves them all
+        # instead of a timer per publish (a timer handle, a heap push and a cancel each).
+        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, float, bool, str]] = {}
+        self._acks_timer: asyncio.TimerHandle | None = None
         self._ack_prefix = b""
         self._ack_counter = 0
         self._ack_sub: Any = None
@@ -265,6 +269,7 @@ class Connection:
         conn = cls(nc)
         conn._watch = watch
         conn._denied = PermissionWatch(options.inbox_prefix or "_INBOX")
+        conn._denied.on_denied(conn._fail_denied)
         watch.bind(nc.close, conn._fail_acks)
         holder.append(conn)
         await conn._start_ack_mux()
@@ -286,11 +291,21 @@ class Connection:
             raise refused
 
     def _fail_acks(self, error: ConnectionLost) -> None:
-        for fut, _, handle, _purge in self._acks.values():
-            handle.cancel()
+        if self._acks_timer is not None:
+            self._acks_timer.cancel()
+            self._acks_timer = None
+        for fut, *_ in self._acks.values():
             if not fut.done():
                 fut.set_exception(error)
         self._acks.clear()
+
+    def _fail_denied(self, subject: str, error: PermissionDenied) -> None:
+        """The server refused publishes to ``subject``: their acks will never come."""
+        for token, (fut, _, _, _, sent_to) in list(self._acks.items()):
+            if sent_to.lower() == subject:
+                del self._acks[token]
+                if not fut.done():
+                    fut.set_exception(error)
 
     @property
     def lost(self) -> ConnectionLost | None:
@@ -397,8 +412,7 @@ class Connection:
         entry = self._acks.pop(token, None)
         if entry is None:
             return
-        fut, subject, handle, is_purge = entry
-        handle.cancel()
+        fut, subject, _, is_purge, _ = entry
         if fut.done():
             return
         if is_purge:
@@ -436,12 +450,20 @@ class Connection:
         else:
             fut.set_result(body.purged)
 
-    def _expire_ack(self, token: bytes) -> None:
-        entry = self._acks.pop(token, None)
-        if entry and not entry[0].done():
-            entry[0].set_exception(
-                ConnectionLost(f"JetStream did not acknowledge the publish to {entry[1]} in time")
-            )
+    def _expire_acks(self) -> None:
+        """Fail the acks past their deadline (the oldest come first), then wait for the next."""
+        self._acks_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for token, (fut, about, deadline, _, _) in list(self._acks.items()):
+            if deadline > now:
+                self._acks_timer = loop.call_at(deadline, self._expire_acks)
+                return
+            del self._acks[token]
+            if not fut.done():
+                fut.set_exception(
+                    ConnectionLost(f"JetStream did not acknowledge the publish to {about} in time")
+                )
 
     async def publish_nowait(
         self,
@@ -489,14 +511,13 @@ class Connection:
         fut: asyncio.Future[Any] = loop.create_future()
         self._ack_counter += 1
         token = str(self._ack_counter).encode()
-        handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
-        self._acks[token] = (fut, about, handle, purge)
-        self._denied.attach(subject, fut)
+        self._acks[token] = (fut, about, loop.time() + self._ack_timeout, purge, subject)
+        if self._acks_timer is None:
+            self._acks_timer = loop.call_later(self._ack_timeout, self._expire_acks)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
             self._acks.pop(token, None)
-            handle.cancel()
             with map_errors(what):
                 raise
         return fut
