@@ -24,6 +24,7 @@ managers do nothing, and nothing else is imported or allocated.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -61,9 +62,17 @@ def _on() -> bool:
         return True
     if _trace is None:
         return False
+    # The API's global, read directly: get_tracer_provider() reads os.environ on each call
+    # until a provider is set (about 10 us, several times a step). Set once, never unset.
+    if getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _PROVIDER_FROM_ENV:
+        return False
     provider = _trace.get_tracer_provider()
     _real_provider = not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
     return _real_provider
+
+
+_UNKNOWN = object()  # a later opentelemetry without the global: ask get_tracer_provider()
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ  # loaded by the first ask
 
 
 # The span of the step under way, begun once the step knows its execution's trace context.
