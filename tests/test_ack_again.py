@@ -35,7 +35,9 @@ async def test_an_ack_lost_with_the_server_is_sent_again_after_the_reconnect(tmp
         admin = await nats.connect(server.url)
         js = admin.jetstream()
         await js.add_stream(StreamConfig(name="ACKS", subjects=["acks.>"]))
-        await js.add_consumer("ACKS", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+        await js.add_consumer(
+            "ACKS", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+        )
         await js.publish("acks.1", b"work")
         await admin.close()
 
