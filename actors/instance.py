@@ -257,10 +257,7 @@ class WorkflowInstance:
 
     def _run_until_blocked(self) -> None:
         """Run ready callbacks; re-check conditions, which may make more code ready."""
-        while True:
-            self.loop.run_ready()
-            if not self.loop.run_in_workflow(self.conditions.check):
-                return
+        self.loop.run_until_blocked(self.conditions.check)
 
     def _where(self) -> str:
         return f"workflow {self.definition.name!r} execution {self.execution_id!r} step {self.step_index}"
