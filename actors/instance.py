@@ -96,7 +96,7 @@ class WorkflowInstance:
         self.execution_id = execution_id
         self.run = run
         self.loop = ReplayLoop(self)  # type: ignore[abstract]  # what it does not implement, it refuses
-        self.random = random.Random(f"{execution_id}:{run}")
+        self._random: random.Random | None = None  # made on first use: 2.8 KiB of state each
         self.replaying = False
         self.history_length = 0
         self.step_index = 0
@@ -137,6 +137,13 @@ class WorkflowInstance:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel_requested
+
+    @property
+    def random(self) -> random.Random:
+        """The execution's generator, seeded by execution and run: replays draw the same numbers."""
+        if self._random is None:
+            self._random = random.Random(f"{self.execution_id}:{self.run}")
+        return self._random
 
     def dormant(self, now: float, horizon: float) -> bool:
         """Nothing of its own will happen within ``horizon`` seconds: closed, or waiting only
