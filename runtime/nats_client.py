@@ -153,6 +153,14 @@ def _headers(
     return out
 
 
+def wire_size_bound(data: bytes, headers: dict[str, str] | None) -> int:
+    """At least ``wire_size``, from character counts (a character is at most 4 UTF-8 bytes)."""
+    if not headers:
+        return len(data)
+    chars = sum(map(len, headers)) + sum(map(len, headers.values()))
+    return len(data) + 12 + 4 * (chars + 4 * len(headers))
+
+
 def wire_size(data: bytes, headers: dict[str, str] | None) -> int:
     """The size nats-server checks against ``max_payload``: the payload and the header block
     (``NATS/1.0\r\n``, ``key: value\r\n`` per header, ``\r\n``), as nats-py writes it."""
@@ -365,6 +373,8 @@ class Connection:
     def check_fits(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Refuse a message the server would refuse: it would close this connection for it
         (``maximum payload exceeded``), failing everything else in flight on it."""
+        if wire_size_bound(data, headers) <= self.max_payload:
+            return  # the hot path: surely fits, no header encoded to count its bytes
         size = wire_size(data, headers)
         if size > self.max_payload:
             raise PayloadTooLarge(
