@@ -132,21 +132,32 @@ class Decisions:
             )
 
 
+# The field holding the user payload an event carries into history, by event type (a dict
+# lookup: this runs for every event of every step, replays included).
+_PAYLOAD_FIELD: dict[type, str] = {
+    WorkflowStarted: "input",
+    ActivityScheduled: "input",
+    ChildStarted: "input",
+    WorkflowContinuedAsNew: "input",
+    WorkflowCompleted: "result",
+    ActivityCompleted: "result",
+    ChildClosed: "result",
+    SignalReceived: "payload",
+    ActivityProgressed: "details",
+}
+
+
+_ERROR_EVENTS = (WorkflowFailed, ActivityFailed, ActivityRetrying)
+
+
 def payload_bytes(event: InputEvent | Decision) -> int:
     """The user payload an event carries into history (what can be large)."""
-    match event:
-        case WorkflowStarted() | ActivityScheduled() | ChildStarted() | WorkflowContinuedAsNew():
-            return len(event.input)
-        case WorkflowCompleted() | ActivityCompleted() | ChildClosed():
-            return len(event.result)
-        case SignalReceived():
-            return len(event.payload)
-        case ActivityProgressed():
-            return len(event.details)
-        case WorkflowFailed() | ActivityFailed() | ActivityRetrying():
-            return len(event.error.message) + len(event.error.traceback) + len(event.error.details)
-        case _:
-            return 0
+    name = _PAYLOAD_FIELD.get(type(event))
+    if name is not None:
+        return len(getattr(event, name))
+    if isinstance(event, _ERROR_EVENTS):
+        return len(event.error.message) + len(event.error.traceback) + len(event.error.details)
+    return 0
 
 
 def bounded(info: ErrorInfo) -> ErrorInfo:

@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any, TypeVar, assert_never
 
 import msgspec
 
@@ -71,6 +71,7 @@ from .workflow_timers import WorkflowTimers
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
 
+T = TypeVar("T")
 __all__ = ["Activation", "ContinueAsNew", "WorkflowInstance", "describe", "evict", "same_command"]
 
 
@@ -95,7 +96,7 @@ class WorkflowInstance:
         self.execution_id = execution_id
         self.run = run
         self.loop = ReplayLoop(self)  # type: ignore[abstract]  # what it does not implement, it refuses
-        self.random = random.Random(f"{execution_id}:{run}")
+        self._random: random.Random | None = None  # made on first use: 2.8 KiB of state each
         self.replaying = False
         self.history_length = 0
         self.step_index = 0
@@ -136,6 +137,13 @@ class WorkflowInstance:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel_requested
+
+    @property
+    def random(self) -> random.Random:
+        """The execution's generator, seeded by execution and run: replays draw the same numbers."""
+        if self._random is None:
+            self._random = random.Random(f"{self.execution_id}:{self.run}")
+        return self._random
 
     def dormant(self, now: float, horizon: float) -> bool:
         """Nothing of its own will happen within ``horizon`` seconds: closed, or waiting only
@@ -180,12 +188,17 @@ class WorkflowInstance:
         loop) holds neither the runtime's event loop nor its leases; past ``budget`` seconds
         the step fails with ``StepBudgetExceeded`` (see ``workflow_threads.py``). The instance
         is then unusable: the owner evicts it, and it tears down when the code lets go."""
+        return await self.run_steps(lambda: self.activate(inputs, time, expected=expected), budget=budget)
+
+    async def run_steps(self, steps: Callable[[], T], *, budget: float | None = None) -> T:
+        """Run ``steps`` (a function calling ``activate`` once, or once per step of a replay)
+        in one workflow-thread hop; each ``activate`` in it has the step budget."""
         threads = workflow_threads()
         budget = threads.budget if budget is None else budget  # the runtime's Settings.step_budget
         if budget <= 0:
-            return self.activate(inputs, time, expected=expected)
+            return steps()
         try:
-            return await threads.run(lambda: self.activate(inputs, time, expected=expected), budget=budget)
+            return await threads.run(steps, budget=budget, progress=lambda: self.step_index)
         except StepOverrun as overrun:
             raise StepBudgetExceeded(
                 f"{self._where()}: workflow code {overrun}; workflow code must not block "
@@ -251,10 +264,7 @@ class WorkflowInstance:
 
     def _run_until_blocked(self) -> None:
         """Run ready callbacks; re-check conditions, which may make more code ready."""
-        while True:
-            self.loop.run_ready()
-            if not self.loop.run_in_workflow(self.conditions.check):
-                return
+        self.loop.run_until_blocked(self.conditions.check)
 
     def _where(self) -> str:
         return f"workflow {self.definition.name!r} execution {self.execution_id!r} step {self.step_index}"

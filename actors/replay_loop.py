@@ -175,10 +175,22 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     def run_ready(self) -> None:
         """Run callbacks until none is ready: the workflow is blocked on something durable."""
         with _running(self):
-            while self._ready:
-                handle = self._ready.popleft()
-                if not handle.cancelled():
-                    handle._run()
+            self._run_ready()
+
+    def run_until_blocked(self, recheck: Callable[[], bool]) -> None:
+        """Run callbacks until none is ready, then ``recheck()`` (a condition's predicates)
+        and go on while it made more code ready; one running-loop switch for the step."""
+        with _running(self):
+            self._run_ready()
+            while recheck():
+                self._run_ready()
+
+    def _run_ready(self) -> None:
+        ready = self._ready
+        while ready:
+            handle = ready.popleft()
+            if not handle.cancelled():
+                handle._run()
 
     # ------------------------------------------------------------------- plumbing
 

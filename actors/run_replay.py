@@ -45,15 +45,21 @@ async def replay_run(
     instance = WorkflowInstance(definition, execution_id, run=started.run)
     ref = ExecutionRef(execution_id, definition.name, started.run, partition, steps[0].time)
     eager: dict[int, StartAttempt] = {}
-    divergence = None
+
+    def replay_all() -> str | None:
+        """In one workflow-thread hop (a thread hop per step cost more than the steps)."""
+        try:
+            for index, step in enumerate(steps):
+                activation = instance.activate(step.inputs, step.time, expected=step.decisions)
+                ledger.remember(index, step.absorbed, activation.effects)
+                if step.eager:
+                    eager.update(started_attempts(activation.effects, step.eager))
+        except NonDeterminismError as exc:
+            return str(exc)
+        return None
+
     try:
-        for index, step in enumerate(steps):
-            activation = await instance.run_step(step.inputs, step.time, expected=step.decisions)
-            ledger.remember(index, step.absorbed, activation.effects)
-            if step.eager:
-                eager.update(started_attempts(activation.effects, step.eager))
-    except NonDeterminismError as exc:
-        divergence = str(exc)
+        divergence = await instance.run_steps(replay_all)
     except BaseException:
         instance.evict()  # a half-replayed instance is dropped on purpose (a step past its budget, say)
         raise

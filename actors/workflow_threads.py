@@ -69,6 +69,8 @@ class _Step(Generic[T]):
         self._poked = False
         self.overran = False  # set while it runs, by the event loop, once past its budget
         self.timer: asyncio.TimerHandle | None = None  # the budget re-armed for a queued step
+        self.progress: Callable[[], int] | None = None  # a job of several steps: steps begun
+        self.mark = 0  # ``progress()`` when the budget was last armed
 
     def run(self) -> None:
         """In a pool thread: run the step, then hand the outcome to the event loop."""
@@ -171,10 +173,18 @@ class WorkflowThreads:
         self._threads = 0
         self._stuck = 0
 
-    async def run(self, fn: Callable[[], T], *, budget: float) -> T:
-        """Run ``fn`` in a workflow thread; past ``budget`` seconds raise ``StepOverrun``."""
+    async def run(
+        self, fn: Callable[[], T], *, budget: float, progress: Callable[[], int] | None = None
+    ) -> T:
+        """Run ``fn`` in a workflow thread; past ``budget`` seconds raise ``StepOverrun``.
+
+        ``progress``: ``fn`` runs several steps (a replay: one hop for the whole history, not
+        one per step); it counts the steps begun, and the budget starts again with each, so
+        a step fails once it ran for between one and two budgets."""
         loop = asyncio.get_running_loop()
         step: _Step[T] = _Step(fn, loop)
+        if progress is not None:
+            step.progress, step.mark = progress, progress()
         self._grow()
         self._steps.put(step)
         # One timer handle per step (cheaper than wait_for + shield: this runs for every step).
@@ -190,6 +200,10 @@ class WorkflowThreads:
         """On the event loop, when a step's budget is spent: fail it if it is running; one
         still queued (behind stuck steps) has not begun its budget yet."""
         if step.done.done():
+            return
+        if step.progress is not None and step.progress() != step.mark:
+            step.mark = step.progress()  # a later step of the job: its budget begins now
+            step.timer = step.loop.call_later(budget, self._check, step, budget)
             return
         if not step.overrun():
             step.timer = step.loop.call_later(budget, self._check, step, budget)

@@ -186,6 +186,7 @@ class Client:
         if ack.duplicate and on_conflict == "fail":
             # Started moments ago by someone else (the index may not show it yet).
             raise ExecutionAlreadyExists(f"execution {execution_id!r} was already started")
+        handle._start_stored = True
         return handle
 
     def get_handle(self, execution_id: str, workflow: Any = None) -> WorkflowHandle:

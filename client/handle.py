@@ -67,6 +67,9 @@ class WorkflowHandle:
         self._client = client
         self.id = execution_id
         self._workflow = workflow
+        # Set by ``Client.start`` once the inbox stored the start: the execution exists, and
+        # ``result()`` need not look for it in the inbox and history before the index shows it.
+        self._start_stored = False
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
@@ -178,6 +181,8 @@ class WorkflowHandle:
         await self._client.call(verbs.CANCEL, CancelWorkflow(reason=reason), execution_id=self.id)
 
     async def _require_exists(self) -> None:
+        if self._start_stored:
+            return
         client = self._client
         await require_execution(client.conn, client.names, self.id, await client.partitions())
 

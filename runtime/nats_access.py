@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import NotAuthenticated, PerdureError, PermissionDenied, TLSRefused
@@ -107,14 +107,14 @@ class PermissionWatch:
     ``guard(*prefixes)`` covers a block run by one task: a violation on a subject starting
     with one of ``prefixes`` cancels the task, and the block raises ``PermissionDenied`` instead (the
     same way ``asyncio.timeout`` turns its cancellation into ``TimeoutError``).
-    ``attach(subject, future)`` covers a pipelined publish's ack future. Violations are
-    rare; the cost on the hot path is a dict entry per operation.
+    ``on_denied(listener)`` lets the connection fail its pipelined publishes' ack futures.
+    Violations are rare; the hot path pays nothing per publish.
     """
 
     def __init__(self, inbox_prefix: str = "_INBOX") -> None:
         self._inbox = inbox_prefix.lower()  # where this connection's replies arrive
         self._guards: list[_Guard] = []
-        self._futures: dict[str, set[asyncio.Future[Any]]] = {}
+        self._listeners: list[Callable[[str, PermissionDenied], None]] = []
         self._refused_inbox: str | None = None  # a reply subscription the server refused
 
     def report(self, exc: BaseException) -> PermissionDenied | None:
@@ -130,9 +130,8 @@ class PermissionWatch:
             f"permission denied: this NATS user may not {'publish to' if kind == 'publish' else 'subscribe to'} "
             f"{subject!r} (permissions violation); see the README's Security section for what each role needs"
         )
-        for fut in self._futures.pop(subject, ()):
-            if not fut.done():
-                fut.set_exception(denied)
+        for listener in self._listeners:
+            listener(subject, denied)
         for guard in self._guards:  # a lost reply subscription: no request can be answered
             if guard.denied is None and (subject.startswith(guard.prefixes) or inbox):
                 guard.denied = denied
@@ -151,18 +150,11 @@ class PermissionWatch:
             "it may subscribe to (permissions violation)"
         )
 
-    def attach(self, subject: str, fut: asyncio.Future[Any]) -> None:
-        key = subject.lower()
-        waiting = self._futures.setdefault(key, set())
-        waiting.add(fut)
-        fut.add_done_callback(lambda f: self._detach(key, f))
-
-    def _detach(self, key: str, fut: asyncio.Future[Any]) -> None:
-        waiting = self._futures.get(key)
-        if waiting is not None:
-            waiting.discard(fut)
-            if not waiting:
-                del self._futures[key]
+    def on_denied(self, listener: Callable[[str, PermissionDenied], None]) -> None:
+        """Call ``listener(subject, error)`` on each violation (lower-case subject): the
+        connection fails its pipelined publishes to that subject (found in its table of
+        pending acks, so the hot path adds nothing per publish)."""
+        self._listeners.append(listener)
 
     @contextlib.contextmanager
     def guard(self, *prefixes: str) -> Iterator[None]:

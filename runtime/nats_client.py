@@ -38,6 +38,7 @@ from .errors import (
     HistoryConflict,
     PayloadTooLarge,
     PerdureError,
+    PermissionDenied,
     Unavailable,
 )
 from .limits import payload_limit
@@ -152,6 +153,14 @@ def _headers(
     return out
 
 
+def wire_size_bound(data: bytes, headers: dict[str, str] | None) -> int:
+    """At least ``wire_size``, from character counts (a character is at most 4 UTF-8 bytes)."""
+    if not headers:
+        return len(data)
+    chars = sum(map(len, headers)) + sum(map(len, headers.values()))
+    return len(data) + 12 + 4 * (chars + 4 * len(headers))
+
+
 def wire_size(data: bytes, headers: dict[str, str] | None) -> int:
     """The size nats-server checks against ``max_payload``: the payload and the header block
     (``NATS/1.0\r\n``, ``key: value\r\n`` per header, ``\r\n``), as nats-py writes it."""
@@ -174,8 +183,11 @@ class Connection:
         self._nc = nc
         self._ack_timeout = ack_timeout
         # Replies to pipelined requests (publish acks, purges), routed by the token ending
-        # their reply subject: (future, what it was for, its timeout, whether it is a purge).
-        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, asyncio.TimerHandle, bool]] = {}
+        # their reply subject: (future, what it was for, its deadline, whether it is a purge,
+        # the subject sent to). Oldest first: one timer (``_expire_acks``) serves them all
+        # instead of a timer per publish (a timer handle, a heap push and a cancel each).
+        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, float, bool, str]] = {}
+        self._acks_timer: asyncio.TimerHandle | None = None
         self._ack_prefix = b""
         self._ack_counter = 0
         self._ack_sub: Any = None
@@ -265,6 +277,7 @@ class Connection:
         conn = cls(nc)
         conn._watch = watch
         conn._denied = PermissionWatch(options.inbox_prefix or "_INBOX")
+        conn._denied.on_denied(conn._fail_denied)
         watch.bind(nc.close, conn._fail_acks)
         holder.append(conn)
         await conn._start_ack_mux()
@@ -286,11 +299,21 @@ class Connection:
             raise refused
 
     def _fail_acks(self, error: ConnectionLost) -> None:
-        for fut, _, handle, _purge in self._acks.values():
-            handle.cancel()
+        if self._acks_timer is not None:
+            self._acks_timer.cancel()
+            self._acks_timer = None
+        for fut, *_ in self._acks.values():
             if not fut.done():
                 fut.set_exception(error)
         self._acks.clear()
+
+    def _fail_denied(self, subject: str, error: PermissionDenied) -> None:
+        """The server refused publishes to ``subject``: their acks will never come."""
+        for token, (fut, _, _, _, sent_to) in list(self._acks.items()):
+            if sent_to.lower() == subject:
+                del self._acks[token]
+                if not fut.done():
+                    fut.set_exception(error)
 
     @property
     def lost(self) -> ConnectionLost | None:
@@ -350,6 +373,8 @@ class Connection:
     def check_fits(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Refuse a message the server would refuse: it would close this connection for it
         (``maximum payload exceeded``), failing everything else in flight on it."""
+        if wire_size_bound(data, headers) <= self.max_payload:
+            return  # the hot path: surely fits, no header encoded to count its bytes
         size = wire_size(data, headers)
         if size > self.max_payload:
             raise PayloadTooLarge(
@@ -397,8 +422,7 @@ class Connection:
         entry = self._acks.pop(token, None)
         if entry is None:
             return
-        fut, subject, handle, is_purge = entry
-        handle.cancel()
+        fut, subject, _, is_purge, _ = entry
         if fut.done():
             return
         if is_purge:
@@ -436,12 +460,20 @@ class Connection:
         else:
             fut.set_result(body.purged)
 
-    def _expire_ack(self, token: bytes) -> None:
-        entry = self._acks.pop(token, None)
-        if entry and not entry[0].done():
-            entry[0].set_exception(
-                ConnectionLost(f"JetStream did not acknowledge the publish to {entry[1]} in time")
-            )
+    def _expire_acks(self) -> None:
+        """Fail the acks past their deadline (the oldest come first), then wait for the next."""
+        self._acks_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for token, (fut, about, deadline, _, _) in list(self._acks.items()):
+            if deadline > now:
+                self._acks_timer = loop.call_at(deadline, self._expire_acks)
+                return
+            del self._acks[token]
+            if not fut.done():
+                fut.set_exception(
+                    ConnectionLost(f"JetStream did not acknowledge the publish to {about} in time")
+                )
 
     async def publish_nowait(
         self,
@@ -489,14 +521,13 @@ class Connection:
         fut: asyncio.Future[Any] = loop.create_future()
         self._ack_counter += 1
         token = str(self._ack_counter).encode()
-        handle = loop.call_later(self._ack_timeout, self._expire_ack, token)
-        self._acks[token] = (fut, about, handle, purge)
-        self._denied.attach(subject, fut)
+        self._acks[token] = (fut, about, loop.time() + self._ack_timeout, purge, subject)
+        if self._acks_timer is None:
+            self._acks_timer = loop.call_later(self._ack_timeout, self._expire_acks)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
             self._acks.pop(token, None)
-            handle.cancel()
             with map_errors(what):
                 raise
         return fut

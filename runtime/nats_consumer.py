@@ -10,8 +10,10 @@ finished with a message (``release``), which bounds what is in flight.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,33 @@ from .nats_client import Connection, map_errors, nats_core
 
 log = structlog.get_logger("perdure.consumer")
 
-ACK_CONFIRM_WITHIN = 5.0  # seconds an ack is re-sent until the server confirms it
+RECENT_ACKS_WINDOW = 5.0  # seconds of acks sent again after a reconnect
+RECENT_ACKS_MAX = 10_000
+
+
+class RecentAcks:
+    """The acks a consumer sent in its last few seconds of work, sent again after a reconnect.
+
+    A plain ack (no reply) that reaches a server as it stops is lost without a word, and
+    its message then waits the whole ack wait (30 s) to come back (issue 10: an inbox
+    message left after a NATS restart). Waiting for every ack's confirmation (``ack_sync``)
+    cured it at a request per message on the hot path; acking again after a reconnect
+    cures it at no cost while connected. Acking an acked message again is harmless; the
+    window runs on the time of the acks themselves, so the acks sent just before a
+    disconnect are still here when the reconnect comes, however long it takes."""
+
+    def __init__(self) -> None:
+        self._acks: collections.deque[tuple[float, str]] = collections.deque()
+
+    def note(self, reply: str) -> None:
+        now = time.monotonic()
+        acks = self._acks
+        acks.append((now, reply))
+        while acks and (acks[0][0] < now - RECENT_ACKS_WINDOW or len(acks) > RECENT_ACKS_MAX):
+            acks.popleft()
+
+    def replies(self) -> list[str]:
+        return [reply for _, reply in self._acks]
 
 
 class ConsumerGone(PerdureError):
@@ -51,30 +79,14 @@ class Delivery:
     num_delivered: int
     _msg: Any
     _release: Callable[[int], None] | None = None
+    _recent: RecentAcks | None = None
 
-    async def ack(self, within: float = ACK_CONFIRM_WITHIN) -> bool:
-        """An ack the server confirms (``ack_sync``), sent again through a short outage: a
-        plain ack that reaches a server as it stops is lost without a word, and its message
-        then waits the whole ack wait (30 s) to come back (issue 10: an inbox message left
-        after a NATS restart). A repeated ack of an acked message is harmless."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            try:
-                await self._msg.ack_sync(timeout=min(1.0, max(0.1, deadline - loop.time())))
-                return True
-            except nats.errors.MsgAlreadyAckdError:
-                return True
-            except nats.errors.NoRespondersError as exc:  # its consumer is gone: nobody to ack
-                log.warning("delivery.reply_failed", reply="ack", stream_seq=self.stream_seq, error=repr(exc))
-                return False
-            except (nats.errors.Error, OSError) as exc:  # timeout, no responders, reconnecting
-                if loop.time() >= deadline:
-                    log.warning(
-                        "delivery.reply_failed", reply="ack", stream_seq=self.stream_seq, error=repr(exc)
-                    )
-                    return False
-            await asyncio.sleep(0.2)
+    async def ack(self) -> bool:
+        """Ack (a plain publish, no round trip); the consumer sends it again after a
+        reconnect (``RecentAcks``)."""
+        if self._recent is not None:
+            self._recent.note(self._msg.reply)
+        return await self._reply("ack", self._msg.ack())
 
     async def nak(self, delay: float | None = None) -> bool:
         return await self._reply("nak", self._msg.nak(delay=delay))
@@ -101,7 +113,9 @@ class Delivery:
         return False
 
 
-def _delivery(msg: _Msg, release: Callable[[int], None] | None = None) -> Delivery:
+def _delivery(
+    msg: _Msg, release: Callable[[int], None] | None = None, recent: RecentAcks | None = None
+) -> Delivery:
     # Reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
     # (or the v2 form with domain/account hash prefixed); count tokens from the end.
     tokens = msg.reply.split(".")
@@ -113,6 +127,7 @@ def _delivery(msg: _Msg, release: Callable[[int], None] | None = None) -> Delive
         num_delivered=int(tokens[-5]),
         _msg=msg,
         _release=release,
+        _recent=recent,
     )
 
 
@@ -141,18 +156,19 @@ class PullConsumer:
         self._last_seen = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        self._recent_acks = RecentAcks()
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
-        self._conn.on_reconnect(self._reset)
+        self._conn.on_reconnect(self._reconnected)
         self._last_seen = asyncio.get_running_loop().time()
         self._arm_watchdog()
         await self._pull()
 
     async def stop(self) -> None:
         self._closed = True
-        self._conn.remove_reconnect_listener(self._reset)
+        self._conn.remove_reconnect_listener(self._reconnected)
         if self._watchdog:
             self._watchdog.cancel()
         if self._sub is not None:
@@ -210,7 +226,7 @@ class PullConsumer:
         if not status:
             self._outstanding = max(0, self._outstanding - 1)
             self._available -= 1
-            self._queue.put_nowait(_delivery(msg, self.release))
+            self._queue.put_nowait(_delivery(msg, self.release, self._recent_acks))
             return
         await self._on_status(status, msg)
 
@@ -248,6 +264,21 @@ class PullConsumer:
             return
         self._outstanding = 0
         asyncio.get_running_loop().create_task(self._pull())
+
+    def _reconnected(self) -> None:
+        asyncio.get_running_loop().create_task(self._ack_again())
+        self._reset()
+
+    async def _ack_again(self) -> None:
+        """The acks of the last seconds before the disconnect, sent again (``RecentAcks``)."""
+        replies = self._recent_acks.replies()
+        try:
+            for reply in replies:
+                await self._nc.publish(reply, b"+ACK")
+        except Exception as exc:  # disconnected again: the next reconnect sends them
+            log.debug("consumer.ack_again_failed", consumer=self.name, error=str(exc))
+        else:
+            log.debug("consumer.acked_again", consumer=self.name, acks=len(replies))
 
     def _arm_watchdog(self) -> None:
         if self._closed:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
+import os
+import threading
 
 import msgspec
 
@@ -31,8 +32,22 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(TokenData)
 
 
+_NONCE_BYTES = 12
+# One getrandom() call per 64 nonces instead of one per activity scheduled: a nonce is drawn in
+# every step that schedules an activity (workflow threads, hence the lock). Same source and
+# strength as ``secrets.token_urlsafe(12)``; a forked child starts with an empty pool.
+_pool = bytearray()
+_pool_lock = threading.Lock()
+os.register_at_fork(after_in_child=_pool.clear)
+
+
 def new_nonce() -> str:
-    return secrets.token_urlsafe(12)
+    with _pool_lock:
+        if not _pool:
+            _pool.extend(os.urandom(_NONCE_BYTES * 64))
+        chunk = bytes(_pool[-_NONCE_BYTES:])
+        del _pool[-_NONCE_BYTES:]
+    return base64.urlsafe_b64encode(chunk).decode()
 
 
 def encode_token(data: TokenData) -> str:

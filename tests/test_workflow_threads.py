@@ -76,3 +76,22 @@ async def test_pokes_reach_only_the_step_they_were_meant_for() -> None:
     for i, outcome in enumerate(outcomes):
         assert outcome == i or isinstance(outcome, StepOverrun), outcome
     assert await threads.run(lambda: "still fine", budget=1.0) == "still fine"
+
+
+async def test_a_job_of_many_steps_has_the_budget_of_each_step() -> None:
+    """A replay runs every step of a history in one hop: the job may take longer than the
+    budget as long as each step ends within it; a step that overruns still fails the job."""
+    threads = WorkflowThreads()
+    begun = [0]
+
+    def replay(slow_step: int | None) -> str:
+        for step in range(6):
+            begun[0] += 1
+            time.sleep(1.5 if step == slow_step else 0.1)  # the step's own work
+        return "replayed"
+
+    began = time.monotonic()
+    assert await threads.run(lambda: replay(None), budget=0.25, progress=lambda: begun[0]) == "replayed"
+    assert time.monotonic() - began > 0.5  # longer than the budget, in steps within it
+    with pytest.raises(StepOverrun):
+        await threads.run(lambda: replay(2), budget=0.25, progress=lambda: begun[0])
