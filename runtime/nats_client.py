@@ -786,7 +786,10 @@ class Connection:
                 cb=on_msg,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else DeliverPolicy.NEW,
-                idle_heartbeat=5.0,
+                # nats-py recreates an ordered consumer whose node died after two heartbeat
+                # intervals without one: 1 s here, not 5 s (a result reached handle.result()
+                # 11-14 s late after a cluster node died; tests/test_cluster.py).
+                idle_heartbeat=1.0,
             )
         return Subscription(sub)
 
