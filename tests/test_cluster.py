@@ -73,9 +73,8 @@ async def connection_names(node: dict[str, Any]) -> set[str]:
 
 
 async def meta_settled(nodes: list[dict[str, Any]]) -> bool:
-    """The JetStream meta leader sees every other server current. Healthy nodes alone are not
-    enough: a runtime provisioning R3 streams just then was refused (JetStream 10005, "no
-    suitable peers for placement, peer offline"; 2 cluster runs in 28)."""
+    """The JetStream meta leader sees every other server current (healthy nodes alone are not
+    enough to place R3 streams; ``provision_retried`` covers what is left)."""
     for node in nodes:
         with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
             meta = (await monitoring(node, "/jsz")).get("meta_cluster") or {}
@@ -215,6 +214,24 @@ def all_streams(client: Client) -> list[str]:
     ]
 
 
+async def provision_retried(settings: Settings) -> None:
+    """The namespace's streams, created before the runtimes start: a young cluster still
+    refused an R3 stream now and then ("no suitable peers for placement, peer offline",
+    JetStream 10005, 2 runs in 28, its meta leader seeing every peer current a moment before)."""
+    conn = await Connection.connect(settings.url)
+    try:
+        for attempt in range(40):
+            try:
+                await Provisioner(conn, settings).provision()
+                return
+            except PerdureError as exc:
+                if "10005" not in str(exc) or attempt == 39:
+                    raise
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
 @contextlib.asynccontextmanager
 async def perdure_on(
     nodes: list[dict[str, Any]], names: tuple[str, ...]
@@ -228,6 +245,7 @@ async def perdure_on(
     ]
     client: Client | None = None
     try:
+        await provision_retried(Settings(url=seeds, namespace=namespace, replicas=3))
         for runtime in runtimes:  # one after the other: see test_concurrent_provisioning_... below
             await runtime.astart(timeout=30)
         client = await Client.connect(seeds, namespace=namespace)
