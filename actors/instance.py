@@ -1,6 +1,6 @@
 """WorkflowInstance: one execution's workflow code, its durable state machines and its decisions.
 
-The execution actor calls ``run_step(inputs, time)`` (``activate`` in a workflow thread)
+The execution actor calls ``run_step(inputs, time)`` (``activate``, watched: ``run_steps``)
 once per step. The instance applies each input (resolving activity and child futures,
 firing timers, delivering signals, cancelling), runs the replay loop until the code
 blocks, and returns the inputs it accepted, the decisions it made, and the effects those
@@ -187,8 +187,9 @@ class WorkflowInstance:
         expected: list[Decision] | None = None,
         budget: float | None = None,
     ) -> Activation:
-        """``activate`` in a workflow thread, so that code which blocks (``time.sleep``, a busy
-        loop) holds neither the runtime's event loop nor its leases; past ``budget`` seconds
+        """``activate``, watched (inline first, then in a workflow thread; ``run_steps``), so that
+        code which blocks (``time.sleep``, a busy loop) holds neither the runtime's event loop
+        nor its leases for long; past ``budget`` seconds
         the step fails with ``StepBudgetExceeded`` (see ``workflow_threads.py``). The instance
         is then unusable: the owner evicts it, and it tears down when the code lets go."""
         return await self.run_steps(lambda: self.activate(inputs, time, expected=expected), budget=budget)
