@@ -195,6 +195,9 @@ class WorkflowDefinition(Generic[InputT, R]):
         # Declared signal types: a client holding this definition refuses a wrong payload
         # when sending, and ``wait_signal(name)`` decodes as this type by default.
         self.signal_codecs = {signal: PayloadCodec(type_) for signal, type_ in (signals or {}).items()}
+        # Set in this process once a step of this workflow ran past the inline slice: its
+        # steps hop to workflow threads from then on (actors/inline_steps.py).
+        self.steps_in_threads = False
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 

@@ -144,9 +144,9 @@ class ExecutionActor:
                 self._services.metrics.step_done(time.perf_counter() - began)
                 self._failures.crashes = 0
                 return
-            except HistoryConflict as exc:
+            except HistoryConflict as exc:  # or inline_steps.StepMoved: step again
                 log.info("execution.conflict", error=str(exc))
-                self._forget(conflict=True)
+                self._forget(conflict=exc.history_written)
             except Exception as exc:  # parked if poison (step_failures), else back after a delay
                 self._forget()
                 reason, delay = self._failures.failed(exc, batch, log)

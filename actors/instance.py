@@ -1,6 +1,6 @@
 """WorkflowInstance: one execution's workflow code, its durable state machines and its decisions.
 
-The execution actor calls ``run_step(inputs, time)`` (``activate`` in a workflow thread)
+The execution actor calls ``run_step(inputs, time)`` (``activate``, watched: ``run_steps``)
 once per step. The instance applies each input (resolving activity and child futures,
 firing timers, delivering signals, cancelling), runs the replay loop until the code
 blocks, and returns the inputs it accepted, the decisions it made, and the effects those
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, assert_never
 
 import msgspec
+import structlog
 
 from perdure.runtime.errors import (
     ErrorInfo,
@@ -62,6 +63,7 @@ from .activity_machine import ActivityMachine, ActivityState
 from .child_machine import ChildMachine, ChildState
 from .decisions import Decisions, bounded, describe, same_command
 from .effects import CancelTimer, Effect, NotifyParent, StartTimer, UpdateIndex
+from .inline_steps import SliceExceeded, StepMoved, inline_steps
 from .log_context import bind_execution
 from .replay_loop import ReplayLoop
 from .signals import Conditions, Signals
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
 
 T = TypeVar("T")
+log = structlog.get_logger("perdure.workflow")
 __all__ = ["Activation", "ContinueAsNew", "WorkflowInstance", "describe", "evict", "same_command"]
 
 
@@ -184,19 +187,30 @@ class WorkflowInstance:
         expected: list[Decision] | None = None,
         budget: float | None = None,
     ) -> Activation:
-        """``activate`` in a workflow thread, so that code which blocks (``time.sleep``, a busy
-        loop) holds neither the runtime's event loop nor its leases; past ``budget`` seconds
+        """``activate``, watched (inline first, then in a workflow thread; ``run_steps``), so that
+        code which blocks (``time.sleep``, a busy loop) holds neither the runtime's event loop
+        nor its leases for long; past ``budget`` seconds
         the step fails with ``StepBudgetExceeded`` (see ``workflow_threads.py``). The instance
         is then unusable: the owner evicts it, and it tears down when the code lets go."""
         return await self.run_steps(lambda: self.activate(inputs, time, expected=expected), budget=budget)
 
     async def run_steps(self, steps: Callable[[], T], *, budget: float | None = None) -> T:
-        """Run ``steps`` (a function calling ``activate`` once, or once per step of a replay)
-        in one workflow-thread hop; each ``activate`` in it has the step budget."""
+        """Run ``steps`` (a function calling ``activate`` once, or once per step of a replay):
+        inline on the event loop, watched (``inline_steps.py``), or in one workflow-thread
+        hop for a workflow type whose step once ran past the inline slice; each ``activate``
+        has the step budget."""
         threads = workflow_threads()
         budget = threads.budget if budget is None else budget  # the runtime's Settings.step_budget
         if budget <= 0:
             return steps()
+        inline = inline_steps()
+        if not self.definition.steps_in_threads and budget > inline.slice and inline.available():
+            try:
+                return inline.run(steps)
+            except SliceExceeded as exc:
+                self.definition.steps_in_threads = True
+                log.info("workflow.steps_in_threads", workflow=self.definition.name, why=str(exc))
+                raise StepMoved(f"{self._where()}: a slow step moves to a workflow thread") from None
         try:
             return await threads.run(steps, budget=budget, progress=lambda: self.step_index)
         except StepOverrun as overrun:

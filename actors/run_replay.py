@@ -17,6 +17,7 @@ from perdure.runtime.errors import NonDeterminismError
 from .effect_runner import ExecutionRef
 from .effects import StartAttempt
 from .history_log import CurrentRun
+from .inline_steps import StepMoved
 from .instance import WorkflowInstance
 from .local_activities import started_attempts
 from .redo_ledger import RedoLedger
@@ -41,13 +42,28 @@ async def replay_run(
     partition: int,
     ledger: RedoLedger,
 ) -> Replayed:
+    try:
+        return await _replay(current, definition, execution_id, partition, ledger)
+    except StepMoved:
+        # A step ran past the inline slice (actors/inline_steps.py): the workflow's steps now
+        # hop to a workflow thread, so the replay starts again there, with the step budget.
+        return await _replay(current, definition, execution_id, partition, ledger)
+
+
+async def _replay(
+    current: CurrentRun,
+    definition: WorkflowDefinition[Any, Any],
+    execution_id: str,
+    partition: int,
+    ledger: RedoLedger,
+) -> Replayed:
     started, steps = current.started, current.steps
     instance = WorkflowInstance(definition, execution_id, run=started.run)
     ref = ExecutionRef(execution_id, definition.name, started.run, partition, steps[0].time)
     eager: dict[int, StartAttempt] = {}
 
     def replay_all() -> str | None:
-        """In one workflow-thread hop (a thread hop per step cost more than the steps)."""
+        """Inline, or in one workflow-thread hop (a hop per step cost more than the steps)."""
         try:
             for index, step in enumerate(steps):
                 activation = instance.activate(step.inputs, step.time, expected=step.decisions)

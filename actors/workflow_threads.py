@@ -1,5 +1,9 @@
 """WorkflowThreads: workflow steps run off the runtime's event loop, under a time budget.
 
+Steps run inline first (``inline_steps.py``); a workflow type whose step ran past the inline
+slice steps here from then on, and so does every step where inline steps are not possible
+(an event loop off the main thread, no free signal).
+
 Workflow code is plain Python: a ``time.sleep(10)`` or a busy loop in it would stall the
 runtime's event loop, and with it every partition, lease renewal included (measured before
 this module: a 5 s ``time.sleep`` in one workflow held every other execution of its runtime

@@ -271,6 +271,7 @@ class ActivityCancelled(ActivityError):
 class HistoryConflict(PerdureError):
     code = "history.conflict"
     retryable = True
+    history_written = True  # another owner wrote; False: the step is only to be run again
 
 
 class ScopeClosed(PerdureError):
