@@ -31,10 +31,9 @@ async def collects(n: int) -> int:
 
 
 async def test_inputs_over_the_limit_are_split_over_several_steps(settings: Settings, client: Client) -> None:
-    async with Worker([collects], settings=settings):
+    async with Worker([collects], settings=settings), watch_history(client) as watch:
         handle = await client.start(collects, SIGNALS, id="many-big-signals")
-        async with watch_history(client) as watch:
-            await watch.wait_for(lambda w: bool(w.steps.get(handle.id)), timeout=20)
+        await watch.wait_for(lambda w: bool(w.steps.get(handle.id)), timeout=20)
     names = client.names
     consumer = (names.inbox_stream, names.inbox_consumer(partition_of(handle.id, settings.partitions)))
     before = await client.conn.consumer_info(*consumer)
