@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from stalling_workflows import stalls
 
 from perdure import Client, EmbeddedServer
-from perdure.actors.ownership import assign
+from perdure.actors.partition_assignment import assign
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityScheduled
 from perdure.runtime.naming import partition_of
