@@ -154,35 +154,31 @@ class HistoryLog:
         stores at most one copy, and the server answers in the order sent: the earliest copy
         stored, or a conflict, decides."""
         loop = asyncio.get_running_loop()
-        resend_until = loop.time() + RESEND_FOR
-        sent: list[asyncio.Future[Ack]] = []
-        wait = RESEND_AFTER
+        began = loop.time()
+        sent = [await self._publish(data)]
         try:
-            while True:
-                next_send: float | None = None
-                if not sent or loop.time() < resend_until:
-                    sent.append(
-                        await self._conn.publish_nowait(
-                            self._subject, data, expected_last_subject_seq=self.last_seq
-                        )
-                    )
-                    next_send, wait = loop.time() + wait, 2 * RESEND_AFTER
-                while (decided := _decision(sent)) is None:
-                    pending = [fut for fut in sent if not fut.done()]
-                    if not pending and next_send is None:
-                        return sent[-1].result()  # every copy refused: raises the last refusal
-                    timeout = None if next_send is None else next_send - loop.time()
-                    if timeout is not None and timeout <= 0:
-                        break
-                    if pending:
-                        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                    else:
-                        await asyncio.sleep(timeout or 0.0)
-                if decided is not None:
-                    return decided.result()
+            if not sent[0].done():  # the common case: answered well within RESEND_AFTER
+                await _first_of(sent, RESEND_AFTER)
+            next_send: float | None = began + RESEND_AFTER
+            while (decided := _decision(sent)) is None:
+                now = loop.time()
+                if next_send is not None and now >= next_send:
+                    resend = now < began + RESEND_FOR
+                    if resend:
+                        sent.append(await self._publish(data))
+                    next_send = now + 2 * RESEND_AFTER if resend else None
+                    continue
+                pending = [fut for fut in sent if not fut.done()]
+                if not pending and next_send is None:
+                    return sent[-1].result()  # every copy refused: raises the last refusal
+                await _first_of(pending, None if next_send is None else next_send - now)
+            return decided.result()
         finally:
             for fut in sent:  # answered later, or never: nobody reads those outcomes
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _publish(self, data: bytes) -> asyncio.Future[Ack]:
+        return await self._conn.publish_nowait(self._subject, data, expected_last_subject_seq=self.last_seq)
 
     async def purge_before(self, seq: int) -> None:
         """Drop every step stored before stream sequence ``seq`` (older runs), and the payload
@@ -193,6 +189,28 @@ class HistoryLog:
         if dropped:
             kept = [s.data for s in stored if s.seq >= seq and REF_PREFIX in s.data]
             await self._sealer.drop_unreferenced(dropped, kept)
+
+
+async def _first_of(futures: list[asyncio.Future[Ack]], timeout: float | None) -> None:
+    """Until one of ``futures`` is done or ``timeout`` seconds pass: ``asyncio.wait`` without
+    its sets, which cost more than the rest of an append's bookkeeping (every step waits here)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for fut in futures:
+        fut.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake) if timeout is not None else None
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for fut in futures:
+            fut.remove_done_callback(wake)
 
 
 def _decision(sent: list[asyncio.Future[Ack]]) -> asyncio.Future[Ack] | None:
