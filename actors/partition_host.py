@@ -116,13 +116,7 @@ class PartitionHost:
             ack_wait=INBOX_ACK_WAIT,
             max_ack_pending=credit * 4,
         )
-        consumer = PullConsumer(
-            services.conn,
-            names.inbox_stream,
-            names.inbox_consumer(p),
-            credit=credit,
-            restart_on_reconnect=True,
-        )
+        consumer = PullConsumer(services.conn, names.inbox_stream, names.inbox_consumer(p), credit=credit)
         self._consumer = consumer
         self._fenced = False  # the lease is ours again (checked before recreating the consumer)
         await consumer.start()

@@ -62,12 +62,6 @@ class ConsumerGone(PerdureError):
     code = "consumer.gone"
 
 
-class ConsumerReset(PerdureError):
-    """The connection came back: the owner recreates the consumer (``restart_on_reconnect``)."""
-
-    code = "consumer.reset"
-
-
 @dataclass(slots=True)
 class Delivery:
     """One message handed to us by a consumer; acked only when its effects are durable.
@@ -147,15 +141,8 @@ class PullConsumer:
         credit: int,
         expires: float = 30.0,
         idle_heartbeat: float = 5.0,
-        restart_on_reconnect: bool = False,
     ) -> None:
         self._conn = conn
-        # Messages the server pushed as the connection broke are lost in flight, and the
-        # server hands them out again only after the ack wait (30 s for the inbox, the
-        # cluster failover's slowest runs): an owner that can recreate its consumer (on a
-        # work-queue stream that redelivers every unacked message at once) asks for
-        # ``ConsumerReset`` from ``next_batch`` after a reconnect instead.
-        self._restart_on_reconnect = restart_on_reconnect
         self._nc = nats_core(conn)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.name = f"{stream}/{consumer}"
@@ -280,10 +267,6 @@ class PullConsumer:
 
     def _reconnected(self) -> None:
         asyncio.get_running_loop().create_task(self._ack_again())
-        if self._restart_on_reconnect and not self._closed:
-            self._closed = True
-            self._queue.put_nowait(ConsumerReset("the connection to NATS was re-established"))
-            return
         self._reset()
 
     async def _ack_again(self) -> None:
