@@ -219,3 +219,17 @@ async def watch_timer_markers(client: Client, history: HistoryWatch) -> AsyncIte
         yield markers
     finally:
         await sub.stop()
+
+
+async def run_perdure(*args: str, url: str, namespace: str, **env: str) -> tuple[int, str, str]:
+    """A ``perdure`` command as a process of its own, against ``url`` and ``namespace`` (more
+    ``PERDURE_*`` variables in ``env``): its exit code, stdout and stderr."""
+    variables = {**os.environ, "PERDURE_URL": url, "PERDURE_NAMESPACE": namespace, **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "perdure.runtime.daemon", *args,
+        env=variables, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

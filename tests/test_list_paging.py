@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.messages import ExecutionRecord
 from perdure.runtime.provision import Provisioner
 
-from support import RuntimeProcess
+from support import RuntimeProcess, run_perdure
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,15 +42,7 @@ class Listing:
         self.ids = ids  # execution id -> workflow
 
     async def perdure(self, *args: str) -> tuple[int, str, str]:
-        env = {**os.environ, "PERDURE_URL": self.url, "PERDURE_NAMESPACE": self.namespace}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "perdure.runtime.daemon", *args,
-            env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_perdure(*args, url=self.url, namespace=self.namespace)
 
 
 @pytest.fixture(scope="module")

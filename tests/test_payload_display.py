@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sys
 from dataclasses import replace
 
 from offload_workflows import MARKER, SECRET, secret
@@ -14,26 +13,15 @@ from offload_workflows import MARKER, SECRET, secret
 from perdure import Client, EmbeddedServer, Settings, Worker
 from perdure.runtime.payload_cipher import AesGcmKeys
 
+from support import run_perdure
+
 KEY = os.urandom(32)
 KEYS_ENV = f"k1:{base64.b64encode(KEY).decode()}"
 BIG = MARKER + "y" * (300 * 1024)  # offloaded (and encrypted)
 
 
 async def perdure(server: EmbeddedServer, namespace: str, *args: str, keys: str = "") -> tuple[int, str, str]:
-    env = {
-        **os.environ,
-        "PERDURE_URL": server.url,
-        "PERDURE_NAMESPACE": namespace,
-        "PERDURE_PAYLOAD_KEYS": keys,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "perdure.runtime.daemon", *args,
-        env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_perdure(*args, url=server.url, namespace=namespace, PERDURE_PAYLOAD_KEYS=keys)
 
 
 async def test_cli_and_console_show_encrypted_without_the_key(
