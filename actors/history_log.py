@@ -18,7 +18,6 @@ Purging older runs deletes the objects only they referenced.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,38 +146,17 @@ class HistoryLog:
         return ack.seq
 
     async def _send(self, data: bytes) -> Ack:
-        """Publish the step; sent again if nothing decides (after 1 s, then every 2 s): an append in
-        flight to the stream's leader when its node dies is never answered, and waiting out the
-        ack timeout (10 s) held the execution that long after a new leader was elected; a copy
-        refused meanwhile (no leader yet) is not an answer either. The expected last sequence
-        stores at most one copy, and the server answers in the order sent: the earliest copy
-        stored, or a conflict, decides."""
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        sent = [await self._publish(data)]
-        try:
-            if not sent[0].done():  # the common case: answered well within RESEND_AFTER
-                await _first_of(sent, RESEND_AFTER)
-            next_send: float | None = began + RESEND_AFTER
-            while (decided := _decision(sent)) is None:
-                now = loop.time()
-                if next_send is not None and now >= next_send:
-                    resend = now < began + RESEND_FOR
-                    if resend:
-                        sent.append(await self._publish(data))
-                    next_send = now + 2 * RESEND_AFTER if resend else None
-                    continue
-                pending = [fut for fut in sent if not fut.done()]
-                if not pending and next_send is None:
-                    return sent[-1].result()  # every copy refused: raises the last refusal
-                await _first_of(pending, None if next_send is None else next_send - now)
-            return decided.result()
-        finally:
-            for fut in sent:  # answered later, or never: nobody reads those outcomes
-                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-    async def _publish(self, data: bytes) -> asyncio.Future[Ack]:
-        return await self._conn.publish_nowait(self._subject, data, expected_last_subject_seq=self.last_seq)
+        """Publish the step with the expected last sequence; sent again while unanswered (after
+        1 s, then every 2 s for 15 s: runtime/publish_resend.py), since an append in flight to a
+        stream leader that dies is never answered, and waiting out the 10 s ack timeout held
+        the execution that long after a new leader was elected."""
+        return await self._conn.publish_resent(
+            self._subject,
+            data,
+            expected_last_subject_seq=self.last_seq,
+            resend_after=RESEND_AFTER,
+            resend_for=RESEND_FOR,
+        )
 
     async def purge_before(self, seq: int) -> None:
         """Drop every step stored before stream sequence ``seq`` (older runs), and the payload
@@ -189,39 +167,6 @@ class HistoryLog:
         if dropped:
             kept = [s.data for s in stored if s.seq >= seq and REF_PREFIX in s.data]
             await self._sealer.drop_unreferenced(dropped, kept)
-
-
-async def _first_of(futures: list[asyncio.Future[Ack]], timeout: float | None) -> None:
-    """Until one of ``futures`` is done or ``timeout`` seconds pass: ``asyncio.wait`` without
-    its sets, which cost more than the rest of an append's bookkeeping (every step waits here)."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    for fut in futures:
-        fut.add_done_callback(wake)
-    timer = loop.call_later(timeout, wake) if timeout is not None else None
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for fut in futures:
-            fut.remove_done_callback(wake)
-
-
-def _decision(sent: list[asyncio.Future[Ack]]) -> asyncio.Future[Ack] | None:
-    """The earliest copy stored, or a conflict (another writer, or an earlier copy stored by
-    a leader that died before answering: the reload sees it); None while neither is known."""
-    for fut in sent:
-        if fut.done() and not fut.cancelled():
-            error = fut.exception()
-            if error is None or isinstance(error, HistoryConflict):
-                return fut
-    return None
 
 
 def last_run_start(steps: Sequence[HistoryStep]) -> int:

@@ -44,6 +44,7 @@ from .errors import (
 from .limits import payload_limit
 from .nats_access import PermissionWatch, encrypted, login_description, not_encrypted, refusal
 from .nats_connect import ClosureWatch, close_quickly, first_connect, geturl
+from .publish_resend import ResendSchedule, ResentPublish
 from .settings import connect_timeout_from_env
 from .urls import check_urls, redact_url, split_urls
 
@@ -109,6 +110,27 @@ def _api_error(subject: str, err: _ApiErr) -> PerdureError:
     if err.err_code in (WRONG_LAST_SEQUENCE, KV_KEY_EXISTS):
         return SequenceConflict(f"conflicting write to {subject}: {err.description}")
     return PerdureError(f"JetStream refused publish to {subject}: {err.description} ({err.err_code})")
+
+
+_PURGE = object()  # an ack mux entry's kind: the reply to a purge request
+
+
+def _publish_outcome(subject: str, msg: _Msg) -> Ack | PerdureError:
+    """What a publish's reply says: its ``Ack``, or the error to raise."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        # No stream took it: transient right after a restart or during a leader election
+        # (measured: a complete answered config.invalid then), or not provisioned at all.
+        return Unavailable(
+            f"no JetStream stream stored {subject}: JetStream is unavailable (restarting?) "
+            "or the namespace is not provisioned"
+        )
+    try:
+        body = _pub_ack_decoder.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        return PerdureError(f"unreadable publish ack for {subject}: {exc}")
+    if body.error is not None:
+        return _api_error(subject, body.error)
+    return Ack(body.stream, body.seq, body.duplicate)
 
 
 @contextlib.contextmanager
@@ -183,10 +205,12 @@ class Connection:
         self._nc = nc
         self._ack_timeout = ack_timeout
         # Replies to pipelined requests (publish acks, purges), routed by the token ending
-        # their reply subject: (future, what it was for, its deadline, whether it is a purge,
-        # the subject sent to). Oldest first: one timer (``_expire_acks``) serves them all
+        # their reply subject: (future, what it was for, its deadline, what the reply is to
+        # (``None``: a publish, ``_PURGE``, or the ``ResentPublish`` a copy belongs to), the
+        # subject sent to). Oldest first: one timer (``_expire_acks``) serves them all
         # instead of a timer per publish (a timer handle, a heap push and a cancel each).
-        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, float, bool, str]] = {}
+        self._acks: dict[bytes, tuple[asyncio.Future[Any], str, float, object, str]] = {}
+        self._resends = ResendSchedule(self._resend)
         self._acks_timer: asyncio.TimerHandle | None = None
         self._ack_prefix = b""
         self._ack_counter = 0
@@ -299,6 +323,7 @@ class Connection:
             raise refused
 
     def _fail_acks(self, error: ConnectionLost) -> None:
+        self._resends.close()
         if self._acks_timer is not None:
             self._acks_timer.cancel()
             self._acks_timer = None
@@ -422,31 +447,20 @@ class Connection:
         entry = self._acks.pop(token, None)
         if entry is None:
             return
-        fut, subject, _, is_purge, _ = entry
-        if fut.done():
+        fut, subject, _, kind, _ = entry
+        if kind is _PURGE:
+            if not fut.done():
+                self._on_purged(fut, subject, msg)
             return
-        if is_purge:
-            self._on_purged(fut, subject, msg)
+        outcome = _publish_outcome(subject, msg)
+        if kind is not None:
+            kind.answered(outcome)  # type: ignore[attr-defined]  # a ResentPublish's copy
+        elif fut.done():
             return
-        if msg.headers and msg.headers.get("Status") == "503":
-            # No stream took it: transient right after a restart or during a leader election
-            # (measured: a complete answered config.invalid then), or not provisioned at all.
-            fut.set_exception(
-                Unavailable(
-                    f"no JetStream stream stored {subject}: JetStream is unavailable (restarting?) "
-                    "or the namespace is not provisioned"
-                )
-            )
-            return
-        try:
-            body = _pub_ack_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            fut.set_exception(PerdureError(f"unreadable publish ack for {subject}: {exc}"))
-            return
-        if body.error is not None:
-            fut.set_exception(_api_error(subject, body.error))
+        elif isinstance(outcome, Ack):
+            fut.set_result(outcome)
         else:
-            fut.set_result(Ack(body.stream, body.seq, body.duplicate))
+            fut.set_exception(outcome)
 
     @staticmethod
     def _on_purged(fut: asyncio.Future[Any], subject: str, msg: _Msg) -> None:
@@ -465,15 +479,16 @@ class Connection:
         self._acks_timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for token, (fut, about, deadline, _, _) in list(self._acks.items()):
+        for token, (fut, about, deadline, kind, _) in list(self._acks.items()):
             if deadline > now:
                 self._acks_timer = loop.call_at(deadline, self._expire_acks)
                 return
             del self._acks[token]
-            if not fut.done():
-                fut.set_exception(
-                    ConnectionLost(f"JetStream did not acknowledge the publish to {about} in time")
-                )
+            late = ConnectionLost(f"JetStream did not acknowledge the publish to {about} in time")
+            if isinstance(kind, ResentPublish):
+                kind.answered(late)
+            elif not fut.done():
+                fut.set_exception(late)
 
     async def publish_nowait(
         self,
@@ -487,9 +502,59 @@ class Connection:
     ) -> asyncio.Future[Ack]:
         """Send a JetStream publish; the returned future resolves with its ack."""
         hdrs = _headers(headers, msg_id, expected_last_subject_seq, ttl)
-        return await self._send_expecting_reply(
-            subject, data, headers=hdrs, about=subject, purge=False, what=f"publish to {subject}"
+        return await self._send_expecting_reply(subject, data, headers=hdrs, about=subject, kind=None)
+
+    async def publish_resent(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        expected_last_subject_seq: int,
+        resend_after: float,
+        resend_for: float,
+    ) -> Ack:
+        """A JetStream publish with an expected last sequence, sent again while unanswered
+        (runtime/publish_resend.py): the first copy stored, or a conflict, decides."""
+        headers = _headers(None, None, expected_last_subject_seq, None)
+        self.check_fits(subject, data, headers)
+        loop = asyncio.get_running_loop()
+        publish = ResentPublish(
+            loop.create_future(),
+            subject,
+            data,
+            headers,
+            now=loop.time(),
+            resend_after=resend_after,
+            resend_for=resend_for,
         )
+        await self._send_copy(publish)
+        self._resends.add(publish)
+        return await publish.fut  # type: ignore[no-any-return]
+
+    async def _send_copy(self, publish: ResentPublish) -> None:
+        token = self._register(publish.fut, publish.subject, publish, publish.subject)
+        publish.outstanding += 1
+        try:
+            await self._nc.publish(
+                publish.subject,
+                publish.data,
+                reply=(self._ack_prefix + token).decode(),
+                headers=publish.headers,
+            )
+        except Exception:
+            self._acks.pop(token, None)
+            publish.outstanding -= 1
+            with map_errors(f"publish to {publish.subject}"):
+                raise
+
+    async def _resend(self, publish: ResentPublish) -> None:
+        """Another copy (``ResendSchedule``); a copy that cannot be sent counts as refused."""
+        log.warning("nats.publish_sent_again", subject=publish.subject)
+        try:
+            await self._send_copy(publish)
+        except Exception as exc:
+            publish.outstanding += 1  # counted as a copy, refused at once
+            publish.answered(exc)
 
     async def purge_nowait(self, stream: str, subject: str) -> asyncio.Future[int]:
         """Remove every message of ``subject`` (wildcards allowed) from ``stream``; the future
@@ -500,8 +565,7 @@ class Connection:
             msgspec.json.encode({"filter": subject}),
             headers=None,
             about=subject,
-            purge=True,
-            what=f"purge {subject}",
+            kind=_PURGE,
         )
 
     async def _send_expecting_reply(
@@ -511,26 +575,30 @@ class Connection:
         *,
         headers: dict[str, str] | None,
         about: str,
-        purge: bool,
-        what: str,
+        kind: object,
     ) -> asyncio.Future[Any]:
         """Send with a reply subject of the ack mux; the future resolves when ``_on_ack``
         routes the reply (or fails after ``ack_timeout``)."""
         self.check_fits(subject, data, headers)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._ack_counter += 1
-        token = str(self._ack_counter).encode()
-        self._acks[token] = (fut, about, loop.time() + self._ack_timeout, purge, subject)
-        if self._acks_timer is None:
-            self._acks_timer = loop.call_later(self._ack_timeout, self._expire_acks)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        token = self._register(fut, about, kind, subject)
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
             self._acks.pop(token, None)
-            with map_errors(what):
+            with map_errors(f"purge {about}" if kind is _PURGE else f"publish to {subject}"):
                 raise
         return fut
+
+    def _register(self, fut: asyncio.Future[Any], about: str, kind: object, subject: str) -> bytes:
+        """A reply token of the ack mux for ``fut``, failed by ``_expire_acks`` if unanswered."""
+        loop = asyncio.get_running_loop()
+        self._ack_counter += 1
+        token = str(self._ack_counter).encode()
+        self._acks[token] = (fut, about, loop.time() + self._ack_timeout, kind, subject)
+        if self._acks_timer is None:
+            self._acks_timer = loop.call_later(self._ack_timeout, self._expire_acks)
+        return token
 
     async def publish(self, subject: str, data: bytes, **kw: Any) -> Ack:
         fut = await self.publish_nowait(subject, data, **kw)
