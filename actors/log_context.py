@@ -49,15 +49,28 @@ def _attempt(task: ActivityTask) -> dict[str, Any]:
     }
 
 
+# structlog's own variables for these keys (a bind returns tokens that name them), set
+# directly on the hot path: ``bind_contextvars(**kw)`` builds a dict and a key name per key
+# (measured: 3% of a runtime's CPU per workflow, binding three times per workflow).
+_tokens = structlog.contextvars.bind_contextvars(**_execution("", None))
+_EXECUTION_ID, _RUN, _ACTIVITY, _ACTIVITY_ID, _ATTEMPT = (token.var for token in _tokens.values())
+structlog.contextvars.reset_contextvars(**_tokens)
+del _tokens
+
+
 def bind_execution(execution_id: str, run: int | None = None) -> None:
     """For the rest of the current task, which works for this execution only (its drain,
     its workflow code); ``run`` once known (``bind_run``)."""
-    structlog.contextvars.bind_contextvars(**_execution(execution_id, run))
+    _EXECUTION_ID.set(execution_id)
+    _RUN.set(_UNBOUND if run is None else run)
+    _ACTIVITY.set(_UNBOUND)
+    _ACTIVITY_ID.set(_UNBOUND)
+    _ATTEMPT.set(_UNBOUND)
 
 
 def bind_run(run: int) -> None:
     """The run the execution is at, once its history is loaded or a new run begins."""
-    structlog.contextvars.bind_contextvars(run=run)
+    _RUN.set(run)
 
 
 def execution_context(execution_id: str) -> AbstractContextManager[None]:
@@ -73,7 +86,11 @@ async def as_attempt(
 ) -> T:
     """``run(task, ...)`` as the body of a task of its own that runs this attempt only (an
     eager one's); called inside, so that a task never spawned leaves no coroutine unawaited."""
-    structlog.contextvars.bind_contextvars(**_attempt(task))
+    _EXECUTION_ID.set(task.execution_id)
+    _RUN.set(task.run)
+    _ACTIVITY.set(task.name)
+    _ACTIVITY_ID.set(task.seq)
+    _ATTEMPT.set(task.attempt)
     return await run(task, *args, **kw)
 
 
