@@ -7,9 +7,9 @@ several ``Worker``s in one process, and each must count only its own work (two r
 registering the same metric names in one registry would collide). The scrape of one
 runtime's port shows that runtime, as a scrape is expected to.
 
-Hot path: every call site is one method call that increments a counter or observes a
-histogram (a lock and an add, about a microsecond). Labelled children are created once and
-kept (``_attempt_children``), so no label dict is built per call. Gauges that mirror state
+Hot path: every call site is one method call that adds to a plain number
+(``metric_tallies``: no lock, the event loop is the only writer), turned into Prometheus
+metric families at scrape time. Labelled children are created once and kept. Gauges that mirror state
 (executions cached, partitions owned) are read at scrape time; the inbox backlog needs a
 NATS request per owned partition, and the parked (BLOCKED) executions and messages of the
 owned partitions one request to the dead-letter stream, so they too are read at scrape time
@@ -30,6 +30,8 @@ from perdure.runtime.errors import PerdureError
 from perdure.runtime.nats_admin import consumer_pending
 from perdure.runtime.nats_client import Connection
 
+from .metric_tallies import Tally, TallyCollector, Timings
+
 # Steps and attempts range from a fraction of a millisecond to minutes.
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Timers fire from memory a few ms late; KV markers up to 250 ms late (DESIGN.md), more when loaded.
@@ -49,18 +51,15 @@ class RuntimeMetrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.steps = Counter("perdure_steps", "Workflow steps run by execution actors", registry=registry)
-        self.step_seconds = Histogram(
+        self.steps = Tally("perdure_steps", "Workflow steps run by execution actors")
+        self.step_seconds = Timings(
             "perdure_step_seconds",
             "Time of one step: messages taken to effects sent (conflict retries included)",
-            buckets=_SECONDS,
-            registry=registry,
+            _SECONDS,
         )
-        self.appends = Counter("perdure_history_appends", "History steps appended", registry=registry)
-        self.conflicts = Counter(
-            "perdure_history_conflicts",
-            "Appends refused by optimistic concurrency (another owner wrote)",
-            registry=registry,
+        self.appends = Tally("perdure_history_appends", "History steps appended")
+        self.conflicts = Tally(
+            "perdure_history_conflicts", "Appends refused by optimistic concurrency (another owner wrote)"
         )
         self.replays = Counter("perdure_replays", "Executions rebuilt from their history", registry=registry)
         self.replay_seconds = Histogram(
@@ -69,35 +68,44 @@ class RuntimeMetrics:
             buckets=_SECONDS,
             registry=registry,
         )
-        self._attempts = Counter(
+        self._attempts = Tally(
             "perdure_activity_attempts",
             "Activity attempts run here, by activity and outcome (completed, failed, unreported, cancelled)",
             ("activity", "outcome"),
-            registry=registry,
         )
-        self._attempt_seconds = Histogram(
+        self._attempt_seconds = Timings(
             "perdure_activity_attempt_seconds",
             "Duration of activity attempts run here",
+            _SECONDS,
             ("activity",),
-            buckets=_SECONDS,
-            registry=registry,
         )
-        self._attempt_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self.heartbeats = Counter(
-            "perdure_activity_heartbeats", "Heartbeats sent by activity attempts run here", registry=registry
+        self._attempt_children: dict[tuple[str, str], tuple[Tally, Timings]] = {}
+        self.heartbeats = Tally(
+            "perdure_activity_heartbeats", "Heartbeats sent by activity attempts run here"
         )
-        self._timers_fired = Counter(
-            "perdure_timers_fired",
-            "Timers fired by this runtime, by path (memory, marker)",
-            ("path",),
-            registry=registry,
+        self._timers_fired = Tally(
+            "perdure_timers_fired", "Timers fired by this runtime, by path (memory, marker)", ("path",)
         )
-        self._fired = {path: self._timers_fired.labels(path) for path in ("memory", "marker")}
-        self.timer_lateness = Histogram(
+        self._fired = {path: self._timers_fired.child(path) for path in ("memory", "marker")}
+        self.timer_lateness = Timings(
             "perdure_timer_lateness_seconds",
             "Fired time minus due time of the timers fired from memory",
-            buckets=_LATENESS,
-            registry=registry,
+            _LATENESS,
+        )
+        registry.register(
+            TallyCollector(
+                [
+                    self.steps,
+                    self.step_seconds,
+                    self.appends,
+                    self.conflicts,
+                    self._attempts,
+                    self._attempt_seconds,
+                    self.heartbeats,
+                    self._timers_fired,
+                    self.timer_lateness,
+                ]
+            )
         )
         self._dead_letters = Counter(
             "perdure_dead_letters",
@@ -163,7 +171,7 @@ class RuntimeMetrics:
             label = "completed" if outcome.ok else "failed"
         children = self._attempt_children.get((activity, label))
         if children is None:
-            children = (self._attempts.labels(activity, label), self._attempt_seconds.labels(activity))
+            children = (self._attempts.child(activity, label), self._attempt_seconds.child(activity))
             self._attempt_children[(activity, label)] = children
         children[0].inc()
         children[1].observe(seconds)
