@@ -76,6 +76,8 @@ class RunningAttempt:
         self._live = live
 
     async def stored(self) -> None:
+        if not self._writes:
+            return  # an eager attempt's (not waited for), or already waited for
         writes, self._writes = self._writes, []
         results = await asyncio.gather(*writes, return_exceptions=True)
         for result in results:
