@@ -29,6 +29,8 @@ class IndexWatch:
         self._starting = asyncio.Lock()
 
     async def _ensure_started(self) -> None:
+        if self._sub is not None:
+            return  # every result() asks: no lock once the watch runs
         async with self._starting:
             if self._sub is None:
                 self._sub = await self._index.watch(">", self._on_entry, last_per_subject=False)

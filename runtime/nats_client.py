@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -177,10 +176,11 @@ def _headers(
 
 def wire_size_bound(data: bytes, headers: dict[str, str] | None) -> int:
     """At least ``wire_size``, from character counts (a character is at most 4 UTF-8 bytes)."""
-    if not headers:
-        return len(data)
-    chars = sum(map(len, headers)) + sum(map(len, headers.values()))
-    return len(data) + 12 + 4 * (chars + 4 * len(headers))
+    return len(data) + (_header_bound(headers) if headers else 0)
+
+
+def _header_bound(headers: dict[str, str]) -> int:
+    return 12 + 4 * (sum(map(len, headers)) + sum(map(len, headers.values())) + 4 * len(headers))
 
 
 def wire_size(data: bytes, headers: dict[str, str] | None) -> int:
@@ -352,20 +352,24 @@ class Connection:
     async def unless_closed(self, work: Awaitable[T]) -> T:
         """``await work``, unless the connection closes for good first: then ``ConnectionLost``.
         A wait on a watch (``handle.result()``) would otherwise wait for ever: when nats-py's
-        own close fails on the dead socket, its subscriptions are never ended."""
-        self._watch.check_open()
-        task = asyncio.ensure_future(work)
-        closed = asyncio.ensure_future(self._watch.wait())
+        own close fails on the dead socket, its subscriptions are never ended. The closure
+        cancels the waiting task (``ClosureWatch.waiting``): no task or wait set per call."""
+        watch = self._watch
+        watch.check_open()
+        task = asyncio.current_task()
+        assert task is not None
+        watch.waiting.add(task)
         try:
-            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+            return await work
+        except asyncio.CancelledError:
+            if task not in watch.interrupted:
+                raise  # our caller's cancellation
+            task.uncancel()
+            watch.check_open()
+            raise ConnectionLost("the connection to NATS was closed") from None
         finally:
-            closed.cancel()
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            return task.result()
-        self._watch.check_open()
-        raise ConnectionLost("the connection to NATS was closed")
+            watch.waiting.discard(task)
+            watch.interrupted.discard(task)
 
     async def close(self) -> None:
         self._watch.closing = True
@@ -398,7 +402,8 @@ class Connection:
     def check_fits(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Refuse a message the server would refuse: it would close this connection for it
         (``maximum payload exceeded``), failing everything else in flight on it."""
-        if wire_size_bound(data, headers) <= self.max_payload:
+        limit = self._nc.max_payload
+        if len(data) + (_header_bound(headers) if headers else 0) <= limit:
             return  # the hot path: surely fits, no header encoded to count its bytes
         size = wire_size(data, headers)
         if size > self.max_payload:
@@ -620,7 +625,7 @@ class Connection:
         A read is idempotent, so it is retried (briefly, within ``timeout``) when the request
         is lost with a dying node or meets a stream whose leader is being elected.
         """
-        body = json.dumps({"last_by_subj": subject}).encode()
+        body = msgspec.json.encode({"last_by_subj": subject})
         deadline = asyncio.get_running_loop().time() + timeout
         attempt_timeout = 2.0
         while True:
@@ -753,7 +758,7 @@ class Connection:
             try:
                 await self._nc.publish(
                     f"$JS.API.DIRECT.GET.{stream}",
-                    json.dumps(request).encode(),
+                    msgspec.json.encode(request),
                     reply=(self._read_prefix + token).decode(),
                 )
                 async with asyncio.timeout(timeout):

@@ -117,6 +117,10 @@ class ClosureWatch:
         self._giving_up: asyncio.Task[None] | None = None
         self._close: Callable[[], Awaitable[None]] | None = None
         self._on_lost: Callable[[ConnectionLost], None] = lambda lost: None
+        # Tasks waiting on this connection (``Connection.unless_closed``), cancelled when it
+        # closes for good; ``interrupted``: those this watch cancelled (not their callers).
+        self.waiting: set[asyncio.Task[Any]] = set()
+        self.interrupted: set[asyncio.Task[Any]] = set()
 
     def bind(self, close: Callable[[], Awaitable[None]], on_lost: Callable[[ConnectionLost], None]) -> None:
         """How to close the connection, and what to fail when it is lost (pending acks)."""
@@ -152,6 +156,9 @@ class ClosureWatch:
             log.error("nats.closed", url=self.shown, error=why)
             self._on_lost(self.lost)
         self._closed.set()
+        for task in self.waiting:
+            self.interrupted.add(task)
+            task.cancel()
 
     async def wait(self) -> ConnectionLost | None:
         await self._closed.wait()
