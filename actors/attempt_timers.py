@@ -5,7 +5,9 @@ start; ``a.<seq>.s2c``, schedule to close). The runtime that *starts* an attempt
 because only it knows when the attempt leaves the queue (issue 10, items 9 and 10):
 
 - ``a.<seq>.<attempt>.to``: the start-to-close timeout, put when the attempt starts. (It was
-  put at scheduling, so time spent queued behind busy slots counted against it.)
+  put at scheduling, so time spent queued behind busy slots counted against it.) An eager
+  attempt starts as it is scheduled: the effect runner puts its timeout with the step's
+  writes (one flush, not a write of its own from the attempt's task).
 - ``a.<seq>.<attempt>.s2s``: re-put as cancelled when the attempt starts, with the revision
   it was read at; an attempt whose schedule-to-start timer already fired (or whose activity
   closed, which purges its keys) is not started at all.
@@ -142,7 +144,7 @@ class AttemptTimers:
     async def _arm(self, task: ActivityTask, *, eager: bool) -> RunningAttempt:
         writes: list[asyncio.Future[Any]] = []
         now = time.time()
-        if task.options.timeout is not None:
+        if task.options.timeout is not None and not eager:  # an eager one's: effect_runner, as it starts
             entry = codec.encode(TimerEntry(fire_at=now + task.options.timeout))
             writes.append(
                 await self._timers.put_nowait(

@@ -56,6 +56,7 @@ from .effects import (
     retry_timer,
     schedule_to_close_timer,
     schedule_to_start_timer,
+    timeout_timer,
 )
 from .local_activities import HeldAck, LocalActivities
 from .running_attempts import RunningAttempts
@@ -259,6 +260,11 @@ class EffectRunner:
             if not self.local.start(task, ref.partition, hold, stored, wanted):
                 await self._arm_schedule_to_start(ref, effect, out)
                 out.append(await self._publish_work(ref, task))  # the runtime is stopping
+            elif options.timeout is not None:
+                # It starts now: its start-to-close timeout goes out with the step's writes
+                # (in their flush), not from the attempt's task in a write of its own.
+                key = self._key(ref, timeout_timer(d.seq, d.attempt))
+                out.append(await self._timers.put(key, time.time() + options.timeout))
         else:
             # The timer the starting runtime cancels goes before the work item, which is the
             # only other write on the critical path.
