@@ -61,11 +61,6 @@ def _timer_entry(stored: StoredMessage | None) -> TimerEntry | None:
         return None
 
 
-def _log_failure(write: asyncio.Future[Any]) -> None:
-    if not write.cancelled() and write.exception() is not None:
-        log.warning("attempt.timer_put_failed", error=str(write.exception()))
-
-
 class RunningAttempt:
     """One started attempt's keys, stored before its code runs (``stored()``), so the
     owner's purge on close never overtakes them; ``end()`` stops the liveness renewals."""
@@ -79,7 +74,7 @@ class RunningAttempt:
 
     async def stored(self) -> None:
         if not self._writes:
-            return  # an eager attempt's (not waited for), or already waited for
+            return  # an eager attempt's (none), or already waited for
         writes, self._writes = self._writes, []
         results = await asyncio.gather(*writes, return_exceptions=True)
         for result in results:
@@ -120,10 +115,8 @@ class AttemptTimers:
         partition = partition_of(task.execution_id, self._partitions)
         return TimerKey(partition, task.execution_id, task.run, timer).key()
 
-    def needs_liveness(self, task: ActivityTask, *, eager: bool) -> bool:
-        """Whether no other timer retries this attempt within ``lease_ttl`` if we die."""
-        if eager:
-            return False
+    def needs_liveness(self, task: ActivityTask) -> bool:
+        """Whether no other timer retries this queued attempt within ``lease_ttl`` if we die."""
         quick = [t for t in (task.options.timeout, task.options.heartbeat) if t is not None]
         return not any(t <= self._lease_ttl for t in quick)
 
@@ -132,19 +125,23 @@ class AttemptTimers:
         schedule-to-start timer fired, or the activity closed, while it was queued). If NATS
         cannot be reached the attempt runs anyway, as when a heartbeat fails: its work item
         (or the inbox message an eager attempt holds) is the backstop."""
+        if eager:
+            # Its timeout went out with the step that scheduled it (effect_runner), and the
+            # inbox message it holds recovers it after a crash: no key of its own to put here.
+            return RunningAttempt(self, [], None)
         try:
-            queued = task.options.schedule_to_start is not None and not eager
+            queued = task.options.schedule_to_start is not None
             if queued and not await self._cancel_schedule_to_start(task):
                 return None
-            return await self._arm(task, eager=eager)
+            return await self._arm(task)
         except PerdureError as exc:
             log.warning("attempt.timers_not_stored", error=str(exc))
             return RunningAttempt(self, [], None)
 
-    async def _arm(self, task: ActivityTask, *, eager: bool) -> RunningAttempt:
+    async def _arm(self, task: ActivityTask) -> RunningAttempt:
         writes: list[asyncio.Future[Any]] = []
         now = time.time()
-        if task.options.timeout is not None and not eager:  # an eager one's: effect_runner, as it starts
+        if task.options.timeout is not None:
             entry = codec.encode(TimerEntry(fire_at=now + task.options.timeout))
             writes.append(
                 await self._timers.put_nowait(
@@ -154,19 +151,11 @@ class AttemptTimers:
                 )
             )
         live: str | None = None
-        if self.needs_liveness(task, eager=eager):
+        if self.needs_liveness(task):
             live = self._key(task, liveness_timer(task.seq, task.attempt))
             value = codec.encode(TimerEntry(fire_at=now + NEVER))
             writes.append(await self._timers.put_nowait(live, value, ttl=self._lease_ttl))
             self._live[live] = value
-        if eager:
-            # Not waited for: the inbox message an eager attempt holds recovers it after a
-            # crash, and waiting would add a round trip to every eager activity's latency.
-            # (An outcome reported before its timeout key is stored can leave the key behind
-            # its purge: it then fires once, for an activity already closed, and is ignored.)
-            for write in writes:
-                write.add_done_callback(_log_failure)
-            writes = []
         running = RunningAttempt(self, writes, live)
         # Stored before the code runs: a crash right after the start must find the keys
         # (measured: killed at once, an unflushed put left nothing, and the work item's
