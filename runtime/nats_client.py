@@ -402,8 +402,7 @@ class Connection:
     def check_fits(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Refuse a message the server would refuse: it would close this connection for it
         (``maximum payload exceeded``), failing everything else in flight on it."""
-        limit = self._nc.max_payload
-        if len(data) + (_header_bound(headers) if headers else 0) <= limit:
+        if wire_size_bound(data, headers) <= self._nc.max_payload:
             return  # the hot path: surely fits, no header encoded to count its bytes
         size = wire_size(data, headers)
         if size > self.max_payload:
