@@ -197,12 +197,9 @@ class Client:
         current trace context goes with it (a ``traceparent`` header, runtime/tracing.py)."""
         data, headers = await self.payloads.encode(message, execution_id), tracing.headers()
         subject = self.names.inbox(execution_id)
-        try:  # the common case, without the retry loop's layers
-            return await self.conn.publish(subject, data, msg_id=msg_id, headers=headers)
-        except Unavailable:
-            return await self._retry_unavailable(
-                lambda: self.conn.publish(subject, data, msg_id=msg_id, headers=headers)
-            )
+        return await self._retry_unavailable(
+            lambda: self.conn.publish(subject, data, msg_id=msg_id, headers=headers)
+        )
 
     async def call(
         self, verb: Verb[Req, Rep], request: Req, *, execution_id: str = "", msg_id: str | None = None
