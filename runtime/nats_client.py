@@ -806,9 +806,13 @@ class Connection:
         return Subscription(sub)
 
     async def subscribe(self, subject: str) -> tuple[Subscription, AsyncIterator[StoredMessage]]:
-        """A core subscription delivering ``StoredMessage``s (seq 0)."""
+        """A core subscription delivering ``StoredMessage``s (seq 0), live when this returns:
+        the server has its interest (a flush), so a publish sent after it, from any
+        connection, reaches it. (Without the flush, a publish from another connection could
+        overtake the SUB and find no subscriber.)"""
         with map_errors(f"subscribe to {subject}"):
             sub = await self._nc.subscribe(subject)
+            await self._nc.flush()
 
         async def messages() -> AsyncIterator[StoredMessage]:
             async for msg in sub.messages:
