@@ -51,6 +51,7 @@ from .log_context import attempt_context
 from .running_attempts import RunningAttempts, attempt_id
 
 if TYPE_CHECKING:
+    from .eager_keys import EagerKeys
     from .worker import WorkerServices
 
 log = structlog.get_logger("perdure.activity")
@@ -181,10 +182,10 @@ class ActivityActor:
                 running.release(attempt, concluded)  # once its outcome is sent, not before
             await delivery.ack()
 
-    async def run_local(self, task: ActivityTask) -> ActivityResult | None:
-        """An eager attempt (``local_activities``, whose task has its ids bound): run it here;
-        the caller routes the outcome."""
-        return await self._execute(task, eager=True)
+    async def run_local(self, task: ActivityTask, keys: EagerKeys) -> ActivityResult | None:
+        """An eager attempt (``local_activities``, whose task has its ids bound): run it here,
+        its record written only if it needs one (``keys``); the caller routes the outcome."""
+        return await self._execute(task, eager=True, keys=keys)
 
     async def _retried_elsewhere(self, task: ActivityTask) -> bool:
         """A redelivered attempt is run again only if it never started: a started one has
@@ -192,7 +193,13 @@ class ActivityActor:
         return await self._services.attempts.was_started(task)
 
     async def _execute(
-        self, task: ActivityTask, *, eager: bool, headers: dict[str, str] | None = None, ask: bool = False
+        self,
+        task: ActivityTask,
+        *,
+        eager: bool,
+        headers: dict[str, str] | None = None,
+        ask: bool = False,
+        keys: EagerKeys | None = None,
     ) -> ActivityResult | None:
         running = await self._services.attempts.start(task, eager=eager)
         if running is None:
@@ -206,7 +213,7 @@ class ActivityActor:
         metrics, began = self._services.metrics, time.perf_counter()
         try:
             with tracing.attempt_span(task.name, task.execution_id, task.attempt, headers):
-                outcome = await self._run_function(task)
+                outcome = await self._run_function(task, keys)
                 if outcome is not None and outcome.error is not None:
                     tracing.note_failure(outcome.error.message)
         except BaseException:
@@ -217,11 +224,11 @@ class ActivityActor:
         await running.end(reported=outcome is not None)
         return outcome
 
-    async def _run_function(self, task: ActivityTask) -> ActivityResult | None:
+    async def _run_function(self, task: ActivityTask, keys: EagerKeys | None = None) -> ActivityResult | None:
         definition = self._definition
         base: _AttemptKeys  # typed, so that ``**base`` below type-checks field by field
         base = {"run": task.run, "seq": task.seq, "attempt": task.attempt, "nonce": task.nonce}
-        heartbeats = _Heartbeater(self._services, task, self._scope)
+        heartbeats = _Heartbeater(self._services, task, self._scope, keys)
         if task.options.heartbeat is not None:
             # A first heartbeat as the attempt starts: the silence allowed is counted from
             # here, not from when it was queued; and an attempt that was closed while it
@@ -232,7 +239,7 @@ class ActivityActor:
                 return None
         deadline: asyncio.Timeout | None = None
         try:
-            args = self._arguments(await self._opened(task), heartbeats)
+            args = self._arguments(await self._opened(task), heartbeats, keys)
             if definition.is_async:
                 async with asyncio.timeout(task.options.timeout) as deadline:
                     value = await definition.fn(*args)
@@ -295,7 +302,9 @@ class ActivityActor:
         )
         return exc.to_info()
 
-    def _arguments(self, task: ActivityTask, heartbeats: _Heartbeater) -> tuple[Any, ...]:
+    def _arguments(
+        self, task: ActivityTask, heartbeats: _Heartbeater, keys: EagerKeys | None
+    ) -> tuple[Any, ...]:
         definition = self._definition
         args: list[Any] = []
         if definition.takes_input:
@@ -303,10 +312,12 @@ class ActivityActor:
                 definition.input_codec.decode(task.input, what=f"input of activity {definition.name!r}")
             )
         if definition.takes_ctx:
-            args.append(self._context(task, heartbeats))
+            args.append(self._context(task, heartbeats, keys))
         return tuple(args)
 
-    def _context(self, task: ActivityTask, heartbeats: _Heartbeater) -> ActivityContext:
+    def _context(
+        self, task: ActivityTask, heartbeats: _Heartbeater, keys: EagerKeys | None
+    ) -> ActivityContext:
         checkpoint = msgspec.json.decode(task.checkpoint)
         return ActivityContext(
             execution_id=task.execution_id,
@@ -314,10 +325,11 @@ class ActivityActor:
             activity=task.name,
             activity_id=task.seq,
             attempt=task.attempt,
-            token=task.token,
+            _token=task.token,
             checkpoint=checkpoint,
             _heartbeat=heartbeats.beat,
             _loop=asyncio.get_running_loop(),  # a sync activity's heartbeat runs there (item 14)
+            _token_read=keys.token_read if keys is not None else None,
         )
 
 
@@ -331,8 +343,11 @@ class _Heartbeater:
     activity (the heartbeat timeout is what notices a worker that really went away).
     """
 
-    def __init__(self, services: WorkerServices, task: ActivityTask, scope: Supervisor) -> None:
+    def __init__(
+        self, services: WorkerServices, task: ActivityTask, scope: Supervisor, keys: EagerKeys | None = None
+    ) -> None:
         self._services = services
+        self._keys = keys  # an eager attempt's: its record is stored before its first heartbeat
         self._scope = scope
         self._activity = task.name
         self._token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
@@ -394,6 +409,9 @@ class _Heartbeater:
         pending, self._has_pending = self._pending, False
         self._last_sent = time.monotonic()
         self._services.metrics.heartbeats.inc()
+        if self._keys is not None and not await self._keys.record_stored():
+            self._status = HeartbeatStatus(closed=True)  # its activity closed before it needed a record
+            return
         try:
             reply: ApiReply = await self._services.heartbeats.beat(self._token, pending)
         except ExecutionNotFound:

@@ -59,10 +59,22 @@ class ActivityContext:
     activity: str
     activity_id: int
     attempt: int
-    token: str
+    _token: str
     checkpoint: Any
     _heartbeat: Callable[[Any], Awaitable[HeartbeatStatus]]
     _loop: asyncio.AbstractEventLoop | None = None  # the runtime's loop, where heartbeats are sent
+    # Told when the code reads its token: an eager attempt stores its record then
+    # (actors/eager_keys.py), since a token holder's heartbeats need it.
+    _token_read: Callable[[], None] | None = None
+
+    @property
+    def token(self) -> str:
+        """The attempt's token: whoever holds it can complete, fail or heartbeat the attempt
+        (``make_async()``), from the Python client or a plain NATS request."""
+        if self._token_read is not None:
+            notify, self._token_read = self._token_read, None
+            notify()
+        return self._token
 
     def heartbeat(self, details: Any = None) -> Awaitable[HeartbeatStatus]:
         """``await ctx.heartbeat(details)`` in an async activity; in a sync one (run in a

@@ -113,7 +113,7 @@ class DeadLetters:
         )
         if workflow:
             headers[DEAD_WORKFLOW] = workflow
-        # An eager attempt's outcome (local_activities.LocalResult) has no bytes of its own.
+        # An eager attempt's outcome (held_ack.LocalResult) has no bytes of its own.
         message = getattr(delivery, "message", None)
         data = codec.encode(message) if message is not None and not delivery.data else delivery.data
         msg_id = f"dead:{delivery.stream_seq}" if delivery.stream_seq else None

@@ -3,7 +3,7 @@
 All publishes of a step are sent back to back and their acks awaited together, so a step
 costs about one round trip for its effects whatever their number.
 
-Size: about 420 lines, one idea (each effect kind's writes, sent and acked as one batch).
+Size: about 490 lines, one idea (each effect kind's writes, sent and acked as one batch).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from perdure.runtime.timer_ids import activity_prefix, attempt_prefix
 from perdure.runtime.tokens import TokenData, encode_token
 
 from .attempt_gate import RECHECK_HEADER
+from .eager_keys import EagerKeys
 from .effects import (
     CancelChild,
     CancelTimer,
@@ -58,8 +59,9 @@ from .effects import (
     schedule_to_start_timer,
     timeout_timer,
 )
-from .local_activities import HeldAck, LocalActivities
-from .running_attempts import RunningAttempts
+from .held_ack import HeldAck
+from .local_activities import LocalActivities
+from .running_attempts import RunningAttempts, attempt_id
 from .timers import TimerKey, TimerService
 
 log = structlog.get_logger("perdure.effects")
@@ -254,17 +256,9 @@ class EffectRunner:
             await self._arm_schedule_to_start(ref, effect, out)
             out.append(await self._publish_work(ref, task))
         elif hold is not None and self.local is not None:
-            # Runs here and now (local_activities): the record and timers still go out.
-            stored = await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None)
-            out.append(stored)
-            if not self.local.start(task, ref.partition, hold, stored, wanted):
-                await self._arm_schedule_to_start(ref, effect, out)
-                out.append(await self._publish_work(ref, task))  # the runtime is stopping
-            elif options.timeout is not None:
-                # It starts now: its start-to-close timeout goes out with the step's writes
-                # (in their flush), not from the attempt's task in a write of its own.
-                key = self._key(ref, timeout_timer(d.seq, d.attempt))
-                out.append(await self._timers.put(key, time.time() + options.timeout))
+            # Runs here and now (local_activities), writing its record and timeout only if it
+            # needs them (actors/eager_keys.py): its timeout is armed in memory.
+            await self._start_eager(ref, effect, out, hold, task, record, wanted)
         else:
             # The timer the starting runtime cancels goes before the work item, which is the
             # only other write on the critical path.
@@ -274,6 +268,33 @@ class EffectRunner:
         if d.attempt == 1 and options.schedule_to_close is not None:
             key = self._key(ref, schedule_to_close_timer(d.seq))
             out.append(await self._timers.put(key, effect.time + options.schedule_to_close))
+
+    async def _start_eager(
+        self,
+        ref: ExecutionRef,
+        effect: StartAttempt,
+        out: Sent,
+        hold: HeldAck,
+        task: ActivityTask,
+        record: ActivityRecord,
+        wanted: Callable[[], bool],
+    ) -> None:
+        assert self.local is not None
+        d = effect.decision
+        timeout = None
+        if d.options.timeout is not None:
+            key, fire_at = self._key(ref, timeout_timer(d.seq, d.attempt)), time.time() + d.options.timeout
+            timeout = functools.partial(self._timers.put, key, fire_at)
+        put_record = functools.partial(self._put_record, ref, record_timer(d.seq, d.attempt), ttl=None)
+        bare = d.attempt == 1 and d.options.schedule_to_close is None
+        keys = self.local.keys_for(task, record, put_record, timeout, bare=bare)
+        if not self.local.start(task, ref.partition, hold, keys, wanted):
+            # The runtime is stopping: the attempt goes the ordinary way.
+            out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
+            await self._arm_schedule_to_start(ref, effect, out)
+            out.append(await self._publish_work(ref, task))
+        elif timeout is not None:
+            self._timers.arm(key, fire_at)
 
     async def _arm_schedule_to_start(self, ref: ExecutionRef, effect: StartAttempt, out: Sent) -> None:
         """Time in the queue: the runtime that starts the attempt cancels this timer."""
@@ -322,7 +343,11 @@ class EffectRunner:
         (``CHECKPOINT_TTL``, 30 days) for the next attempt."""
         seq, failed = effect.seq, effect.failed_attempt
         key = self._key(ref, attempt_prefix(seq, failed))
-        out.purge(functools.partial(self._timers.forget_activity, key, attempt_timers(seq, failed)))
+        eager = self._close_eager(ref, seq, failed)
+        if eager is not None and not eager.written:
+            self._timers.disarm_activity(key, attempt_timers(seq, failed))  # it wrote no key
+        else:
+            out.purge(functools.partial(self._forget_activity, key, attempt_timers(seq, failed), eager))
         out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
 
     async def _close_activity(self, ref: ExecutionRef, effect: CloseActivity, out: Sent) -> None:
@@ -330,12 +355,33 @@ class EffectRunner:
         its checkpoint. Late heartbeats find no record and learn from history that it closed."""
         seq, attempt = effect.seq, effect.attempt
         armed = [*attempt_timers(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
-        out.purge(
-            functools.partial(self._timers.forget_activity, self._key(ref, activity_prefix(seq)), armed)
-        )
+        key = self._key(ref, activity_prefix(seq))
+        eager = self._close_eager(ref, seq, attempt)
+        if eager is not None and eager.bare and not eager.written:
+            self._timers.disarm_activity(key, armed)  # it ran here and wrote no key: none to purge
+            return
+        out.purge(functools.partial(self._forget_activity, key, armed, eager))
+
+    def _close_eager(self, ref: ExecutionRef, seq: int, attempt: int) -> EagerKeys | None:
+        """An attempt the execution no longer wants: if it runs (or ran) eagerly here, it
+        writes no key from now on (a late one would outlive the purge), and says if it wrote any."""
+        if self.local is None:
+            return None
+        return self.local.close(attempt_id(ref.execution_id, ref.run, seq, attempt))
+
+    async def _forget_activity(
+        self, key: TimerKey, armed: list[str], eager: EagerKeys | None
+    ) -> asyncio.Future[int]:
+        if eager is not None:
+            await eager.settled()  # the purge must not overtake the eager attempt's own writes
+        return await self._timers.forget_activity(key, armed)
 
     async def _observe(self, ref: ExecutionRef, effect: ObserveActivity, out: Sent) -> None:
         """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""
+        if self.local is not None and self.local.observe_keyless(
+            attempt_id(ref.execution_id, ref.run, effect.seq, effect.attempt)
+        ):
+            return  # an eager attempt's record, not written yet, is written flagged
         timer = record_timer(effect.seq, effect.attempt)
         key = self._key(ref, timer).key()
         stored = await self._records.get(key)

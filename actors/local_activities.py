@@ -20,20 +20,21 @@ busy, and whenever a step's effects are redone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from perdure.runtime.errors import PerdureError, ScopeClosed
-from perdure.runtime.messages import ActivityResult, ActivityTask
+from perdure.runtime.messages import ActivityRecord, ActivityTask
 from perdure.runtime.nats_consumer import Delivery
 from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
+from .eager_keys import EagerKeys
 from .effects import Effect, StartAttempt, record_timer
+from .held_ack import HeldAck, LocalResult, Spawn
 from .log_context import as_attempt
 from .running_attempts import RunningAttempts, attempt_id
 
@@ -44,148 +45,6 @@ if TYPE_CHECKING:
     from .effect_runner import EffectRunner, ExecutionRef
 
 log = structlog.get_logger("perdure.local_activities")
-
-KEEPALIVE_EVERY = 10.0  # seconds between in-progress acks of held inbox messages (ack wait 30 s)
-
-Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]  # a supervisor's spawn: every task has an owner
-
-
-class HeldAck:
-    """The inbox deliveries of one step, acked once the step and its eager attempts are done.
-
-    Starts with one share for the step itself (``step_done``); each eager attempt adds one,
-    given back by ``conclude``. At zero the deliveries are acked; ``fail`` naks them instead
-    (they come back and the step's effects are redone), once.
-    """
-
-    __slots__ = ("_deliveries", "_keepalive", "_parents", "_settled", "_shares", "_spawn")
-
-    def __init__(self, deliveries: list[Delivery], parents: list[HeldAck], spawn: Spawn) -> None:
-        self._deliveries = deliveries
-        # A step that absorbed eager outcomes and started more eager attempts carries their
-        # scheduling steps' holds on: the first inbox message of a chain of eager attempts
-        # stays unacked until the chain's last outcome is in history.
-        self._parents = parents
-        self._spawn = spawn
-        self._shares = 1
-        self._settled = False
-        self._keepalive: asyncio.TimerHandle | None = None
-
-    @property
-    def attempts(self) -> int:
-        return self._shares - 1
-
-    def add_attempt(self) -> None:
-        self._shares += 1
-        if self._keepalive is None and self._deliveries:
-            self._arm_keepalive()
-
-    def step_done(self) -> None:
-        self.conclude()
-
-    def conclude(self) -> None:
-        self._shares -= 1
-        if self._shares == 0 and not self._settled:
-            self._settle(ack=True)
-
-    def fail(self) -> None:
-        if not self._settled:
-            self._settle(ack=False)
-
-    def abandon(self) -> None:
-        """The step failed and its owner naks the deliveries itself (and fails the parents
-        through the outcomes in its batch)."""
-        self._settled = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-
-    def _settle(self, *, ack: bool) -> None:
-        # Iterative, not recursive: holds can chain (each settles its parents).
-        todo = [self]
-        while todo:
-            hold = todo.pop()
-            hold._settled = True
-            if hold._keepalive is not None:
-                hold._keepalive.cancel()
-            if hold._deliveries:
-                with contextlib.suppress(ScopeClosed):  # stopping: the next owner gets them back
-                    hold._spawn(hold._send(ack), "inbox-acks")
-            for parent in hold._parents:
-                if ack:
-                    parent._shares -= 1
-                if not parent._settled and (parent._shares == 0 or not ack):
-                    todo.append(parent)
-
-    async def _send(self, ack: bool) -> None:
-        for delivery in self._deliveries:
-            await (delivery.ack() if ack else delivery.nak(delay=0.0))
-
-    def _arm_keepalive(self) -> None:
-        self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE_EVERY, self._keep_in_progress)
-
-    def _keep_in_progress(self) -> None:
-        if self._settled:
-            return
-        with contextlib.suppress(ScopeClosed):  # stopping: no keepalive, the next owner gets them
-            self._spawn(self._in_progress(), "inbox-in-progress")
-            self._arm_keepalive()
-
-    async def _in_progress(self) -> None:
-        for delivery in self._deliveries:
-            await delivery.in_progress()
-
-
-class LocalResult:
-    """An eager attempt's outcome, handed to the execution actor like an inbox delivery.
-
-    It has no stream sequence (0): nothing to ack on the server. Acking it (its step is
-    appended) gives its share of the scheduling step's ``HeldAck`` back; nak-ing it (the
-    step failed) hands it to the actor again after the delay, as the server would redeliver
-    an inbox message: the outcome is kept, not dropped.
-    """
-
-    __slots__ = ("_redeliver", "_settled", "headers", "hold", "message", "subject")
-
-    data = b""
-    stream_seq = 0
-    num_delivered = 1
-
-    def __init__(
-        self,
-        message: ActivityResult,
-        hold: HeldAck,
-        subject: str,
-        settled: Callable[..., None],
-        redeliver: Callable[[LocalResult, float], None],
-    ) -> None:
-        self.message = message
-        self.subject = subject
-        self.headers: dict[str, str] = {}
-        self.hold = hold
-        self._settled = settled  # the attempt stops counting as running here
-        self._redeliver = redeliver
-
-    def absorbed(self) -> None:
-        """In history, and its share of ``hold`` passed on to the step that absorbed it."""
-        self._settled()
-
-    async def ack(self) -> None:
-        self._settled()
-        self.hold.conclude()
-
-    async def term(self) -> None:
-        await self.ack()
-
-    async def nak(self, delay: float | None = None) -> None:
-        self._redeliver(self, delay or 0.0)
-
-    async def in_progress(self) -> None:
-        return None
-
-    def drop(self) -> None:
-        """Nobody here can absorb it (the partition moved): hand the scheduling step back."""
-        self._settled(False)  # not concluded: a copy of the attempt waiting here may run
-        self.hold.fail()
 
 
 Route = Callable[[str, int, LocalResult], None]
@@ -211,6 +70,9 @@ class LocalActivities:
         # Attempt ids running here (an eager one until its outcome is absorbed), shared
         # with the activity actors: one attempt never runs twice at once in this runtime.
         self._running = running if running is not None else RunningAttempts()
+        # The keys of the eager attempts started here, until their outcome is acked: closing
+        # the activity asks them whether anything was written (actors/eager_keys.py).
+        self._keys: dict[str, EagerKeys] = {}
 
     def reserve(self, name: str, heartbeat: float | None) -> bool:
         """Take a slot for an attempt about to be scheduled (before its step is appended)."""
@@ -231,12 +93,11 @@ class LocalActivities:
         task: ActivityTask,
         partition: int,
         hold: HeldAck,
-        record_stored: asyncio.Future[Any],
+        keys: EagerKeys,
         wanted: Callable[[], bool] = lambda: True,
     ) -> bool:
         """Start a reserved attempt; False (slot given back) if the runtime is stopping.
-        ``record_stored`` is the ack of the attempt's record put, sent just before.
-        ``wanted`` is asked when the attempt's task first runs: by then the execution may
+        ``keys`` writes its record and timeout if it needs them. ``wanted`` is asked when the attempt's task first runs: by then the execution may
         have closed the activity (its next step can be appended before a busy loop runs the
         task), and an attempt of a closed activity is not run."""
         attempt_id = _attempt_id(task)
@@ -244,14 +105,54 @@ class LocalActivities:
             self._free += 1
             return True  # it runs here already: its outcome goes to the inbox as usual
         try:
-            run = as_attempt(task, self._run, partition, hold, attempt_id, record_stored, wanted)
+            run = as_attempt(task, self._run, partition, hold, attempt_id, keys, wanted)
             self._spawn(run, f"eager:{attempt_id}")
         except ScopeClosed:  # the activity host stops: the attempt goes the ordinary way
             self._running.release(attempt_id, concluded=False)
             self._free += 1
             return False
+        self._keys[attempt_id] = keys
         hold.add_attempt()
         return True
+
+    def keys_for(
+        self,
+        task: ActivityTask,
+        record: ActivityRecord,
+        put_record: Callable[[ActivityRecord], Awaitable[asyncio.Future[Any]]],
+        put_timeout: Callable[[], Awaitable[asyncio.Future[Any]]] | None,
+        *,
+        bare: bool,
+    ) -> EagerKeys:
+        """The keys an eager attempt writes if it needs them (actors/eager_keys.py)."""
+        token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
+        mark_started = functools.partial(self._heartbeats.mark_started, token)
+        return EagerKeys(
+            _attempt_id(task), record, put_record, put_timeout, mark_started, self._spawn, bare=bare
+        )
+
+    def close(self, attempt_id: str) -> EagerKeys | None:
+        """The activity of an attempt closes: if it ran eagerly here, its keys, closed (none
+        is written from now on; ``EagerKeys.close`` says whether one was)."""
+        keys = self._keys.pop(attempt_id, None)
+        if keys is not None:
+            keys.close()
+        return keys
+
+    def observe_keyless(self, attempt_id: str) -> bool:
+        """Flag an eager attempt's record observed before it is written (True), or False: the
+        stored record is updated the ordinary way."""
+        keys = self._keys.get(attempt_id)
+        return keys is not None and keys.observe()
+
+    def _forget_keys(self, attempt_id: str) -> None:
+        self._keys.pop(attempt_id, None)
+
+    def _settled(self, attempt_id: str, concluded: bool = True) -> None:
+        """Its outcome is in history (its activity closed, or not, with the step's effects,
+        which are sent by now), or dropped: the attempt no longer runs here."""
+        self._running.release(attempt_id, concluded)
+        self._keys.pop(attempt_id, None)
 
     async def _run(
         self,
@@ -259,38 +160,38 @@ class LocalActivities:
         partition: int,
         hold: HeldAck,
         attempt_id: str,
-        record_stored: asyncio.Future[Any],
+        keys: EagerKeys,
         wanted: Callable[[], bool],
     ) -> None:
         if not wanted():
             log.info("eager.attempt_withdrawn")
             self._free += 1
             self._running.release(attempt_id)  # nothing to report: the activity is closed
+            self._forget_keys(attempt_id)
             hold.conclude()
             return
         try:
-            outcome = await self._actors[task.name].run_local(task)
+            outcome = await self._actors[task.name].run_local(task, keys)
         except BaseException:
             self._running.release(attempt_id, concluded=False)
+            self._forget_keys(attempt_id)  # its keys, if any, are purged the ordinary way
             hold.fail()  # cancelled (runtime stopping) or broken: the next owner redoes it
             raise
         finally:
             self._free += 1
         if outcome is None:
-            # Nothing to report: handed over (make_async), or its own deadline passed (the
-            # timeout timer reports it). Flag it started first, so that no recovery re-runs it
-            # (once its record is stored: the step's writes may still be on their way).
+            # Nothing to report: handed over (make_async), or its own deadline passed. Its
+            # record flagged started (no recovery re-runs it) and its timeout timer (which
+            # reports it if its token holder does not) are stored before its hold is acked.
             try:
-                await record_stored
-                await self._heartbeats.mark_started(
-                    TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
-                )
+                await keys.hand_over()
             except PerdureError as exc:
                 log.warning("eager.mark_started_failed", error=str(exc))
             self._running.release(attempt_id)
+            self._forget_keys(attempt_id)
             hold.conclude()
             return
-        settled = functools.partial(self._running.release, attempt_id)
+        settled = functools.partial(self._settled, attempt_id)
         route = functools.partial(self._route, task.execution_id, partition)
         result = LocalResult(outcome, hold, f"local:{task.name}", settled, self._redeliver(route))
         route(result)

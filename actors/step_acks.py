@@ -25,7 +25,7 @@ from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.nats_consumer import Delivery
 
 from .effect_runner import Sent
-from .local_activities import HeldAck, LocalResult, Spawn
+from .held_ack import HeldAck, LocalResult, Spawn
 
 Incoming = Delivery | LocalResult  # from the inbox, or an eager attempt's outcome from this process
 

@@ -25,8 +25,8 @@ from perdure.runtime.limits import step_inputs_limit
 from perdure.runtime.messages import AnyInboxMessage, TimerExpired
 
 from .dead_letters import DeadLetters
+from .held_ack import LocalResult
 from .inbox_translation import Refusal, Translation
-from .local_activities import LocalResult
 from .replies import wants_reply
 from .step_acks import Incoming
 from .timers import TimerKey

@@ -116,11 +116,16 @@ class TimerService:
         """An activity closed: purge every key under ``a.<seq>.`` (its attempts' records and
         timers, and its checkpoint) in one request. ``key.timer`` is ``a.<seq>``; ``timers``
         are those that may be armed in memory."""
+        self.disarm_activity(key, timers)
+        return await self._timers.purge_nowait(f"{key.key()}.>")
+
+    def disarm_activity(self, key: TimerKey, timers: list[str]) -> None:
+        """Disarm an activity's timers in memory (``key.timer`` is ``a.<seq>``): those of an
+        eager attempt that stored no key need no purge (actors/eager_keys.py)."""
         for timer in timers:
             k = msgspec.structs.replace(key, timer=timer).key()
             self.disarm(k)
             self._quiet.discard(k)
-        return await self._timers.purge_nowait(f"{key.key()}.>")
 
     def arm(self, key: TimerKey, fire_at: float) -> None:
         k = key.key()

@@ -51,8 +51,9 @@ from .completion import CompletionService, HeartbeatService
 from .dead_letters import DeadLetters
 from .effect_runner import EffectRunner
 from .execution_actor import ExecutionActor
+from .held_ack import LocalResult
 from .instance import evict
-from .local_activities import LocalActivities, LocalResult, spawner
+from .local_activities import LocalActivities, spawner
 from .metrics import RuntimeMetrics
 from .ownership import PartitionOwnership
 from .partition_host import PartitionHost

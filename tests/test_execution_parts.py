@@ -15,9 +15,10 @@ import pytest
 
 from perdure import EmbeddedServer, Settings
 from perdure.actors.effects import StartAttempt, StartTimer
+from perdure.actors.held_ack import HeldAck, LocalResult
 from perdure.actors.history_log import HistoryLog, last_run_start
 from perdure.actors.inbox_translation import STALE, Refusal, not_applied, translate
-from perdure.actors.local_activities import EagerSteps, HeldAck, LocalResult, started_attempts
+from perdure.actors.local_activities import EagerSteps, started_attempts
 from perdure.actors.queries import answer_query
 from perdure.actors.redo_ledger import NEW_RUN, RedoLedger
 from perdure.actors.run_rollover import continuation_start
@@ -440,12 +441,12 @@ async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run()
     the activity (seen in chaos runs: attempt 2 started 10 ms after attempt 1's result closed
     it). Withdrawn: nothing runs, its slot and its share of the held ack come back."""
     from perdure.actors.local_activities import LocalActivities
-    from perdure.runtime.messages import ActivityTask
+    from perdure.runtime.messages import ActivityRecord, ActivityTask
 
     ran: list[int] = []
 
     class FakeActor:
-        async def run_local(self, task: ActivityTask) -> None:
+        async def run_local(self, task: ActivityTask, keys: object) -> None:
             ran.append(task.attempt)
 
     tasks: list[asyncio.Task[Any]] = []
@@ -460,8 +461,15 @@ async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run()
 
     local = LocalActivities({"double": FakeActor()}, lambda *a: None, spawn, 2, FakeHeartbeats())  # type: ignore[arg-type, dict-item]
     hold = HeldAck([], [], lambda coro, name: coro.close())
-    stored: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    stored.set_result(None)
+
+    written: list[ActivityRecord] = []
+
+    async def put_record(record: ActivityRecord) -> asyncio.Future[Any]:
+        written.append(record)
+        stored: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stored.set_result(None)
+        return stored
+
     for attempt, wanted in ((2, False), (3, True)):
         assert local.reserve("double", None)
         task = ActivityTask(
@@ -475,9 +483,13 @@ async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run()
             nonce="n",
             token="t",
         )
-        assert local.start(task, 0, hold, stored, lambda wanted=wanted: wanted)
+        keys = local.keys_for(task, ActivityRecord(nonce=f"n{attempt}"), put_record, None, bare=True)
+        assert local.start(task, 0, hold, keys, lambda wanted=wanted: wanted)
     await asyncio.gather(*tasks)
     assert ran == [3]  # the withdrawn attempt 2 never ran
+    # ... nor wrote a key; attempt 3 ended without an outcome (handed over): its record, flagged
+    # started so that no recovery runs it again, is stored before its hold is acked.
+    assert [(r.nonce, r.started) for r in written] == [("n3", True)]
     assert (
         not local.is_running("e1:1:1:2") and local.reserve("double", None) and local.reserve("double", None)
     )
