@@ -55,6 +55,7 @@ class EagerKeys:
         "_record_write",
         "_spawn",
         "_timeout_write",
+        "armed",
         "bare",
         "name",
     )
@@ -74,6 +75,7 @@ class EagerKeys:
         # Its activity's first attempt, with no schedule-to-close timer: if this attempt
         # writes no key, its activity has none to purge.
         self.bare = bare
+        self.armed: str | None = None  # its timeout's key, armed in memory only (TimerService)
         self._record = record
         self._put_record = put_record
         self._put_timeout = put_timeout

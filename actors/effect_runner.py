@@ -295,6 +295,7 @@ class EffectRunner:
             out.append(await self._publish_work(ref, task))
         elif timeout is not None:
             self._timers.arm(key, fire_at)
+            keys.armed = key.key()
 
     async def _arm_schedule_to_start(self, ref: ExecutionRef, effect: StartAttempt, out: Sent) -> None:
         """Time in the queue: the runtime that starts the attempt cancels this timer."""
@@ -354,13 +355,15 @@ class EffectRunner:
         """Every key of the activity goes in one purge: its attempts' records, its timers and
         its checkpoint. Late heartbeats find no record and learn from history that it closed."""
         seq, attempt = effect.seq, effect.attempt
-        armed = [*attempt_timers(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
-        key = self._key(ref, activity_prefix(seq))
         eager = self._close_eager(ref, seq, attempt)
         if eager is not None and eager.bare and not eager.written:
-            self._timers.disarm_activity(key, armed)  # it ran here and wrote no key: none to purge
+            if eager.armed is not None:  # it ran here and wrote no key: none to purge
+                self._timers.forget_in_memory(eager.armed)
             return
-        out.purge(functools.partial(self._forget_activity, key, armed, eager))
+        armed = [*attempt_timers(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
+        out.purge(
+            functools.partial(self._forget_activity, self._key(ref, activity_prefix(seq)), armed, eager)
+        )
 
     def _close_eager(self, ref: ExecutionRef, seq: int, attempt: int) -> EagerKeys | None:
         """An attempt the execution no longer wants: if it runs (or ran) eagerly here, it

@@ -123,9 +123,12 @@ class TimerService:
         """Disarm an activity's timers in memory (``key.timer`` is ``a.<seq>``): those of an
         eager attempt that stored no key need no purge (actors/eager_keys.py)."""
         for timer in timers:
-            k = msgspec.structs.replace(key, timer=timer).key()
-            self.disarm(k)
-            self._quiet.discard(k)
+            self.forget_in_memory(msgspec.structs.replace(key, timer=timer).key())
+
+    def forget_in_memory(self, key: str) -> None:
+        """Neither armed nor fired from memory any more (a key never stored, or purged)."""
+        self.disarm(key)
+        self._quiet.discard(key)
 
     def arm(self, key: TimerKey, fire_at: float) -> None:
         k = key.key()
