@@ -59,7 +59,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--trace", action="store_true", help="per-hop timing of wf1 (bench/perdure_trace.py)")
     p.add_argument(
         "--strace",
-        choices=("runtime", "nats-server"),
+        choices=("runtime", "nats-server", "driver"),
         help="count this process's syscalls (strace -c) instead of sampling",
     )
     return p.parse_args()
@@ -209,7 +209,7 @@ async def main() -> None:
         spies = []
         tracer = None
         if a.strace:
-            target = rt.pid if a.strace == "runtime" else server.pid
+            target = {"runtime": rt.pid, "driver": os.getpid()}.get(a.strace, server.pid)
             cmd = ["strace", "-c", "-f", "-p", str(target), "-o", str(out / f"{a.mode}-strace.txt")]
             tracer = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)
