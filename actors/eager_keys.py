@@ -14,7 +14,8 @@ So an eager attempt starts with no key, its timeout armed in memory only, and wr
 when it needs them:
 
 - its record, when its code reads ``ctx.token`` (a token holder's heartbeats find it) or
-  sends a heartbeat (which re-puts it);
+  sends a heartbeat (which re-puts it); with the token read, its timeout as a KV timer too
+  (the token is most likely handed over);
 - its record flagged ``started`` and its timeout as a KV timer, when it ends without an
   outcome (``make_async()``, or its own deadline passed): from then on the token holder or
   the timer reports it, and the inbox message is acked, so the timeout must be durable.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -41,6 +42,16 @@ from perdure.runtime.messages import ActivityRecord
 log = structlog.get_logger("perdure.eager_keys")
 
 Write = Callable[[], Awaitable[asyncio.Future[Any]]]  # sends a put, returns its ack
+
+
+class PutRecord(Protocol):
+    """Sends the attempt's record (at ``revision``, if given); returns its ack."""
+
+    def __call__(
+        self, record: ActivityRecord, *, revision: int | None = None
+    ) -> Awaitable[asyncio.Future[Any]]: ...
+
+
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
 
@@ -64,7 +75,7 @@ class EagerKeys:
         self,
         name: str,
         record: ActivityRecord,
-        put_record: Callable[[ActivityRecord], Awaitable[asyncio.Future[Any]]],
+        put_record: PutRecord,
         put_timeout: Write | None,
         mark_started: Callable[[], Awaitable[None]],
         spawn: Spawn,
@@ -117,11 +128,17 @@ class EagerKeys:
 
     def token_read(self) -> None:
         """The attempt's code read its token (maybe in a sync activity's thread): store the
-        record, which a token holder's heartbeats re-put."""
+        record, which a token holder's heartbeats re-put, and the timeout as a KV timer,
+        since the token is most likely handed over (``make_async()``): both are on their
+        way before anyone can use the token, and the hand-over only flags the record."""
         if _running_loop() is self._loop:
-            self._write_record()
+            self._write_token_keys()
         else:
-            self._loop.call_soon_threadsafe(self._write_record)
+            self._loop.call_soon_threadsafe(self._write_token_keys)
+
+    def _write_token_keys(self) -> None:
+        self._write_record()
+        self._write_timeout()
 
     async def record_stored(self) -> bool:
         """Store the record (a heartbeat re-puts it) unless stored; False if the activity is
@@ -135,23 +152,35 @@ class EagerKeys:
 
     async def hand_over(self) -> None:
         """The attempt ended without an outcome: store the record flagged ``started`` (no
-        recovery re-runs it) and the timeout as a KV timer (nothing else will report it)."""
+        recovery re-runs it) and the timeout as a KV timer (nothing else will report it),
+        side by side."""
         if self._closed:
             return
+        timeout = self._write_timeout()
         if self._record_write is None:
             self._record = msgspec.structs.replace(self._record, started=True)
             write = self._write_record()
             if write is not None:
                 await write
         else:
-            await self._record_write
-            await self._mark_started()
-        if self._put_timeout is not None and self._timeout_write is None:
-            try:
-                self._timeout_write = self._spawn(_stored(self._put_timeout), f"eager-timeout:{self.name}")
-            except ScopeClosed:  # the runtime stops: the next owner redoes the attempt
-                return
-            await self._timeout_write
+            # Its record was stored when the code read its token: flag it with a put at the
+            # revision that wrote it; if another write came between (a token holder's
+            # heartbeat, the workflow observing it), read and compare (``mark_started``).
+            revision = await self._record_write
+            started = msgspec.structs.replace(self._record, started=True)
+            if revision is None or not await _stored_at(self._put_record, started, revision):
+                await self._mark_started()
+        if timeout is not None:
+            await timeout
+
+    def _write_timeout(self) -> asyncio.Task[Any] | None:
+        if self._closed or self._put_timeout is None or self._timeout_write is not None:
+            return self._timeout_write
+        try:
+            self._timeout_write = self._spawn(_stored(self._put_timeout), f"eager-timeout:{self.name}")
+        except ScopeClosed:  # the runtime stops: the next owner redoes the attempt
+            return None
+        return self._timeout_write
 
     def _write_record(self) -> asyncio.Task[Any] | None:
         if self._closed:
@@ -167,13 +196,24 @@ class EagerKeys:
         return self._record_write
 
 
-async def _stored(send: Write) -> None:
-    """Send a put and wait for its ack; a failure is logged (the next owner redoes the
-    attempt from its work item if this runtime cannot write)."""
+async def _stored(send: Write) -> int | None:
+    """Send a put and wait for its ack: the revision it wrote. A failure is logged (None):
+    the next owner redoes the attempt from its work item if this runtime cannot write."""
     try:
-        await (await send())
+        ack = await (await send())
     except PerdureError as exc:
         log.warning("eager.key_put_failed", error=str(exc))
+        return None
+    return getattr(ack, "seq", None)
+
+
+async def _stored_at(put: PutRecord, record: ActivityRecord, revision: int) -> bool:
+    """Put ``record`` if its key is still at ``revision``; False if not (or not stored)."""
+    try:
+        await (await put(record, revision=revision))
+    except PerdureError:
+        return False
+    return True
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -443,10 +443,11 @@ class EffectRunner:
         *,
         ttl: float | None,
         create_only: bool = False,
+        revision: int | None = None,
     ) -> asyncio.Future[Any]:
         key, data = self._key(ref, timer).key(), await self._sealer.encode(record, ref.execution_id)
         if not create_only:
-            return await self._records.put_nowait(key, data, ttl=ttl)
+            return await self._records.put_nowait(key, data, ttl=ttl, revision=revision)
         sent = await self._records.put_nowait(key, data, ttl=ttl, revision=0)
         return asyncio.ensure_future(_unless_present(sent))  # awaited by Sent.finish, with the step
 

@@ -32,7 +32,7 @@ from perdure.runtime.nats_consumer import Delivery
 from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
-from .eager_keys import EagerKeys
+from .eager_keys import EagerKeys, PutRecord
 from .effects import Effect, StartAttempt, record_timer
 from .held_ack import HeldAck, LocalResult, Spawn
 from .log_context import as_attempt
@@ -119,7 +119,7 @@ class LocalActivities:
         self,
         task: ActivityTask,
         record: ActivityRecord,
-        put_record: Callable[[ActivityRecord], Awaitable[asyncio.Future[Any]]],
+        put_record: PutRecord,
         put_timeout: Callable[[], Awaitable[asyncio.Future[Any]]] | None,
         *,
         bare: bool,
