@@ -111,7 +111,8 @@ class EagerKeys:
 
     def observe(self) -> bool:
         """The workflow watches the attempt's progress: flag the record still to be written
-        (True), or False if it is written already (the caller updates the stored one)."""
+        (True), or False if it is written, or on its way (the caller updates the stored one
+        once ``settled``)."""
         if self._record_write is not None:
             return False
         self._record = msgspec.structs.replace(self._record, observed=True)

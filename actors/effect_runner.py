@@ -381,10 +381,15 @@ class EffectRunner:
 
     async def _observe(self, ref: ExecutionRef, effect: ObserveActivity, out: Sent) -> None:
         """Mark the open attempt's record as observed (if the attempt started in an earlier step)."""
-        if self.local is not None and self.local.observe_keyless(
-            attempt_id(ref.execution_id, ref.run, effect.seq, effect.attempt)
-        ):
-            return  # an eager attempt's record, not written yet, is written flagged
+        eager = (
+            self.local.keys_of(attempt_id(ref.execution_id, ref.run, effect.seq, effect.attempt))
+            if self.local
+            else None
+        )
+        if eager is not None:
+            if eager.observe():
+                return  # an eager attempt's record, not written yet, will be written flagged
+            await eager.settled()  # written, or on its way: read it once it is stored
         timer = record_timer(effect.seq, effect.attempt)
         key = self._key(ref, timer).key()
         stored = await self._records.get(key)

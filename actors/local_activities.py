@@ -139,11 +139,9 @@ class LocalActivities:
             keys.close()
         return keys
 
-    def observe_keyless(self, attempt_id: str) -> bool:
-        """Flag an eager attempt's record observed before it is written (True), or False: the
-        stored record is updated the ordinary way."""
-        keys = self._keys.get(attempt_id)
-        return keys is not None and keys.observe()
+    def keys_of(self, attempt_id: str) -> EagerKeys | None:
+        """The keys of an eager attempt running here (until its outcome is acked)."""
+        return self._keys.get(attempt_id)
 
     def _forget_keys(self, attempt_id: str) -> None:
         self._keys.pop(attempt_id, None)
