@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Awaitable
 
 from perdure import (
     ActivityContext,
     ActivityError,
-    ActivityTimeout,
     RetryPolicy,
     activity,
     make_async,
@@ -43,12 +43,17 @@ async def hand_off(request: str, ctx: ActivityContext) -> str:
     return make_async()
 
 
+async def outcome(call: Awaitable[str]) -> str:
+    """The activity's result, or the name of the error it ended with."""
+    try:
+        return await call
+    except ActivityError as exc:
+        return type(exc).__name__
+
+
 @workflow
 async def handed_off(request: str) -> str:
-    try:
-        return await hand_off(request)
-    except ActivityTimeout as exc:
-        return type(exc).__name__
+    return await outcome(hand_off(request))
 
 
 @activity(timeout=10.0, retry=RetryPolicy(initial_interval=0.05, maximum_attempts=2))
@@ -76,7 +81,4 @@ def oversleep(seconds: float) -> str:
 
 @workflow
 async def overslept(seconds: float) -> str:
-    try:
-        return await oversleep(seconds)
-    except ActivityError as exc:
-        return type(exc).__name__
+    return await outcome(oversleep(seconds))
