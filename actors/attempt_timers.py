@@ -6,8 +6,8 @@ because only it knows when the attempt leaves the queue (issue 10, items 9 and 1
 
 - ``a.<seq>.<attempt>.to``: the start-to-close timeout, put when the attempt starts. (It was
   put at scheduling, so time spent queued behind busy slots counted against it.) An eager
-  attempt starts as it is scheduled: the effect runner puts its timeout with the step's
-  writes (one flush, not a write of its own from the attempt's task).
+  attempt starts as it is scheduled, and its timeout is armed in memory by the effect runner
+  (stored only if the attempt outlives its run: actors/eager_keys.py).
 - ``a.<seq>.<attempt>.s2s``: re-put as cancelled when the attempt starts, with the revision
   it was read at; an attempt whose schedule-to-start timer already fired (or whose activity
   closed, which purges its keys) is not started at all.
@@ -126,8 +126,8 @@ class AttemptTimers:
         cannot be reached the attempt runs anyway, as when a heartbeat fails: its work item
         (or the inbox message an eager attempt holds) is the backstop."""
         if eager:
-            # Its timeout went out with the step that scheduled it (effect_runner), and the
-            # inbox message it holds recovers it after a crash: no key of its own to put here.
+            # Its timeout is armed by the effect runner (actors/eager_keys.py), and the inbox
+            # message it holds recovers it after a crash: no key of its own to put here.
             return RunningAttempt(self, [], None)
         try:
             queued = task.options.schedule_to_start is not None

@@ -30,14 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
 
 from perdure.runtime.errors import PerdureError, ScopeClosed
 from perdure.runtime.messages import ActivityRecord
+
+from .held_ack import Spawn
+
+if TYPE_CHECKING:
+    from .timers import TimerKey
 
 log = structlog.get_logger("perdure.eager_keys")
 
@@ -50,9 +55,6 @@ class PutRecord(Protocol):
     def __call__(
         self, record: ActivityRecord, *, revision: int | None = None
     ) -> Awaitable[asyncio.Future[Any]]: ...
-
-
-Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
 
 class EagerKeys:
@@ -80,13 +82,14 @@ class EagerKeys:
         mark_started: Callable[[], Awaitable[None]],
         spawn: Spawn,
         *,
+        armed: TimerKey | None,
         bare: bool,
     ) -> None:
         self.name = name  # the attempt id, for task names
         # Its activity's first attempt, with no schedule-to-close timer: if this attempt
         # writes no key, its activity has none to purge.
         self.bare = bare
-        self.armed: str | None = None  # its timeout's key, armed in memory only (TimerService)
+        self.armed = armed  # its timeout's key, armed in memory only (TimerService)
         self._record = record
         self._put_record = put_record
         self._put_timeout = put_timeout
@@ -103,11 +106,10 @@ class EagerKeys:
 
     # ------------------------------------------------------------ from the actor
 
-    def close(self) -> bool:
-        """The activity closes: no key is written from now on. True if none was written;
-        False if some may be stored, or on their way (purge them after ``settled``)."""
+    def close(self) -> None:
+        """The activity closes: no key is written from now on. ``written`` says whether one
+        was (stored, or on its way: purge them after ``settled``)."""
         self._closed = True
-        return not self.written
 
     def observe(self) -> bool:
         """The workflow watches the attempt's progress: flag the record still to be written

@@ -255,13 +255,10 @@ class EffectRunner:
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
             await self._arm_schedule_to_start(ref, effect, out)
             out.append(await self._publish_work(ref, task))
-        elif hold is not None and self.local is not None:
-            # Runs here and now (local_activities), writing its record and timeout only if it
-            # needs them (actors/eager_keys.py): its timeout is armed in memory.
-            await self._start_eager(ref, effect, out, hold, task, record, wanted)
-        else:
-            # The timer the starting runtime cancels goes before the work item, which is the
-            # only other write on the critical path.
+        elif hold is None or not self._start_eager(ref, effect, hold, task, record, wanted):
+            # The ordinary way (also an eager attempt of a runtime that is stopping). The timer
+            # the starting runtime cancels goes before the work item, which is the only other
+            # write on the critical path.
             await self._arm_schedule_to_start(ref, effect, out)
             out.append(await self._publish_work(ref, task))
             out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
@@ -269,33 +266,33 @@ class EffectRunner:
             key = self._key(ref, schedule_to_close_timer(d.seq))
             out.append(await self._timers.put(key, effect.time + options.schedule_to_close))
 
-    async def _start_eager(
+    def _start_eager(
         self,
         ref: ExecutionRef,
         effect: StartAttempt,
-        out: Sent,
         hold: HeldAck,
         task: ActivityTask,
         record: ActivityRecord,
         wanted: Callable[[], bool],
-    ) -> None:
-        assert self.local is not None
+    ) -> bool:
+        """Start the attempt here and now (local_activities), writing its record and timeout
+        only if it needs them (actors/eager_keys.py): its timeout is armed in memory. False
+        if this runtime has no activity host or it is stopping."""
+        if self.local is None:
+            return False
         d = effect.decision
-        timeout = None
+        timeout, armed, fire_at = None, None, 0.0
         if d.options.timeout is not None:
             key, fire_at = self._key(ref, timeout_timer(d.seq, d.attempt)), time.time() + d.options.timeout
-            timeout = functools.partial(self._timers.put, key, fire_at)
+            timeout, armed = functools.partial(self._timers.put, key, fire_at), key
         put_record = functools.partial(self._put_record, ref, record_timer(d.seq, d.attempt), ttl=None)
         bare = d.attempt == 1 and d.options.schedule_to_close is None
-        keys = self.local.keys_for(task, record, put_record, timeout, bare=bare)
+        keys = self.local.keys_for(task, record, put_record, timeout, armed=armed, bare=bare)
         if not self.local.start(task, ref.partition, hold, keys, wanted):
-            # The runtime is stopping: the attempt goes the ordinary way.
-            out.append(await self._put_record(ref, record_timer(d.seq, d.attempt), record, ttl=None))
-            await self._arm_schedule_to_start(ref, effect, out)
-            out.append(await self._publish_work(ref, task))
-        elif timeout is not None:
-            self._timers.arm(key, fire_at)
-            keys.armed = key.key()
+            return False
+        if armed is not None:
+            self._timers.arm(armed, fire_at)
+        return True
 
     async def _arm_schedule_to_start(self, ref: ExecutionRef, effect: StartAttempt, out: Sent) -> None:
         """Time in the queue: the runtime that starts the attempt cancels this timer."""
@@ -346,7 +343,7 @@ class EffectRunner:
         key = self._key(ref, attempt_prefix(seq, failed))
         eager = self._close_eager(ref, seq, failed)
         if eager is not None and not eager.written:
-            self._timers.disarm_activity(key, attempt_timers(seq, failed))  # it wrote no key
+            self._forget_unwritten(eager)
         else:
             out.purge(functools.partial(self._forget_activity, key, attempt_timers(seq, failed), eager))
         out.append(await self._timers.put(self._key(ref, effect.retry_timer), effect.fire_at))
@@ -357,8 +354,7 @@ class EffectRunner:
         seq, attempt = effect.seq, effect.attempt
         eager = self._close_eager(ref, seq, attempt)
         if eager is not None and eager.bare and not eager.written:
-            if eager.armed is not None:  # it ran here and wrote no key: none to purge
-                self._timers.forget_in_memory(eager.armed)
+            self._forget_unwritten(eager)  # and its activity has no other key: none to purge
             return
         armed = [*attempt_timers(seq, attempt), schedule_to_close_timer(seq), retry_timer(seq, attempt)]
         out.purge(
@@ -371,6 +367,11 @@ class EffectRunner:
         if self.local is None:
             return None
         return self.local.close(attempt_id(ref.execution_id, ref.run, seq, attempt))
+
+    def _forget_unwritten(self, eager: EagerKeys) -> None:
+        """An eager attempt that wrote no key: nothing to purge, only its timeout to disarm."""
+        if eager.armed is not None:
+            self._timers.forget_in_memory(eager.armed.key())
 
     async def _forget_activity(
         self, key: TimerKey, armed: list[str], eager: EagerKeys | None

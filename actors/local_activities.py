@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -32,7 +32,7 @@ from perdure.runtime.nats_consumer import Delivery
 from perdure.runtime.supervisor import Supervisor
 from perdure.runtime.tokens import TokenData
 
-from .eager_keys import EagerKeys, PutRecord
+from .eager_keys import EagerKeys, PutRecord, Write
 from .effects import Effect, StartAttempt, record_timer
 from .held_ack import HeldAck, LocalResult, Spawn
 from .log_context import as_attempt
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .activity_machine import ActivityState
     from .completion import HeartbeatService
     from .effect_runner import EffectRunner, ExecutionRef
+    from .timers import TimerKey
 
 log = structlog.get_logger("perdure.local_activities")
 
@@ -97,9 +98,10 @@ class LocalActivities:
         wanted: Callable[[], bool] = lambda: True,
     ) -> bool:
         """Start a reserved attempt; False (slot given back) if the runtime is stopping.
-        ``keys`` writes its record and timeout if it needs them. ``wanted`` is asked when the attempt's task first runs: by then the execution may
-        have closed the activity (its next step can be appended before a busy loop runs the
-        task), and an attempt of a closed activity is not run."""
+        ``keys`` writes its record and timeout if it needs them. ``wanted`` is asked when the
+        attempt's task first runs: by then the execution may have closed the activity (its
+        next step can be appended before a busy loop runs the task), and an attempt of a
+        closed activity is not run."""
         attempt_id = _attempt_id(task)
         if not self._running.claim(attempt_id):
             self._free += 1
@@ -120,20 +122,28 @@ class LocalActivities:
         task: ActivityTask,
         record: ActivityRecord,
         put_record: PutRecord,
-        put_timeout: Callable[[], Awaitable[asyncio.Future[Any]]] | None,
+        put_timeout: Write | None,
         *,
+        armed: TimerKey | None,
         bare: bool,
     ) -> EagerKeys:
         """The keys an eager attempt writes if it needs them (actors/eager_keys.py)."""
         token = TokenData(task.execution_id, task.run, task.seq, task.attempt, task.nonce)
         mark_started = functools.partial(self._heartbeats.mark_started, token)
         return EagerKeys(
-            _attempt_id(task), record, put_record, put_timeout, mark_started, self._spawn, bare=bare
+            _attempt_id(task),
+            record,
+            put_record,
+            put_timeout,
+            mark_started,
+            self._spawn,
+            armed=armed,
+            bare=bare,
         )
 
     def close(self, attempt_id: str) -> EagerKeys | None:
         """The activity of an attempt closes: if it ran eagerly here, its keys, closed (none
-        is written from now on; ``EagerKeys.close`` says whether one was)."""
+        is written from now on; ``EagerKeys.written`` says whether one was)."""
         keys = self._keys.pop(attempt_id, None)
         if keys is not None:
             keys.close()
@@ -143,12 +153,10 @@ class LocalActivities:
         """The keys of an eager attempt running here (until its outcome is acked)."""
         return self._keys.get(attempt_id)
 
-    def _forget_keys(self, attempt_id: str) -> None:
-        self._keys.pop(attempt_id, None)
-
     def _settled(self, attempt_id: str, concluded: bool = True) -> None:
-        """Its outcome is in history (its activity closed, or not, with the step's effects,
-        which are sent by now), or dropped: the attempt no longer runs here."""
+        """The attempt no longer runs here: its outcome is in history (its activity closed,
+        or not, with the step's effects, which are sent by now), dropped, handed over, or
+        there is none; ``concluded``: as ``RunningAttempts.release`` says."""
         self._running.release(attempt_id, concluded)
         self._keys.pop(attempt_id, None)
 
@@ -164,15 +172,13 @@ class LocalActivities:
         if not wanted():
             log.info("eager.attempt_withdrawn")
             self._free += 1
-            self._running.release(attempt_id)  # nothing to report: the activity is closed
-            self._forget_keys(attempt_id)
+            self._settled(attempt_id)  # nothing to report: the activity is closed
             hold.conclude()
             return
         try:
             outcome = await self._actors[task.name].run_local(task, keys)
         except BaseException:
-            self._running.release(attempt_id, concluded=False)
-            self._forget_keys(attempt_id)  # its keys, if any, are purged the ordinary way
+            self._settled(attempt_id, concluded=False)  # its keys, if any, are purged the ordinary way
             hold.fail()  # cancelled (runtime stopping) or broken: the next owner redoes it
             raise
         finally:
@@ -185,8 +191,7 @@ class LocalActivities:
                 await keys.hand_over()
             except PerdureError as exc:
                 log.warning("eager.mark_started_failed", error=str(exc))
-            self._running.release(attempt_id)
-            self._forget_keys(attempt_id)
+            self._settled(attempt_id)
             hold.conclude()
             return
         settled = functools.partial(self._settled, attempt_id)

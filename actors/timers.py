@@ -108,25 +108,20 @@ class TimerService:
         """The timer is cancelled, or its firing is absorbed: disarm it and purge its key (no
         marker follows, so no runtime will ever fire it again)."""
         k = key.key()
-        self.disarm(k)
-        self._quiet.discard(k)
+        self.forget_in_memory(k)
         return await self._timers.purge_nowait(k)
 
     async def forget_activity(self, key: TimerKey, timers: list[str]) -> asyncio.Future[int]:
         """An activity closed: purge every key under ``a.<seq>.`` (its attempts' records and
         timers, and its checkpoint) in one request. ``key.timer`` is ``a.<seq>``; ``timers``
         are those that may be armed in memory."""
-        self.disarm_activity(key, timers)
-        return await self._timers.purge_nowait(f"{key.key()}.>")
-
-    def disarm_activity(self, key: TimerKey, timers: list[str]) -> None:
-        """Disarm an activity's timers in memory (``key.timer`` is ``a.<seq>``): those of an
-        eager attempt that stored no key need no purge (actors/eager_keys.py)."""
         for timer in timers:
             self.forget_in_memory(msgspec.structs.replace(key, timer=timer).key())
+        return await self._timers.purge_nowait(f"{key.key()}.>")
 
     def forget_in_memory(self, key: str) -> None:
-        """Neither armed nor fired from memory any more (a key never stored, or purged)."""
+        """Neither armed nor fired from memory any more: its key is purged, or was never
+        stored (an eager attempt's timeout, actors/eager_keys.py)."""
         self.disarm(key)
         self._quiet.discard(key)
 

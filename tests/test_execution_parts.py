@@ -483,7 +483,9 @@ async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run()
             nonce="n",
             token="t",
         )
-        keys = local.keys_for(task, ActivityRecord(nonce=f"n{attempt}"), put_record, None, bare=True)
+        keys = local.keys_for(
+            task, ActivityRecord(nonce=f"n{attempt}"), put_record, None, armed=None, bare=True
+        )
         assert local.start(task, 0, hold, keys, lambda wanted=wanted: wanted)
     await asyncio.gather(*tasks)
     assert ran == [3]  # the withdrawn attempt 2 never ran
