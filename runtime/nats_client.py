@@ -457,8 +457,8 @@ class Connection:
                 self._on_purged(fut, subject, msg)
             return
         outcome = _publish_outcome(subject, msg)
-        if kind is not None:
-            kind.answered(outcome)  # type: ignore[attr-defined]  # a ResentPublish's copy
+        if isinstance(kind, ResentPublish):
+            kind.answered(outcome)  # one copy's answer: the publish decides (publish_resend.py)
         elif fut.done():
             return
         elif isinstance(outcome, Ack):
@@ -539,17 +539,10 @@ class Connection:
         token = self._register(publish.fut, publish.subject, publish, publish.subject)
         publish.outstanding += 1
         try:
-            await self._nc.publish(
-                publish.subject,
-                publish.data,
-                reply=(self._ack_prefix + token).decode(),
-                headers=publish.headers,
-            )
+            await self._send_with_token(token, publish.subject, publish.data, publish.headers, "publish to")
         except Exception:
-            self._acks.pop(token, None)
             publish.outstanding -= 1
-            with map_errors(f"publish to {publish.subject}"):
-                raise
+            raise
 
     async def _resend(self, publish: ResentPublish) -> None:
         """Another copy (``ResendSchedule``); a copy that cannot be sent counts as refused."""
@@ -586,13 +579,28 @@ class Connection:
         self.check_fits(subject, data, headers)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         token = self._register(fut, about, kind, subject)
+        what = "purge" if kind is _PURGE else "publish to"
+        await self._send_with_token(token, subject, data, headers, what, about=about)
+        return fut
+
+    async def _send_with_token(
+        self,
+        token: bytes,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        what: str,
+        *,
+        about: str | None = None,
+    ) -> None:
+        """Publish with the ack mux's reply subject for ``token``; if it cannot be sent, the
+        token is dropped and the error is raised as ``<what> <about>`` (Perdure's errors)."""
         try:
             await self._nc.publish(subject, data, reply=(self._ack_prefix + token).decode(), headers=headers)
         except Exception:
             self._acks.pop(token, None)
-            with map_errors(f"purge {about}" if kind is _PURGE else f"publish to {subject}"):
+            with map_errors(f"{what} {about or subject}"):
                 raise
-        return fut
 
     def _register(self, fut: asyncio.Future[Any], about: str, kind: object, subject: str) -> bytes:
         """A reply token of the ack mux for ``fut``, failed by ``_expire_acks`` if unanswered."""
