@@ -13,6 +13,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
+
 from perdure import Client
 from perdure.runtime import codec
 from perdure.runtime.events import ActivityCompleted, ActivityConcluded, AnyEvent, HistoryStep, TimerFired
@@ -221,15 +223,23 @@ async def watch_timer_markers(client: Client, history: HistoryWatch) -> AsyncIte
         await sub.stop()
 
 
-async def run_perdure(*args: str, url: str, namespace: str, **env: str) -> tuple[int, str, str]:
+async def run_perdure(
+    *args: str, url: str, namespace: str, timeout: float = 60.0, **env: str
+) -> tuple[int, str, str]:
     """A ``perdure`` command as a process of its own, against ``url`` and ``namespace`` (more
-    ``PERDURE_*`` variables in ``env``): its exit code, stdout and stderr."""
+    ``PERDURE_*`` variables in ``env``): its exit code, stdout and stderr. One still running
+    after ``timeout`` seconds is killed and the test fails with the end of its stderr."""
     variables = {**os.environ, "PERDURE_URL": url, "PERDURE_NAMESPACE": namespace, **env}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "perdure.runtime.daemon", *args,
         env=variables, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        pytest.fail(f"perdure {' '.join(args)} still running after {timeout} s: {err.decode()[-2000:]}")
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +17,7 @@ import pytest
 from perdure import Client, EmbeddedServer
 from perdure.runtime.embedded import free_port
 
-from support import TESTS_DIR, RuntimeProcess
+from support import TESTS_DIR, RuntimeProcess, run_perdure
 
 
 class Run:
@@ -41,20 +39,9 @@ class Env:
 
     async def __call__(self, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> Run:
         # Connection settings through the PERDURE_* variables, as `perdure worker` reads them.
-        full_env = {**os.environ, "PERDURE_URL": self.url, "PERDURE_NAMESPACE": self.namespace, **(env or {})}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "perdure.runtime.daemon", *args,
-            env=full_env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            out, err = await proc.communicate()
-            pytest.fail(f"perdure {' '.join(args)} still running after {timeout} s: {err.decode()[-2000:]}")
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        return Run(
+            *await run_perdure(*args, url=self.url, namespace=self.namespace, timeout=timeout, **(env or {}))
+        )
 
     def spawn(self, *args: str) -> asyncio.Future[Run]:
         return asyncio.ensure_future(self(*args))
