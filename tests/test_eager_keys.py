@@ -33,7 +33,8 @@ from support import RuntimeProcess
 class KeySpy:
     """Counts every write to the timers bucket and every purge request, as the server sees them."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, url: str) -> None:
+        self.url = url
         self.timers = f"$KV.{client.names.timers_bucket}."
         self.purge = f"$JS.API.STREAM.PURGE.{client.names.kv_stream(client.names.timers_bucket)}"
         self.seen: collections.Counter[str] = collections.Counter()
@@ -42,7 +43,7 @@ class KeySpy:
         async def count(msg: nats.aio.msg.Msg) -> None:
             self.seen["purge" if msg.subject == self.purge else "put"] += 1
 
-        self.nc = await nats.connect(self._url)
+        self.nc = await nats.connect(self.url)
         await self.nc.subscribe(self.timers + ">", cb=count)
         await self.nc.subscribe(self.purge, cb=count)
         await self.nc.flush()
@@ -53,22 +54,16 @@ class KeySpy:
         await self.nc.drain()
 
 
-def spy(client: Client, url: str) -> KeySpy:
-    s = KeySpy(client)
-    s._url = url  # type: ignore[attr-defined]
-    return s
-
-
 async def test_a_quick_eager_attempt_writes_and_purges_no_key(
     nats_server: EmbeddedServer, settings: Settings, client: Client
 ) -> None:
     # Control: the same workflow with work items writes records and timers, and purges them.
     plain = dataclasses.replace(settings, eager_activities=False)
-    async with spy(client, nats_server.url) as ordinary, Worker([count_up, add_one], settings=plain):
+    async with KeySpy(client, nats_server.url) as ordinary, Worker([count_up, add_one], settings=plain):
         assert await (await client.start(count_up, 5, id="keys-plain")).result(timeout=30) == 5
     assert ordinary.seen["put"] >= 10 and ordinary.seen["purge"] >= 5, ordinary.seen
 
-    async with spy(client, nats_server.url) as eager, Worker([count_up, add_one], settings=settings):
+    async with KeySpy(client, nats_server.url) as eager, Worker([count_up, add_one], settings=settings):
         handle = await client.start(count_up, 5, id="keys-eager")
         assert await handle.result(timeout=30) == 5
     assert eager.seen == {}, eager.seen  # five timed attempts, not one key written or purged
