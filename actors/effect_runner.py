@@ -144,8 +144,8 @@ class EffectRunner:
         wanted: Wanted = lambda seq, attempt: True,
     ) -> Sent:
         """Send every effect but the purges (``Sent.finish`` sends those and awaits all). The
-        attempts of the activities in ``eager`` (slots reserved, recorded in the step) start
-        here and now under ``hold``, if still ``wanted`` when their task runs."""
+        attempts of the activities in ``eager`` (recorded in the step) start here and now under
+        ``hold`` if a slot is free, and if still ``wanted`` when their task runs."""
         out = Sent()
         for effect in effects:
             if isinstance(effect, StartAttempt):
@@ -277,7 +277,7 @@ class EffectRunner:
     ) -> bool:
         """Start the attempt here and now (local_activities), writing its record and timeout
         only if it needs them (actors/eager_keys.py): its timeout is armed in memory. False
-        if this runtime has no activity host or it is stopping."""
+        if this runtime has no activity host, no free slot any more, or it is stopping."""
         if self.local is None:
             return False
         d = effect.decision

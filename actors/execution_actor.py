@@ -219,13 +219,9 @@ class ExecutionActor:
             # closed within the step (a retry's timer and the previous attempt's result in
             # one batch) is never started.
             effects = due_again(activation.effects, instance.activities, index_current=True)
-            eager = self._eager.reserve(effects)
+            eager = self._eager.eligible(effects)
             absorbed = [item.delivery.stream_seq for item in fresh if item.delivery.stream_seq]
-            try:
-                await self._commit(instance, now, activation, effects, absorbed=absorbed, eager=eager)
-            except BaseException:
-                self._eager.unreserve(eager)
-                raise
+            await self._commit(instance, now, activation, effects, absorbed=absorbed, eager=eager)
             assert self.ref is not None
             self.ref.history_length = instance.history_length
             hold = self._eager.hold_for(batch) if eager else None

@@ -75,15 +75,14 @@ class LocalActivities:
         # the activity asks them whether anything was written (actors/eager_keys.py).
         self._keys: dict[str, EagerKeys] = {}
 
-    def reserve(self, name: str, heartbeat: float | None) -> bool:
-        """Take a slot for an attempt about to be scheduled (before its step is appended)."""
-        if self._free <= 0 or heartbeat is not None or name not in self._actors:
-            return False
-        self._free -= 1
-        return True
-
-    def unreserve(self, count: int) -> None:
-        self._free += count
+    def may_run(self, name: str, heartbeat: float | None) -> bool:
+        """Whether an attempt of ``name`` may run here eagerly: hosted here, no heartbeat, and
+        a slot free now. Asked before its step is appended; the slot is taken only when it
+        starts (``start``), after the append: a burst of steps waiting for their appends holds
+        no slot, so quick attempts do not spill to the work stream for want of one (measured:
+        with 100 workflows started at once, 30% of their attempts went the ordinary way when
+        the slot was taken before the append)."""
+        return self._free > 0 and heartbeat is None and name in self._actors
 
     def is_running(self, attempt_id: str) -> bool:
         """Running here, or its outcome is on its way to the execution actor."""
@@ -97,15 +96,18 @@ class LocalActivities:
         keys: EagerKeys,
         wanted: Callable[[], bool] = lambda: True,
     ) -> bool:
-        """Start a reserved attempt; False (slot given back) if the runtime is stopping.
+        """Start an attempt of a ``may_run`` activity in a free slot; False if none is free
+        any more or the runtime is stopping (the attempt then goes the ordinary way).
         ``keys`` writes its record and timeout if it needs them. ``wanted`` is asked when the
         attempt's task first runs: by then the execution may have closed the activity (its
         next step can be appended before a busy loop runs the task), and an attempt of a
         closed activity is not run."""
+        if self._free <= 0:
+            return False  # every slot was taken since its step was appended: the ordinary way
         attempt_id = _attempt_id(task)
         if not self._running.claim(attempt_id):
-            self._free += 1
             return True  # it runs here already: its outcome goes to the inbox as usual
+        self._free -= 1
         try:
             run = as_attempt(task, self._run, partition, hold, attempt_id, keys, wanted)
             self._spawn(run, f"eager:{attempt_id}")
@@ -208,8 +210,8 @@ class LocalActivities:
 
 
 class EagerSteps:
-    """One execution's eager bookkeeping: the slots a step reserves for the attempts it will
-    start here (before the append that records them), and the hold of the step under way.
+    """One execution's eager bookkeeping: which attempts a step is to start here (decided
+    before the append that records them), and the hold of the step under way.
 
     A step's hold (``HeldAck``) keeps its inbox messages unacked until its eager attempts'
     outcomes are in history; the actor takes it (``take_hold``) to settle or abandon it.
@@ -222,8 +224,9 @@ class EagerSteps:
         self._spawn = spawn
         self._hold: HeldAck | None = None
 
-    def reserve(self, effects: list[Effect]) -> list[int]:
-        """Activities whose new attempt will run here at once (slots taken now)."""
+    def eligible(self, effects: list[Effect]) -> list[int]:
+        """Activities whose new attempt is to run here at once (``LocalActivities.may_run``),
+        recorded in the step; one that finds no free slot when it starts goes the ordinary way."""
         local = self._local
         if local is None:
             return []
@@ -231,13 +234,8 @@ class EagerSteps:
             effect.decision.seq
             for effect in effects
             if isinstance(effect, StartAttempt)
-            and local.reserve(effect.decision.name, effect.decision.options.heartbeat)
+            and local.may_run(effect.decision.name, effect.decision.options.heartbeat)
         ]
-
-    def unreserve(self, eager: list[int]) -> None:
-        """The step was not appended: give its slots back."""
-        if self._local is not None and eager:
-            self._local.unreserve(len(eager))
 
     def hold_for(self, batch: Sequence[Delivery | LocalResult]) -> HeldAck:
         """Whose acks wait for this step's eager attempts. A step that only absorbed outcomes

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 
 from perdure import Client, EmbeddedServer, Settings, Worker
-from perdure.runtime.events import ActivityScheduled
+from perdure.runtime.events import ActivityCompleted, ActivityScheduled
 
 from support import RuntimeProcess, assert_applied_once, watch_history
 from workflows import double, pipeline, pipeline_expected, slow_chain, slow_chain_expected
@@ -27,6 +27,27 @@ async def test_attempts_run_where_they_are_decided(settings: Settings, client: C
     eager = [seq for s in steps for seq in s.eager]
     assert sorted(eager) == sorted(scheduled) and len(scheduled) == 13
     assert await work_items_published(client) == 0
+
+
+async def test_attempts_that_find_every_slot_taken_go_the_ordinary_way(
+    settings: Settings, client: Client
+) -> None:
+    """A slot is taken as an eager attempt starts, after its step is appended (steps waiting
+    for their appends hold none, so a burst of quick attempts does not spill to the work
+    stream). With one slot, the sequential attempts run here; of a fan-out of ten in one
+    step, the first takes the slot and the other nine go as work items. All are recorded as
+    eager in their step, and each is applied once."""
+    one_slot = dataclasses.replace(settings, activity_concurrency=1)
+    async with Worker([pipeline, double], settings=one_slot):
+        handle = await client.start(pipeline, 5, id="one-slot-pipeline")
+        assert await handle.result(timeout=30) == pipeline_expected(5)
+    steps = await handle.history_steps()
+    scheduled = [d.seq for s in steps for d in s.decisions if isinstance(d, ActivityScheduled)]
+    assert sorted(seq for s in steps for seq in s.eager) == sorted(scheduled) and len(scheduled) == 13
+    assert await work_items_published(client) == 9
+    events = [e for s in steps for e in (*s.inputs, *s.decisions)]
+    assert_applied_once(events, handle.id)
+    assert sum(isinstance(e, ActivityCompleted) for e in events) == 13
 
 
 async def test_without_eager_every_attempt_is_a_work_item(settings: Settings, client: Client) -> None:

@@ -197,14 +197,8 @@ class FakeLocal:
     def __init__(self, free: int) -> None:
         self.free = free
 
-    def reserve(self, name: str, heartbeat: float | None) -> bool:
-        if self.free <= 0 or heartbeat is not None:
-            return False
-        self.free -= 1
-        return True
-
-    def unreserve(self, count: int) -> None:
-        self.free += count
+    def may_run(self, name: str, heartbeat: float | None) -> bool:
+        return self.free > 0 and heartbeat is None
 
 
 def start(seq: int, *, heartbeat: float | None = None) -> StartAttempt:
@@ -216,15 +210,14 @@ def start(seq: int, *, heartbeat: float | None = None) -> StartAttempt:
     return StartAttempt(decision, 1.0, carry_from=None)
 
 
-def test_eager_steps_reserve_and_give_back_slots() -> None:
+def test_eager_steps_pick_the_attempts_that_may_run_here() -> None:
     local = FakeLocal(free=2)
     eager = EagerSteps(local, lambda coro, name: coro.close())  # type: ignore[arg-type]
     effects = [start(1), StartTimer("t", 1.0), start(2, heartbeat=5.0), start(3), start(4)]
-    assert eager.reserve(effects) == [1, 3]  # heartbeating attempts go the ordinary way; 2 slots
-    assert local.free == 0
-    eager.unreserve([1, 3])
-    assert local.free == 2
-    assert EagerSteps(None, lambda c, n: None).reserve(effects) == []
+    assert eager.eligible(effects) == [1, 3, 4]  # heartbeating attempts go the ordinary way
+    assert local.free == 2  # no slot is taken before the step is appended: each start takes one
+    assert EagerSteps(FakeLocal(free=0), lambda c, n: None).eligible(effects) == []  # type: ignore[arg-type]
+    assert EagerSteps(None, lambda c, n: None).eligible(effects) == []
     assert started_attempts(effects, [3, 4]) == {3: effects[3], 4: effects[4]}
 
 
@@ -439,7 +432,9 @@ async def test_running_attempts_one_at_a_time() -> None:
 async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run() -> None:
     """Its step is appended, but by the time a busy loop runs its task the execution closed
     the activity (seen in chaos runs: attempt 2 started 10 ms after attempt 1's result closed
-    it). Withdrawn: nothing runs, its slot and its share of the held ack come back."""
+    it). Withdrawn: nothing runs, its slot and its share of the held ack come back. A slot is
+    taken as an attempt starts; with none free, ``start`` says so and the attempt goes the
+    ordinary way."""
     from perdure.actors.local_activities import LocalActivities
     from perdure.runtime.messages import ActivityRecord, ActivityTask
 
@@ -470,9 +465,8 @@ async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run()
         stored.set_result(None)
         return stored
 
-    for attempt, wanted in ((2, False), (3, True)):
-        assert local.reserve("double", None)
-        task = ActivityTask(
+    def task_of(attempt: int) -> ActivityTask:
+        return ActivityTask(
             execution_id="e1",
             workflow="w",
             run=1,
@@ -480,19 +474,26 @@ async def test_an_eager_attempt_no_longer_wanted_when_its_task_runs_is_not_run()
             attempt=attempt,
             name="double",
             input=RAW,
-            nonce="n",
+            nonce=f"n{attempt}",
             token="t",
         )
-        keys = local.keys_for(
-            task, ActivityRecord(nonce=f"n{attempt}"), put_record, None, armed=None, bare=True
-        )
-        assert local.start(task, 0, hold, keys, lambda wanted=wanted: wanted)
+
+    def start(attempt: int, wanted: bool = True) -> bool:
+        task = task_of(attempt)
+        keys = local.keys_for(task, ActivityRecord(nonce=task.nonce), put_record, None, armed=None, bare=True)
+        return local.start(task, 0, hold, keys, lambda: wanted)
+
+    assert local.may_run("double", None) and not local.may_run("other", None)
+    assert start(2, wanted=False) and start(3)
+    # Both slots are taken (from the start, not from the step's decision): a third attempt
+    # goes the ordinary way, and nothing of it runs here.
+    assert not local.may_run("double", None) and not start(4)
     await asyncio.gather(*tasks)
-    assert ran == [3]  # the withdrawn attempt 2 never ran
+    assert ran == [3]  # the withdrawn attempt 2 never ran, attempt 4 never started here
     # ... nor wrote a key; attempt 3 ended without an outcome (handed over): its record, flagged
     # started so that no recovery runs it again, is stored before its hold is acked.
     assert [(r.nonce, r.started) for r in written] == [("n3", True)]
-    assert (
-        not local.is_running("e1:1:1:2") and local.reserve("double", None) and local.reserve("double", None)
-    )
+    assert not local.is_running("e1:1:1:2") and not local.is_running("e1:1:1:4")
+    assert start(5) and start(6) and not start(7)  # both slots came back, and only two
+    await asyncio.gather(*tasks)
     assert hold.attempts == 0  # both shares came back: withdrawn, and made async (concluded)
