@@ -19,7 +19,7 @@ import collections
 import contextlib
 import sys
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -148,7 +148,7 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         if abandon.supported():
             abandon.abandon(self._roots)  # marks what is still open: again is harmless
         else:
-            with _running(self):
+            with _Running(self):
                 for root in self._roots:
                     _close_quietly(root)
         self._roots = []
@@ -169,18 +169,18 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 
     def run_in_workflow(self, fn: Callable[[], T]) -> T:
         """Call ``fn`` as workflow code: a condition's predicate may use the workflow API."""
-        with _running(self):
+        with _Running(self):
             return fn()
 
     def run_ready(self) -> None:
         """Run callbacks until none is ready: the workflow is blocked on something durable."""
-        with _running(self):
+        with _Running(self):
             self._run_ready()
 
     def run_until_blocked(self, recheck: Callable[[], bool]) -> None:
         """Run callbacks until none is ready, then ``recheck()`` (a condition's predicates)
         and go on while it made more code ready; one running-loop switch for the step."""
-        with _running(self):
+        with _Running(self):
             self._run_ready()
             while recheck():
                 self._run_ready()
@@ -236,24 +236,32 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     subprocess_exec = subprocess_shell = add_reader = add_writer = sock_connect = _refuse  # type: ignore[assignment]
 
 
-@contextlib.contextmanager
-def _running(loop: ReplayLoop) -> Iterator[None]:
+class _Running:
     """Make ``loop`` the thread's running loop while workflow code steps.
 
     This is the one place we use private asyncio API (as the Temporal SDK does): with it,
     ``asyncio.get_running_loop()``, futures, tasks, ``asyncio.Event`` and friends inside
     workflow code bind to the replay loop. The outer (uvloop) loop is restored afterwards;
     nothing of the outer loop runs in between, since this is a plain synchronous call.
+    A class rather than ``@contextmanager``: it is entered at least once per step, and a
+    generator-based one costs a generator and four calls more each time.
     """
-    outer = asyncio.events._get_running_loop()
-    hooks = sys.get_asyncgen_hooks()
-    asyncio.events._set_running_loop(loop)
-    sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter, finalizer=loop._asyncgen_finalizer)
-    try:
-        yield
-    finally:
-        sys.set_asyncgen_hooks(*hooks)
-        asyncio.events._set_running_loop(outer)
+
+    __slots__ = ("_hooks", "_loop", "_outer")
+
+    def __init__(self, loop: ReplayLoop) -> None:
+        self._loop = loop
+
+    def __enter__(self) -> None:
+        loop = self._loop
+        self._outer = asyncio.events._get_running_loop()
+        self._hooks = sys.get_asyncgen_hooks()
+        asyncio.events._set_running_loop(loop)
+        sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter, finalizer=loop._asyncgen_finalizer)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.set_asyncgen_hooks(*self._hooks)
+        asyncio.events._set_running_loop(self._outer)
 
 
 def _close_quietly(obj: Any) -> None:

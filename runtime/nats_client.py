@@ -576,7 +576,8 @@ class Connection:
     ) -> asyncio.Future[Any]:
         """Send with a reply subject of the ack mux; the future resolves when ``_on_ack``
         routes the reply (or fails after ``ack_timeout``)."""
-        self.check_fits(subject, data, headers)
+        if wire_size_bound(data, headers) > self._nc.max_payload:
+            self.check_fits(subject, data, headers)  # may fit all the same: counted exactly
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         token = self._register(fut, about, kind, subject)
         what = "purge" if kind is _PURGE else "publish to"
