@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 @dataclass
 class ActivityState:
-    machine: ActivityMachine
     seq: int
     name: str
     input: msgspec.Raw
@@ -88,7 +87,6 @@ class ActivityMachine:
             ActivityScheduled(seq=seq, name=name, input=input, nonce=new_nonce(), options=options)
         )
         state = ActivityState(
-            machine=self,
             seq=seq,
             name=name,
             input=input,

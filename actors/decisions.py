@@ -59,6 +59,10 @@ class Pending:
     size: int = 0  # bytes of the step's history message so far (payloads, plus EVENT_OVERHEAD each)
 
 
+def _torn_down() -> str:
+    return "a torn-down workflow instance"
+
+
 class Decisions:
     def __init__(self, where: Callable[[], str]) -> None:
         self._where = where  # names the workflow, execution and step, for errors
@@ -73,6 +77,10 @@ class Decisions:
     @property
     def closed(self) -> bool:
         return self.closing is not None
+
+    def detach(self) -> None:
+        """Its instance is torn down: let go of it (``where`` is one of its methods)."""
+        self._where = _torn_down
 
     def begin(self, expected: list[Decision] | None) -> None:
         """A new step; ``expected``: the decisions history recorded for it (replay)."""

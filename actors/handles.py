@@ -34,7 +34,10 @@ class ActivityHandle(Generic[R]):
         options: ActivityOptions,
     ) -> None:
         self.definition = definition
-        self._state: ActivityState = instance.activity.schedule(definition.name, input, options)
+        # The machine is the handle's, not the state's: a state pointing back at its machine
+        # (which holds every state) made each finished workflow cyclic garbage.
+        self._machine = instance.activity
+        self._state: ActivityState = self._machine.schedule(definition.name, input, options)
         self._state.result_codec = definition.result_codec
 
     @property
@@ -47,7 +50,7 @@ class ActivityHandle(Generic[R]):
         except asyncio.CancelledError:
             # The awaiting workflow task was cancelled (wait_for timeout, workflow cancel):
             # abandon the activity, and let its heartbeats learn that it is no longer wanted.
-            self._state.machine.cancel(self._state)
+            self._machine.cancel(self._state)
             raise
         return self.definition.result_codec.decode(raw, what=f"result of activity {self.definition.name!r}")  # type: ignore[no-any-return]
 
@@ -61,7 +64,7 @@ class ActivityHandle(Generic[R]):
         (one event each, throttled like heartbeats), so a replay sees the same checkpoints.
         The iteration ends when the activity closes; ``await handle`` then gives the result.
         """
-        return self._state.machine.progress_of(self._state)
+        return self._machine.progress_of(self._state)
 
 
 class ChildHandle(Generic[R]):

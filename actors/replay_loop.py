@@ -154,6 +154,12 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         self._roots = []
         self._closed = True
 
+    def detach(self) -> None:
+        """Let go of the instance, torn down (``abandon`` first): the two point at each other,
+        and a cycle waits for the cyclic garbage collector, whose collections stall the
+        runtime (``WorkflowInstance._tear_down``). Nothing of the workflow runs here after."""
+        self.__dict__.pop("instance", None)
+
     def __del__(self) -> None:
         """A safety net for an instance dropped without ``evict()``: when the garbage
         collector finalizes the loop before the coroutines it holds (it finalizes a cycle in
@@ -213,11 +219,12 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         exc = context.get("exception")
         if isinstance(exc, PerdureError) and exc.code == "workflow.nondeterministic":
             return
-        if self.instance.replaying:
+        instance: WorkflowInstance | None = getattr(self, "instance", None)  # None once detached
+        if instance is None or instance.replaying:
             return
         log.error(
             "workflow.callback_error",
-            execution_id=self.instance.execution_id,
+            execution_id=instance.execution_id,
             message=context.get("message"),
             error=repr(exc) if exc else None,
         )
