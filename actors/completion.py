@@ -18,6 +18,7 @@ These are the ``API`` rows of the verb table (runtime/verbs.py), served by ``ver
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import msgspec
@@ -223,12 +224,21 @@ class CompletionService:
     """Serves the complete/fail/heartbeat request subjects."""
 
     def __init__(
-        self, conn: Connection, names: Names, heartbeats: HeartbeatService, registry: Registry | None = None
+        self,
+        conn: Connection,
+        names: Names,
+        heartbeats: HeartbeatService,
+        registry: Registry | None = None,
+        holds: Callable[[str], bool] = lambda execution_id: False,
     ) -> None:
         self._conn = conn
         self._names = names
         self._heartbeats = heartbeats
         self._registry = registry  # the workflows hosted here: their declared signal types
+        # Whether this runtime holds the execution's instance in memory now: then it exists,
+        # and an outcome is forwarded without reading its index entry first (a round trip on
+        # the way of every async completion).
+        self._holds = holds
         self._subs: list[Subscription] = []
 
     def handlers(self) -> dict[Verb[Any, Any], Handler]:
@@ -308,7 +318,8 @@ class CompletionService:
         error: ErrorInfo | None = None,
     ) -> None:
         """Put the outcome in the execution's inbox; its actor replies once it is in history."""
-        await self._require_execution(token.execution_id)
+        if not self._holds(token.execution_id):
+            await self._require_execution(token.execution_id)
         message = ActivityResult(
             run=token.run,
             seq=token.seq,

@@ -20,7 +20,7 @@ Every task has an owner (a ``Supervisor`` scope) and a lifetime:
 ``stop()`` hands partitions over gracefully (STYLE rule 14: intake first, in-flight work under
 a deadline, then cancel, then close the connection).
 
-Size: about 410 lines: the composition root of a runtime (services, scopes, start and stop).
+Size: about 430 lines: the composition root of a runtime (services, scopes, start and stop).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Worker:
                 conn, names, self.settings, self.registry, DeadLetters(conn, names, self.metrics)
             ),
         )
-        self._completion = CompletionService(conn, names, heartbeats, self.registry)
+        self._completion = CompletionService(conn, names, heartbeats, self.registry, self.holds)
         await self._completion.start()
         activities = self._activities = supervisor.child("activities")
         activity_actors = {
@@ -405,6 +405,11 @@ class Worker:
         head = itertools.islice(self._actors.items(), excess + EVICT_LOOKAHEAD)
         for execution_id in [eid for eid, actor in head if actor.idle][:excess]:
             self._drop(execution_id)
+
+    def holds(self, execution_id: str) -> bool:
+        """The execution's instance is in memory here (so the execution exists)."""
+        actor = self._actors.get(execution_id)
+        return actor is not None and actor.instance is not None
 
     @property
     def cached_executions(self) -> int:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 from activity_workflows import GONE, approval, approve, impatient, late_answer, patient, stubborn, tokens
 
@@ -324,18 +325,66 @@ async def test_a_heartbeat_before_the_attempts_record_is_stored_is_told_it_is_op
 async def test_a_completion_needs_history_not_the_index_entry(settings: Settings, client: Client) -> None:
     """The executions index is written with a step's effects, after its append: an eager
     activity may hand its token over, and be completed, before the entry is stored. The
-    completion service goes by history, the source of truth (here: the entry is removed)."""
+    completion service goes by history, the source of truth (here: the entry is removed, and
+    the runtime serving the completion is a new one, which does not hold the execution)."""
     async with Worker([approval, approve], settings=settings):
         handle = await client.start(approval, "budget", id="unindexed")
         token = await next_token("unindexed")
-        names = client.names
-        purge = {"filter": f"$KV.{names.executions_bucket}.unindexed"}
-        await client.conn.request(
-            f"$JS.API.STREAM.PURGE.KV_{names.executions_bucket}", json.dumps(purge).encode()
-        )
-        await client.complete_activity(token, True)
+    names = client.names
+    purge = {"filter": f"$KV.{names.executions_bucket}.unindexed"}
+    await client.conn.request(
+        f"$JS.API.STREAM.PURGE.KV_{names.executions_bucket}", json.dumps(purge).encode()
+    )
+    async with Worker([approval, approve], settings=settings) as worker:
+        assert not worker.holds("unindexed")
+        async with ExistenceReads(client, "unindexed") as reads:
+            await client.complete_activity(token, True)
+        assert reads.subjects  # it looked (index, inbox, history) before forwarding
         assert await handle.result(timeout=10) == "approved"
         # Neither index entry nor history: still refused.
         unknown = msgspec.structs.replace(decode_token(token), execution_id="unknown-one")
         with pytest.raises(ExecutionNotFound, match="unknown-one"):
             await client.complete_activity(encode_token(unknown), True)
+
+
+async def test_a_runtime_holding_the_execution_forwards_a_completion_without_a_read(
+    settings: Settings, client: Client
+) -> None:
+    """The runtime that serves the completion runs the workflow whose activity handed the
+    token over: the execution exists, so the outcome goes to its inbox without reading its
+    index entry, inbox or history first (a round trip less on every async completion)."""
+    async with Worker([approval, approve], settings=settings) as worker:
+        handle = await client.start(approval, "budget", id="held")
+        token = await next_token("held")
+        assert worker.holds("held")
+        async with ExistenceReads(client, "held") as reads:
+            await client.complete_activity(token, True)
+        assert reads.subjects == []
+        assert await handle.result(timeout=10) == "approved"
+
+
+class ExistenceReads:
+    """The direct gets of one execution's index entry, inbox or history, as the server sees them."""
+
+    def __init__(self, client: Client, execution_id: str) -> None:
+        self.url = client.conn.connected_url
+        self.execution_id = execution_id
+        names = client.names
+        streams = (names.kv_stream(names.executions_bucket), names.inbox_stream, names.history_stream)
+        self.api = [f"$JS.API.DIRECT.GET.{stream}" for stream in streams]
+        self.subjects: list[str] = []
+
+    async def __aenter__(self) -> ExistenceReads:
+        async def seen(msg: nats.aio.msg.Msg) -> None:
+            if self.execution_id.encode() in msg.data:
+                self.subjects.append(msg.subject)
+
+        self.nc = await nats.connect(self.url)
+        for subject in self.api:
+            await self.nc.subscribe(subject, cb=seen)
+        await self.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.flush()  # every request sent before this is seen
+        await self.nc.drain()
