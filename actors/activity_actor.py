@@ -11,7 +11,7 @@ The activity host's scope (``Supervisor``, given by the worker) owns the intake 
 attempt and the attempts' keepalives and heartbeats, so the runtime's drain waits for that
 scope, not for tasks found by name.
 
-Size: about 410 lines: intake, one attempt's run and its report; the gate, timers, heartbeats
+Size: about 450 lines: intake, one attempt's run and its report; the gate, timers, heartbeats
 and the running set are modules of their own (attempt_gate, attempt_timers, running_attempts).
 """
 

@@ -3,7 +3,7 @@
 All publishes of a step are sent back to back and their acks awaited together, so a step
 costs about one round trip for its effects whatever their number.
 
-Size: about 490 lines, one idea (each effect kind's writes, sent and acked as one batch).
+Size: about 510 lines, one idea (each effect kind's writes, sent and acked as one batch).
 """
 
 from __future__ import annotations

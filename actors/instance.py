@@ -10,7 +10,7 @@ that differs is a ``NonDeterminismError`` naming both.
 The instance composes plain parts that share one ``Decisions`` recorder (sequence numbers
 per kind tie a decision to its record in history): ``ActivityMachine``, ``ChildMachine``,
 ``WorkflowTimers``, ``Signals`` and ``Conditions``. It holds activation, patches, the
-workflow timeout and closing, and ``evict()``, its teardown. Size: about 450 lines; each of those
+workflow timeout and closing, and ``evict()``, its teardown. Size: about 480 lines; each of those
 is short, and splitting them further would scatter one step's flow over several files.
 """
 

@@ -7,7 +7,7 @@ exceptions are mapped to Perdure's here, through ``map_errors``.
 Publishing is pipelined: ``publish_nowait`` sends a JetStream publish and returns a future
 for its ack, so a decision step can send all its side effects and then await them together.
 
-Size: about 910 lines, over the ~400 of the house rule. It is the one boundary over nats-py's
+Size: about 920 lines, over the ~400 of the house rule. It is the one boundary over nats-py's
 core client (rule 4), and its publishes, direct-get reads and watches share the connection's
 muxed reply subscriptions; the reads (``get_last`` .. ``_direct_batch``) are the next piece to
 move into a module of their own, with the mux as a type they share.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"actors": "perdure.actors", "runtime": "perdure.runtime", "client": "perdure.client"}
 SIZE_LIMIT = 400
 SIZE_REASON = "Size:"  # a module over the limit says why in its docstring, after this word
+SIZE_SLACK = 25  # lines a stated "Size: about N lines" may be off by
 
 
 def _modules() -> dict[str, Path]:
@@ -34,6 +36,12 @@ def test_no_module_is_over_the_size_limit_without_a_reason(name: str) -> None:
         f"{path.relative_to(ROOT)} has {lines} lines (limit {SIZE_LIMIT}): split it, "
         f"or say why it is one idea in its docstring ('{SIZE_REASON} ...')"
     )
+    stated = re.search(SIZE_REASON + r" about ([\d,]+) lines", doc)
+    if stated is not None:  # a size stated in the docstring stays true as the module grows
+        about = int(stated.group(1).replace(",", ""))
+        assert abs(lines - about) <= SIZE_SLACK, (
+            f"{path.relative_to(ROOT)} has {lines} lines; its docstring says about {about}"
+        )
 
 
 def _imports(name: str, path: Path) -> set[str]:
