@@ -821,7 +821,7 @@ class Connection:
         overtake the SUB and find no subscriber.)"""
         with map_errors(f"subscribe to {subject}"):
             sub = await self._nc.subscribe(subject)
-            await self._nc.flush()
+        await self.flush()
 
         async def messages() -> AsyncIterator[StoredMessage]:
             async for msg in sub.messages:
@@ -840,8 +840,16 @@ class Connection:
         return int(match.group(1))
 
     async def flush(self, timeout: float = 5.0) -> None:
+        """Return once the server has read everything sent on this connection before the call.
+
+        Two round trips: nats-py writes a PING straight to the socket, ahead of the commands
+        still in its send buffer (a SUB, a PUB), so the first PONG can come back before the
+        server has read them; by then its flusher has written them (it was woken before the
+        PING went out), and the second PING follows them. (With one, a publish from another
+        connection once found no subscriber: 503 no responders, then a hang in CI.)"""
         with map_errors("flush"):
             # nats-py annotates ``int`` but uses it as an ``asyncio`` timeout: fractions work.
+            await self._nc.flush(timeout=timeout)  # type: ignore[arg-type]
             await self._nc.flush(timeout=timeout)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ KV-style watch

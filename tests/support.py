@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import nats
 import pytest
 
 from perdure import Client
@@ -133,11 +134,18 @@ class HistoryWatch:
             self._changed.notify_all()
 
 
+async def subscribed(nc: nats.aio.client.Client) -> None:
+    """For a spy on a plain nats-py connection: return once its subscriptions are live, as
+    ``Connection.subscribe`` does (two flushes: nats-py's PING can overtake a SUB still in
+    its send buffer, so one PONG does not prove the server has the SUB)."""
+    await nc.flush()
+    await nc.flush()
+
+
 @contextlib.asynccontextmanager
 async def watch_history(client: Client) -> AsyncIterator[HistoryWatch]:
     watch = HistoryWatch()
-    sub, messages = await client.conn.subscribe(f"{client.names.namespace}.history.*")
-    await client.conn.flush()
+    sub, messages = await client.conn.subscribe(f"{client.names.namespace}.history.*")  # live now
 
     async def pump() -> None:
         async for message in messages:

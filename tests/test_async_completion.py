@@ -24,7 +24,7 @@ from perdure.runtime.events import (
 )
 from perdure.runtime.tokens import decode_token, encode_token, new_nonce
 
-from support import watch_history
+from support import subscribed, watch_history
 
 # A client in another process that knows nothing of Perdure: nats-py and JSON only.
 # Arguments: URL, then (subject, body) pairs; prints each reply's body on a line of its own.
@@ -382,7 +382,7 @@ class ExistenceReads:
         self.nc = await nats.connect(self.url)
         for subject in self.api:
             await self.nc.subscribe(subject, cb=seen)
-        await self.nc.flush()
+        await subscribed(self.nc)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

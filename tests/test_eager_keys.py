@@ -27,7 +27,7 @@ from perdure.runtime import codec
 from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.nats_client import StoredMessage
 
-from support import RuntimeProcess
+from support import RuntimeProcess, subscribed
 
 
 class KeySpy:
@@ -46,7 +46,7 @@ class KeySpy:
         self.nc = await nats.connect(self.url)
         await self.nc.subscribe(self.timers + ">", cb=count)
         await self.nc.subscribe(self.purge, cb=count)
-        await self.nc.flush()
+        await subscribed(self.nc)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
