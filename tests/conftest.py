@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from perdure import Client, EmbeddedServer, Settings
+from perdure.runtime.limits import payload_limit, reread_environment
 from perdure.runtime.logs import configure
 
 configure("WARNING")
@@ -43,3 +44,15 @@ async def client(nats_server: EmbeddedServer, namespace: str) -> AsyncIterator[C
 @pytest.fixture(scope="session")
 def tests_dir() -> Path:
     return Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def bounded_payloads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Issue 12: payloads over the offload threshold go to the object store, up to
+    ``PERDURE_PAYLOAD_MAX_BYTES``; tests written for the one-message limit pin that bound to
+    it (``pytestmark = pytest.mark.usefixtures("bounded_payloads")``), so the refusals at
+    every entry point are still checked. The variable is read once per process: read again."""
+    monkeypatch.setenv("PERDURE_PAYLOAD_MAX_BYTES", str(payload_limit(None)))
+    reread_environment()
+    yield
+    reread_environment()  # the next test reads the variable as it is then

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -22,20 +21,10 @@ from payload_workflows import (
 
 from perdure import Client, PayloadTooLarge, Settings, Worker
 from perdure.runtime.events import ActivityFailed, SignalReceived
-from perdure.runtime.limits import payload_limit, reread_environment
 
 from support import watch_history
 
-
-@pytest.fixture(autouse=True)
-def _bounded_payloads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Issue 12: payloads over the offload threshold go to the object store, up to
-    ``PERDURE_PAYLOAD_MAX_BYTES``; these tests pin that bound to the one-message limit they
-    were written for, so the refusals at every entry point are still checked."""
-    monkeypatch.setenv("PERDURE_PAYLOAD_MAX_BYTES", str(payload_limit(None)))
-    reread_environment()  # read once per process otherwise
-    yield
-    reread_environment()  # the next test reads the variable as it is then
+pytestmark = pytest.mark.usefixtures("bounded_payloads")  # conftest.py: the one-message limit
 
 
 async def assert_healthy(client: Client, runtime: Worker, tag: str) -> None:

@@ -6,29 +6,20 @@ crash-loops the runtime on the history append."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from perdure import Client, Settings, Worker, activity, workflow
 from perdure.runtime.errors import PayloadTooLarge
 from perdure.runtime.events import WorkflowFailed
-from perdure.runtime.limits import DEFAULT_MAX_PAYLOAD, payload_limit, reread_environment
+from perdure.runtime.limits import DEFAULT_MAX_PAYLOAD, payload_limit
 
 LIMIT = payload_limit(None)
 TOO_BIG = DEFAULT_MAX_PAYLOAD + 50_000  # over the server's max_payload: the append would fail
 HALF = 600_000  # two of these do not fit in one step
 
 
-@pytest.fixture(autouse=True)
-def _bounded_payloads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Issue 12: payloads over the offload threshold go to the object store, up to
-    ``PERDURE_PAYLOAD_MAX_BYTES``; these tests pin that bound to the one-message limit they
-    were written for, so the refusals at every entry point are still checked."""
-    monkeypatch.setenv("PERDURE_PAYLOAD_MAX_BYTES", str(payload_limit(None)))
-    reread_environment()  # read once per process otherwise
-    yield
-    reread_environment()  # the next test reads the variable as it is then
+pytestmark = pytest.mark.usefixtures("bounded_payloads")  # conftest.py: the one-message limit
 
 
 @activity
