@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Self
 
 import nats
 import pytest
@@ -134,12 +135,32 @@ class HistoryWatch:
             self._changed.notify_all()
 
 
-async def subscribed(nc: nats.aio.client.Client) -> None:
-    """For a spy on a plain nats-py connection: return once its subscriptions are live, as
-    ``Connection.subscribe`` does (two flushes: nats-py's PING can overtake a SUB still in
-    its send buffer, so one PONG does not prove the server has the SUB)."""
-    await nc.flush()
-    await nc.flush()
+class SubjectSpy:
+    """The messages on ``subjects`` as the server routes them, seen from a plain nats-py
+    connection of its own (``async with``); a subclass says what it keeps (``on_message``).
+
+    Live when entered: two flushes, since nats-py's PING can overtake a SUB still in its send
+    buffer, so one PONG does not prove the server has the SUB (``Connection.flush``). On
+    exit, what was published before has been seen."""
+
+    def __init__(self, url: str, subjects: list[str]) -> None:
+        self.url = url
+        self.subjects = subjects
+
+    async def on_message(self, msg: nats.aio.msg.Msg) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._nc = await nats.connect(self.url)
+        for subject in self.subjects:
+            await self._nc.subscribe(subject, cb=self.on_message)
+        await self._nc.flush()
+        await self._nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._nc.flush()
+        await self._nc.drain()
 
 
 @contextlib.asynccontextmanager

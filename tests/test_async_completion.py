@@ -24,7 +24,7 @@ from perdure.runtime.events import (
 )
 from perdure.runtime.tokens import decode_token, encode_token, new_nonce
 
-from support import subscribed, watch_history
+from support import SubjectSpy, watch_history
 
 # A client in another process that knows nothing of Perdure: nats-py and JSON only.
 # Arguments: URL, then (subject, body) pairs; prints each reply's body on a line of its own.
@@ -339,7 +339,7 @@ async def test_a_completion_needs_history_not_the_index_entry(settings: Settings
         assert not worker.holds("unindexed")
         async with ExistenceReads(client, "unindexed") as reads:
             await client.complete_activity(token, True)
-        assert reads.subjects  # it looked (index, inbox, history) before forwarding
+        assert reads.subjects_read  # it looked (index, inbox, history) before forwarding
         assert await handle.result(timeout=10) == "approved"
         # Neither index entry nor history: still refused.
         unknown = msgspec.structs.replace(decode_token(token), execution_id="unknown-one")
@@ -359,32 +359,20 @@ async def test_a_runtime_holding_the_execution_forwards_a_completion_without_a_r
         assert worker.holds("held")
         async with ExistenceReads(client, "held") as reads:
             await client.complete_activity(token, True)
-        assert reads.subjects == []
+        assert reads.subjects_read == []
         assert await handle.result(timeout=10) == "approved"
 
 
-class ExistenceReads:
+class ExistenceReads(SubjectSpy):
     """The direct gets of one execution's index entry, inbox or history, as the server sees them."""
 
     def __init__(self, client: Client, execution_id: str) -> None:
-        self.url = client.conn.connected_url
         self.execution_id = execution_id
         names = client.names
         streams = (names.kv_stream(names.executions_bucket), names.inbox_stream, names.history_stream)
-        self.api = [f"$JS.API.DIRECT.GET.{stream}" for stream in streams]
-        self.subjects: list[str] = []
+        self.subjects_read: list[str] = []
+        super().__init__(client.conn.connected_url, [f"$JS.API.DIRECT.GET.{stream}" for stream in streams])
 
-    async def __aenter__(self) -> ExistenceReads:
-        async def seen(msg: nats.aio.msg.Msg) -> None:
-            if self.execution_id.encode() in msg.data:
-                self.subjects.append(msg.subject)
-
-        self.nc = await nats.connect(self.url)
-        for subject in self.api:
-            await self.nc.subscribe(subject, cb=seen)
-        await subscribed(self.nc)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.nc.flush()  # every request sent before this is seen
-        await self.nc.drain()
+    async def on_message(self, msg: nats.aio.msg.Msg) -> None:
+        if self.execution_id.encode() in msg.data:
+            self.subjects_read.append(msg.subject)

@@ -27,31 +27,20 @@ from perdure.runtime import codec
 from perdure.runtime.kv_bucket import KVBucket
 from perdure.runtime.nats_client import StoredMessage
 
-from support import RuntimeProcess, subscribed
+from support import RuntimeProcess, SubjectSpy
 
 
-class KeySpy:
+class KeySpy(SubjectSpy):
     """Counts every write to the timers bucket and every purge request, as the server sees them."""
 
     def __init__(self, client: Client, url: str) -> None:
-        self.url = url
         self.timers = f"$KV.{client.names.timers_bucket}."
         self.purge = f"$JS.API.STREAM.PURGE.{client.names.kv_stream(client.names.timers_bucket)}"
         self.seen: collections.Counter[str] = collections.Counter()
+        super().__init__(url, [self.timers + ">", self.purge])
 
-    async def __aenter__(self) -> KeySpy:
-        async def count(msg: nats.aio.msg.Msg) -> None:
-            self.seen["purge" if msg.subject == self.purge else "put"] += 1
-
-        self.nc = await nats.connect(self.url)
-        await self.nc.subscribe(self.timers + ">", cb=count)
-        await self.nc.subscribe(self.purge, cb=count)
-        await subscribed(self.nc)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.nc.flush()  # everything published before this is counted
-        await self.nc.drain()
+    async def on_message(self, msg: nats.aio.msg.Msg) -> None:
+        self.seen["purge" if msg.subject == self.purge else "put"] += 1
 
 
 async def test_a_quick_eager_attempt_writes_and_purges_no_key(
