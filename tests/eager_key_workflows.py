@@ -18,9 +18,8 @@ from perdure import (
 )
 
 ONCE = RetryPolicy(maximum_attempts=1)
-CHECKPOINTS: dict[str, list[object]] = collections.defaultdict(
-    list
-)  # per execution: what each attempt began at
+# Per execution: the checkpoint each attempt began at.
+CHECKPOINTS: dict[str, list[object]] = collections.defaultdict(list)
 
 
 @activity(timeout=5.0)
